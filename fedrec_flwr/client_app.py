@@ -1,0 +1,47 @@
+"""Flower ClientApp: one SuperNode = one user group.
+
+``app`` (Message API, works with ``flwr.serverapp.strategy`` strategies) and
+``legacy_app`` (``ClientApp(client_fn=...)``, works with Flower's legacy
+strategies) both delegate to the same :class:`~fedrec_flwr.client.NCFClient`.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+
+from .adapter import numpy_client_app
+from .client import NCFClient
+from .config import ConfigError, RunConfig
+from .datasets import load_client_data
+
+__all__ = ["app", "client_fn", "legacy_app"]
+
+
+def _node_int(context: Context, key: str) -> int:
+    value = context.node_config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(
+            f"node-config {key}={value!r}: expected an integer. In simulation Flower sets "
+            "it; a SuperNode needs --node-config 'partition-id=0 num-partitions=2'"
+        )
+    return value
+
+
+def client_fn(context: Context) -> NCFClient:
+    """Build the client for this node's user group from the run and node config."""
+    cfg = RunConfig.from_mapping(context.run_config)
+    data = load_client_data(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.seed,
+        cfg.num_eval_negatives,
+        _node_int(context, "partition-id"),
+        _node_int(context, "num-partitions"),
+    )
+    return NCFClient(data, cfg, context.state)
+
+
+app = numpy_client_app(client_fn)
+
+legacy_app = ClientApp(client_fn=lambda context: client_fn(context).to_client())

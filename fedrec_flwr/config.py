@@ -1,0 +1,179 @@
+"""Run configuration: parsed once, validated, frozen.
+
+The keys are those of ``[tool.flwr.app.config]`` in ``pyproject.toml``; the
+ServerApp, the ClientApp and the centralised baseline all read them through
+:meth:`RunConfig.from_mapping`, so a bad value fails the same way everywhere with
+a one-line error naming the key and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .datasets.prepare import DATASETS
+from .model import ARCHITECTURES
+
+__all__ = ["STRATEGIES", "ConfigError", "RunConfig"]
+
+STRATEGIES = ("fedavg",)
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type, or out of range."""
+
+
+def _int_list(key: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{key}={text!r}: expected comma-separated positive integers, e.g. '64,32,16'"
+        ) from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{key}={text!r}: expected comma-separated positive integers")
+    return values
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every knob of a run, with its run-config key in brackets.
+
+    Parameters
+    ----------
+    num_server_rounds : int (default: 25) [num-server-rounds]
+        Federated rounds (the centralised baseline trains this many epochs).
+    model : str (default: "neumf") [model]
+        ``gmf``, ``mlp`` or ``neumf``.
+    factors : int (default: 16) [factors]
+        GMF embedding size.
+    mlp_layers : tuple of int (default: (64, 32, 16)) [mlp-layers, "64,32,16"]
+        MLP tower widths; the first is the concatenated user+item embedding.
+    learning_rate : float (default: 0.001) [learning-rate]
+        Adam learning rate.
+    weight_decay : float (default: 0.0) [weight-decay]
+        Adam L2 penalty.
+    local_epochs : int (default: 2) [local-epochs]
+        Passes over a client's data per round.
+    batch_size : int (default: 256) [batch-size]
+        Mini-batch size.
+    num_negatives : int (default: 4) [num-negatives]
+        Training negatives per positive.
+    num_eval_negatives : int (default: 99) [num-eval-negatives]
+        Negatives ranked against each held-out item.
+    top_k : tuple of int (default: (10,)) [top-k, "10" or "5,10,20"]
+        Cut-offs for HR@K/NDCG@K; 10 is always included.
+    seed : int (default: 42) [seed]
+        Seeds initialisation, partitions, negatives and shuffling.
+    dataset : str (default: "ml-100k") [dataset]
+        Dataset name.
+    data_dir : str (default: "") [data-dir]
+        Absolute directory with the dataset files; empty = download into the
+        cache (``$FEDREC_FLWR_HOME/data``).
+    output_dir : str (default: "") [output-dir]
+        Absolute directory for results; empty = ``$FEDREC_FLWR_HOME/runs/<run>``.
+    strategy : str (default: "fedavg") [strategy]
+        Server strategy name.
+    fraction_train : float (default: 1.0) [fraction-train]
+        Fraction of clients trained each round, in (0, 1].
+    """
+
+    num_server_rounds: int = 25
+    model: str = "neumf"
+    factors: int = 16
+    mlp_layers: tuple[int, ...] = (64, 32, 16)
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0
+    local_epochs: int = 2
+    batch_size: int = 256
+    num_negatives: int = 4
+    num_eval_negatives: int = 99
+    top_k: tuple[int, ...] = field(default=(10,))
+    seed: int = 42
+    dataset: str = "ml-100k"
+    data_dir: str = ""
+    output_dir: str = ""
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive = (
+            "num_server_rounds",
+            "factors",
+            "local_epochs",
+            "batch_size",
+            "num_negatives",
+            "num_eval_negatives",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_key(name)}={getattr(self, name)}: must be >= 1")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning-rate={self.learning_rate}: must be > 0")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight-decay={self.weight_decay}: must be >= 0")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
+        choices = {"model": ARCHITECTURES, "dataset": DATASETS, "strategy": STRATEGIES}
+        for name, accepted in choices.items():
+            if getattr(self, name) not in accepted:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r}: unknown; accepted: {', '.join(accepted)}"
+                )
+        if self.model != "gmf" and self.mlp_layers[0] % 2:
+            raise ConfigError(
+                f"mlp-layers={','.join(map(str, self.mlp_layers))}: the first width must "
+                "be even (user and item embeddings concatenated)"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from kebab-case keys (a Flower ``run_config``); absent keys
+        take their defaults, unknown keys are ignored (a drop-in ServerApp may
+        carry its own)."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = _key(f.name)
+            if key not in values:
+                continue
+            kwargs[f.name] = _coerce(key, values[key], f.default)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kebab-case mapping, as written into results files."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[_key(f.name)] = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        return out
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """Cut-offs to report, always including 10."""
+        return tuple(sorted(set(self.top_k) | {10}))
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, tuple):
+        return _int_list(key, value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected {type(default).__name__}")
+    if isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    return value.strip()

@@ -1,0 +1,244 @@
+"""MovieLens-100K: lazy, checksum-verified download and readers.
+
+Sources, tried in order when no local directory is given:
+
+1. GroupLens ``ml-100k.zip`` (md5 ``0e33842e24a9c977be4e0107933c0723``), whose
+   ``u.data`` holds the 100,000 ratings.
+2. The same ratings as RecBole atomic files inside the ``recbole==1.2.1`` wheel,
+   fetched with ``pip download --no-deps`` (sha256-checked). This is the fallback
+   for machines that reach a package index but not GroupLens.
+
+Nothing is downloaded at import time; :func:`fetch_ml100k` runs only when called.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from ..paths import data_home
+from ._frame import DataFileError, interactions_from_text
+from .atomic import read_atomic_inter
+
+__all__ = [
+    "ML100K_MD5",
+    "ML100K_URL",
+    "RECBOLE_WHEEL_SHA256",
+    "RECBOLE_WHEEL_SPEC",
+    "fetch_ml100k",
+    "load_ml100k",
+    "read_ml100k_dir",
+    "read_u_data",
+]
+
+logger = logging.getLogger(__name__)
+
+ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+ML100K_MD5 = "0e33842e24a9c977be4e0107933c0723"
+RECBOLE_WHEEL_SPEC = "recbole==1.2.1"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+_WHEEL_MEMBERS = tuple(
+    f"recbole/dataset_example/ml-100k/ml-100k.{ext}" for ext in ("inter", "user", "item")
+)
+_ZIP_MEMBERS = ("ml-100k/u.data", "ml-100k/u.user", "ml-100k/u.item")
+_RATING_RANGE = (1.0, 5.0)
+_SOURCE_FILE = "SOURCE.json"
+
+
+def read_u_data(path: str | Path) -> pd.DataFrame:
+    """Read GroupLens ``u.data`` (tab-separated user, item, rating, timestamp)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    try:
+        raw = pd.read_csv(
+            path,
+            sep="\t",
+            header=None,
+            names=["user", "item", "rating", "timestamp"],
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            quoting=csv.QUOTE_NONE,
+            engine="c",
+        )
+    except pd.errors.ParserError as exc:
+        raise DataFileError(f"{path}: malformed row: {exc}") from exc
+    columns = {c: raw[c] for c in raw.columns}
+    return interactions_from_text(columns, path=path, first_line=1, rating_range=_RATING_RANGE)
+
+
+def read_ml100k_dir(directory: str | Path) -> pd.DataFrame:
+    """Read ML-100K from a directory holding ``u.data`` or ``ml-100k.inter``.
+
+    The GroupLens zip's ``ml-100k/`` sub-folder is looked into as well.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataFileError(
+            f"data-dir {directory}: not a directory; point it at a folder holding "
+            "u.data (GroupLens) or ml-100k.inter (RecBole atomic files)"
+        )
+    for folder in (directory, directory / "ml-100k"):
+        if (folder / "u.data").is_file():
+            return read_u_data(folder / "u.data")
+        if (folder / "ml-100k.inter").is_file():
+            return read_atomic_inter(folder / "ml-100k.inter", rating_range=_RATING_RANGE)
+    raise DataFileError(
+        f"data-dir {directory}: found neither u.data nor ml-100k.inter; accepted: "
+        "GroupLens ml-100k (u.data) or RecBole atomic files (ml-100k.inter)"
+    )
+
+
+def load_ml100k(data_dir: str | Path | None = None) -> pd.DataFrame:
+    """Load MovieLens-100K interactions in file order.
+
+    Parameters
+    ----------
+    data_dir : str or pathlib.Path, optional (default: None)
+        A directory holding ``u.data`` or ``ml-100k.inter``. If ``None``, the
+        dataset is fetched into the cache (see :func:`fetch_ml100k`).
+    """
+    if data_dir is None or str(data_dir) == "":
+        data_dir = fetch_ml100k()
+    return read_ml100k_dir(data_dir)
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_digest(path: Path, algorithm: str, expected: str, source: str) -> None:
+    actual = _digest(path, algorithm)
+    if actual != expected:
+        raise DataFileError(
+            f"{path}: {algorithm} {actual} does not match the expected {expected} for "
+            f"{source}; the download is corrupt or the release changed. Delete it and "
+            "retry, or pass data-dir pointing at a verified copy"
+        )
+
+
+def _download_grouplens(workdir: Path, url: str, timeout: float) -> Path:
+    archive = workdir / "ml-100k.zip"
+    with (
+        urllib.request.urlopen(url, timeout=timeout) as response,
+        archive.open("wb") as fh,
+    ):
+        shutil.copyfileobj(response, fh)
+    return archive
+
+
+def _extract_grouplens(archive: Path, target: Path) -> None:
+    _check_digest(archive, "md5", ML100K_MD5, ML100K_URL)
+    with zipfile.ZipFile(archive) as zf:
+        for member in _ZIP_MEMBERS:
+            (target / Path(member).name).write_bytes(zf.read(member))
+
+
+def _download_recbole_wheel(workdir: Path) -> Path:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(workdir),
+        RECBOLE_WHEEL_SPEC,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wheels = sorted(workdir.glob("recbole-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise DataFileError(
+            f"could not fetch {RECBOLE_WHEEL_SPEC} with pip download "
+            f"(exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
+        )
+    return wheels[0]
+
+
+def _extract_recbole_wheel(wheel: Path, target: Path) -> None:
+    _check_digest(wheel, "sha256", RECBOLE_WHEEL_SHA256, RECBOLE_WHEEL_SPEC)
+    with zipfile.ZipFile(wheel) as zf:
+        for member in _WHEEL_MEMBERS:
+            (target / Path(member).name).write_bytes(zf.read(member))
+
+
+def fetch_ml100k(
+    cache_dir: str | Path | None = None,
+    *,
+    url: str = ML100K_URL,
+    timeout: float = 30.0,
+) -> Path:
+    """Return a directory holding verified ML-100K files, downloading once.
+
+    Parameters
+    ----------
+    cache_dir : str or pathlib.Path, optional (default: None)
+        Where to keep the files; ``$FEDREC_FLWR_HOME/data/ml-100k`` if ``None``.
+    url : str (default: GroupLens ml-100k.zip)
+        Primary source; its md5 must equal :data:`ML100K_MD5`.
+    timeout : float (default: 30.0)
+        Network timeout in seconds for the primary source.
+
+    Returns
+    -------
+    pathlib.Path
+        The cache directory. A ``SOURCE.json`` in it records where the data came
+        from and the checksum that was verified.
+
+    Raises
+    ------
+    DataFileError
+        If a download fails its checksum, or neither source can be reached.
+    """
+    target = Path(cache_dir) if cache_dir is not None else data_home() / "ml-100k"
+    if (target / _SOURCE_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        work, staged = Path(tmp) / "download", Path(tmp) / "staged"
+        work.mkdir()
+        staged.mkdir()
+        try:
+            archive = _download_grouplens(work, url, timeout)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "GroupLens unreachable (%s); falling back to %s",
+                exc,
+                RECBOLE_WHEEL_SPEC,
+            )
+            wheel = _download_recbole_wheel(work)
+            _extract_recbole_wheel(wheel, staged)
+            source = {"source": RECBOLE_WHEEL_SPEC, "sha256": RECBOLE_WHEEL_SHA256}
+        else:
+            _extract_grouplens(archive, staged)
+            source = {"source": url, "md5": ML100K_MD5}
+        (staged / _SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+        try:
+            # Atomic publish: concurrent client processes may race to fetch.
+            os.rename(staged, target)
+        except OSError:
+            if not (target / _SOURCE_FILE).is_file():
+                raise
+    logger.info("ML-100K cached in %s", target)
+    return target

@@ -1,0 +1,115 @@
+"""Count bytes and time per round by wrapping any Flower ``Grid``.
+
+Wrapping the grid rather than the strategy keeps metering orthogonal: any
+strategy (Flower's DP wrappers, robust aggregators, ours) runs unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flwr.app import Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+__all__ = ["MeteredGrid", "RoundTraffic", "payload_bytes"]
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Serialized (protobuf) size of a message's content, transport framing excluded."""
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+@dataclass
+class RoundTraffic:
+    """What crossed the grid for one server round."""
+
+    started: float
+    finished: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    replies: int = 0
+    failures: int = 0
+
+
+class MeteredGrid(Grid):
+    """Delegate to ``grid``; record bytes, replies and failures per round.
+
+    The round is read from the ``server-round`` entry of the messages'
+    ConfigRecord (every ``flwr.serverapp.strategy`` strategy sets it).
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The grid Flower handed to the ServerApp.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.rounds: dict[int, RoundTraffic] = {}
+        self.failure_reasons: dict[int, list[str]] = {}
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Send, wait, and account for both directions."""
+        messages = list(messages)
+        if not messages:
+            return []
+        server_round = _round_of(messages[0], default=max(self.rounds, default=0))
+        traffic = self.rounds.setdefault(server_round, RoundTraffic(started=time.perf_counter()))
+        traffic.bytes_sent += sum(payload_bytes(m.content) for m in messages)
+        traffic.messages_sent += len(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        reasons = self.failure_reasons.setdefault(server_round, [])
+        for reply in replies:
+            if reply.has_error():
+                traffic.failures += 1
+                reasons.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+            else:
+                traffic.replies += 1
+                traffic.bytes_received += payload_bytes(reply.content)
+        missing = len(messages) - len(replies)
+        if missing:
+            traffic.failures += missing
+            reasons.append(f"{missing} node(s) did not reply before the timeout")
+        traffic.finished = time.perf_counter()
+        return replies
+
+
+def _round_of(message: Message, default: int) -> int:
+    for record in message.content.config_records.values():
+        value = record.get("server-round")
+        if isinstance(value, int):
+            return value
+    return default

@@ -1,0 +1,128 @@
+"""Local training (BCE with sampled negatives, Adam) and ranking evaluation.
+
+The same functions serve a federated client (its user group) and the
+centralised baseline (every user), so the two are directly comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets.negatives import InteractionSet, sample_train_negatives
+from .metrics import rank_of_positive, ranking_sums
+
+__all__ = ["EvalResult", "evaluate_ranking", "train_epochs"]
+
+
+def train_epochs(
+    model: nn.Module,
+    users: np.ndarray,
+    items: np.ndarray,
+    exclude: InteractionSet,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    num_negatives: int,
+    rng: np.random.Generator,
+    weight_decay: float = 0.0,
+) -> float:
+    """Train on implicit positives plus fresh negatives each epoch.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Scores ``(users, items)`` as logits.
+    users, items : numpy.ndarray
+        Positive interactions (model-local user index, item code).
+    exclude : InteractionSet
+        Pairs never drawn as negatives: the *training* interactions only, so
+        held-out items stay eligible (see :mod:`fedrec_flwr.datasets.negatives`).
+    epochs, batch_size : int
+        Passes over the data and mini-batch size.
+    learning_rate, weight_decay : float
+        Adam settings.
+    num_negatives : int
+        Negatives per positive, redrawn every epoch.
+    rng : numpy.random.Generator
+        Source of all randomness here (negatives, shuffling): same seed, same run.
+
+    Returns
+    -------
+    float
+        Mean BCE loss over all samples of the last epoch.
+    """
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    pos_users = torch.from_numpy(np.asarray(users, dtype=np.int64))
+    pos_items = torch.from_numpy(np.asarray(items, dtype=np.int64))
+    n_pos = len(pos_users)
+    labels = torch.cat([torch.ones(n_pos), torch.zeros(n_pos * num_negatives)])
+    all_users = torch.cat([pos_users, pos_users.repeat_interleave(num_negatives)])
+    mean_loss = float("nan")
+    for _ in range(epochs):
+        negatives = sample_train_negatives(rng, users, exclude, num_negatives)
+        all_items = torch.cat([pos_items, torch.from_numpy(negatives.reshape(-1))])
+        order = torch.from_numpy(rng.permutation(len(labels)))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(all_users[idx], all_items[idx]), labels[idx])
+            (loss / len(idx)).backward()
+            optimizer.step()
+            total += float(loss.detach())
+        mean_loss = total / len(labels)
+    return mean_loss
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Sums of ranking metrics over ``num_users`` users, plus the mean BCE loss
+    over all candidates (1 positive + negatives per user)."""
+
+    num_users: int
+    sums: dict[str, float]
+    loss: float
+
+
+@torch.no_grad()
+def evaluate_ranking(
+    model: nn.Module,
+    users: np.ndarray,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    ks: Sequence[int],
+) -> EvalResult:
+    """Rank each user's held-out positive among its negatives.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Scores ``(users, items)`` as logits.
+    users : numpy.ndarray
+        Model-local user index per evaluated user.
+    positives : numpy.ndarray
+        Held-out item per user.
+    negatives : numpy.ndarray
+        ``(num_users, k)`` negatives per user.
+    ks : sequence of int
+        Cut-offs for HR@K and NDCG@K.
+    """
+    model.eval()
+    candidates = np.concatenate([np.asarray(positives)[:, None], negatives], axis=1)
+    n_users, width = candidates.shape
+    u = torch.from_numpy(np.repeat(np.asarray(users, dtype=np.int64), width))
+    i = torch.from_numpy(candidates.reshape(-1).astype(np.int64))
+    logits = model(u, i).reshape(n_users, width)
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+    ranks = rank_of_positive(logits.numpy())
+    return EvalResult(num_users=n_users, sums=ranking_sums(ranks, ks), loss=loss)

@@ -1,0 +1,128 @@
+"""`flwr run .` for real: local SuperLink, simulation engine, Ray, the FAB.
+
+The SuperLink that `flwr run` starts is detached by Flower's design; this test
+gives it its own FLWR_HOME and ports, and stops it and every child by pid in a
+`finally`, so no Flower process outlives the test.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+pytestmark = pytest.mark.flower
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(proc.name))
+    return found
+
+
+def _stop_tree(pids: list[int]) -> None:
+    tree, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(_children(pid))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in tree):
+            for pid in tree:  # reap our own zombies, if any
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.2)
+
+
+def test_flwr_run_trains_and_writes_results(tmp_path, ml100k_dir):
+    flwr_home = tmp_path / "flwr-home"
+    out = tmp_path / "results"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    run_config = f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}'"
+    cmd = [
+        "flwr",
+        "run",
+        str(REPO),
+        "--stream",
+        "--federation-config",
+        "num-supernodes=2 client-resources-num-cpus=1",
+        "--run-config",
+        run_config,
+    ]
+    neutral = tmp_path / "cwd"  # Ray puts the SuperLink's cwd on sys.path
+    neutral.mkdir()
+    try:
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            cwd=neutral,
+            capture_output=True,
+            text=True,
+            timeout=420,
+            check=False,
+        )
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-3000:]
+        assert (out / "results.json").is_file(), log[-3000:]
+    finally:
+        _stop_tree(_pids_mentioning(str(flwr_home)))
+    assert _pids_mentioning(str(flwr_home)) == []  # nothing left running
+    results = json.loads((out / "results.json").read_text())
+    assert results["num-clients"] == 2 and [r["round"] for r in results["rounds"]] == [
+        1,
+        2,
+    ]
+    assert all(r["failures"] == 0 and r["bytes-received"] > 0 for r in results["rounds"])
+    assert results["rounds"][-1]["test"]["hr@10"] > 0.3
+    assert not any("user" in k for k in torch.load(out / "model.pt")["state_dict"])
+    assert (out / "metrics.png").is_file()
+    assert f"wrote {out}" in log
