@@ -89,14 +89,16 @@ def numpy_client_app(
     """
     app = ClientApp()
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def unpack(msg: Message, context: Context) -> tuple[NumPyClient, str, list[str], Any]:
         client = client_fn(context)
         key, arrays = _only(msg.content.array_records, "ArrayRecord")
         names = _array_names(client, arrays)
-        updated, num_examples, metrics = client.fit(
-            [arrays[name].numpy() for name in names], _config(msg.content)
-        )
+        return client, key, names, ([arrays[n].numpy() for n in names], _config(msg.content))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        client, key, names, (parameters, config) = unpack(msg, context)
+        updated, num_examples, metrics = client.fit(parameters, config)
         if len(updated) != len(names):
             raise ValueError(f"fit returned {len(updated)} arrays for {len(names)} names {names}")
         content = RecordDict(
@@ -111,12 +113,8 @@ def numpy_client_app(
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        client = client_fn(context)
-        _, arrays = _only(msg.content.array_records, "ArrayRecord")
-        names = _array_names(client, arrays)
-        loss, num_examples, metrics = client.evaluate(
-            [arrays[name].numpy() for name in names], _config(msg.content)
-        )
+        client, _, _, (parameters, config) = unpack(msg, context)
+        loss, num_examples, metrics = client.evaluate(parameters, config)
         record = _metric_record({"loss": float(loss), **metrics}, weight_key, num_examples)
         return Message(content=RecordDict({"metrics": record}), reply_to=msg)
 

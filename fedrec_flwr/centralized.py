@@ -47,6 +47,10 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         seed=cfg.seed,
     )
     rng = np.random.default_rng([cfg.seed, 0xCE47])
+    # One optimizer for the whole run: Adam's moments carry across epochs.
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
     local = np.arange(data.num_users)
     rounds = []
     for epoch in range(1, cfg.num_server_rounds + 1):
@@ -58,10 +62,9 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
             data.train_set,
             epochs=1,
             batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
+            optimizer=optimizer,
             num_negatives=cfg.num_negatives,
             rng=rng,
-            weight_decay=cfg.weight_decay,
         )
         train_seconds = time.perf_counter() - t0
         val = evaluate_ranking(model, local, data.val_items, data.eval_negatives, cfg.ks)

@@ -89,7 +89,23 @@ class NCFClient(NumPyClient):
         self._set_shared(parameters)
         server_round = int(config.get("server-round", 0))
         rng = np.random.default_rng(_seed(self.config.seed, self.data.partition_id, server_round))
-        loss = train_epochs_for(self.model, self.data, self.config, rng)
+        cfg, data = self.config, self.data
+        # A fresh optimizer each round: no optimizer state crosses rounds, as in
+        # FedAvg (the server only averages parameters).
+        optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        loss = train_epochs(
+            self.model,
+            data.train_users,
+            data.train_items,
+            data.train_set,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            optimizer=optimizer,
+            num_negatives=cfg.num_negatives,
+            rng=rng,
+        )
         self.state[PRIVATE_STATE_KEY] = ArrayRecord(
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )
@@ -120,24 +136,6 @@ class NCFClient(NumPyClient):
             if part == "val":
                 loss = result.loss
         return loss, self.data.num_users, metrics
-
-
-def train_epochs_for(
-    model: NCF, data: ClientData, config: RunConfig, rng: np.random.Generator
-) -> float:
-    """Run ``config.local_epochs`` of local training on ``data``."""
-    return train_epochs(
-        model,
-        data.train_users,
-        data.train_items,
-        data.train_set,
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        num_negatives=config.num_negatives,
-        rng=rng,
-        weight_decay=config.weight_decay,
-    )
 
 
 def _seed(seed: int, partition_id: int, server_round: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,14 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Read the run config once, train, and write results."""
-    cfg = RunConfig.from_mapping(context.run_config)
-    out_dir = resolve_output_dir(cfg.output_dir, f"run-{context.run_id}")
-    run_federated(grid, cfg, out_dir, run_id=context.run_id)
+    try:
+        cfg = RunConfig.from_mapping(context.run_config)
+        out_dir = resolve_output_dir(cfg.output_dir, f"run-{context.run_id}")
+        run_federated(grid, cfg, out_dir, run_id=context.run_id)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # One readable line before Flower's traceback (bad config, data, clients).
+        log(ERROR, "fedrec-flwr: %s", exc)
+        raise
 
 
 def build_strategy(cfg: RunConfig) -> Strategy:

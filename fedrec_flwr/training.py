@@ -27,10 +27,9 @@ def train_epochs(
     *,
     epochs: int,
     batch_size: int,
-    learning_rate: float,
+    optimizer: torch.optim.Optimizer,
     num_negatives: int,
     rng: np.random.Generator,
-    weight_decay: float = 0.0,
 ) -> float:
     """Train on implicit positives plus fresh negatives each epoch.
 
@@ -45,8 +44,9 @@ def train_epochs(
         held-out items stay eligible (see :mod:`fedrec_flwr.datasets.negatives`).
     epochs, batch_size : int
         Passes over the data and mini-batch size.
-    learning_rate, weight_decay : float
-        Adam settings.
+    optimizer : torch.optim.Optimizer
+        Over ``model``'s parameters. The caller owns it, so its state can span
+        calls (centralised epochs) or start fresh (each federated round).
     num_negatives : int
         Negatives per positive, redrawn every epoch.
     rng : numpy.random.Generator
@@ -58,7 +58,6 @@ def train_epochs(
         Mean BCE loss over all samples of the last epoch.
     """
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     pos_users = torch.from_numpy(np.asarray(users, dtype=np.int64))
     pos_items = torch.from_numpy(np.asarray(items, dtype=np.int64))

@@ -154,6 +154,19 @@ def test_same_seed_same_bits_whatever_the_arrival_order(ml100k_run, ml100k_dir, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_raw_log_is_parsed_once_per_process(checkerboard, tmp_path, monkeypatch):
+    from fedrec_flwr.datasets import prepare
+
+    calls = []
+    original = prepare.load_ml100k
+    monkeypatch.setattr(prepare, "load_ml100k", lambda d: calls.append(d) or original(d))
+    prepare.prepare_dataset.cache_clear()
+    prepare.load_client_data.cache_clear()
+    rc = {"data-dir": str(checkerboard), "num-server-rounds": 3, "num-eval-negatives": 20, **SMALL}
+    run_federated(_grid(rc, 3), RunConfig.from_mapping(rc), tmp_path)
+    assert calls == [str(checkerboard)]  # server and 3 clients x 3 rounds x 2 messages
+
+
 def test_client_errors_are_reported_not_swallowed(ml100k_dir, tmp_path):
     rc = {"data-dir": str(ml100k_dir), "num-server-rounds": 1, **SMALL}
     grid = InProcessGrid(client_app, [{"num-partitions": 2}, {"num-partitions": 2}], rc)

@@ -6,18 +6,47 @@ line number of the first data row, so an error can name ``file:line``.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["INTERACTION_COLUMNS", "DataFileError", "interactions_from_text"]
+__all__ = ["INTERACTION_COLUMNS", "DataFileError", "interactions_from_text", "read_tsv_strings"]
 
 INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp")
 
 
 class DataFileError(ValueError):
     """A data file is missing, malformed or fails its checksum."""
+
+
+def read_tsv_strings(path: Path, names: list[str], *, skiprows: int = 0) -> pd.DataFrame:
+    """Read a tab-separated file as strings (empty fields become NaN).
+
+    Raises
+    ------
+    DataFileError
+        If the file is missing, or a row has more fields than ``names``
+        (pandas names the line).
+    """
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    try:
+        return pd.read_csv(
+            path,
+            sep="\t",
+            skiprows=skiprows,
+            header=None,
+            names=names,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            quoting=csv.QUOTE_NONE,
+            engine="c",
+        )
+    except pd.errors.ParserError as exc:
+        raise DataFileError(f"{path}: malformed row: {exc}") from exc
 
 
 def _bad_line(mask: np.ndarray, first_line: int) -> int:

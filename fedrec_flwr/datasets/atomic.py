@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pandas as pd
 
-from ._frame import DataFileError, interactions_from_text
+from ._frame import DataFileError, interactions_from_text, read_tsv_strings
 
 __all__ = ["read_atomic_inter"]
 
@@ -57,20 +56,6 @@ def read_atomic_inter(
         raise DataFileError(
             f"{path}:1: header lacks {', '.join(missing)}; found {', '.join(names)}"
         )
-    try:
-        raw = pd.read_csv(
-            path,
-            sep="\t",
-            skiprows=1,
-            header=None,
-            names=names,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            quoting=csv.QUOTE_NONE,
-            engine="c",
-        )
-    except pd.errors.ParserError as exc:
-        raise DataFileError(f"{path}: malformed row: {exc}") from exc
+    raw = read_tsv_strings(path, names, skiprows=1)
     columns = {_FIELD_MAP[n]: raw[n] for n in names if n in _FIELD_MAP}
     return interactions_from_text(columns, path=path, first_line=2, rating_range=rating_range)

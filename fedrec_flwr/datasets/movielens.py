@@ -13,7 +13,6 @@ Nothing is downloaded at import time; :func:`fetch_ml100k` runs only when called
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..paths import data_home
-from ._frame import DataFileError, interactions_from_text
+from ._frame import DataFileError, interactions_from_text, read_tsv_strings
 from .atomic import read_atomic_inter
 
 __all__ = [
@@ -61,22 +60,7 @@ _SOURCE_FILE = "SOURCE.json"
 def read_u_data(path: str | Path) -> pd.DataFrame:
     """Read GroupLens ``u.data`` (tab-separated user, item, rating, timestamp)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"{path}: file not found")
-    try:
-        raw = pd.read_csv(
-            path,
-            sep="\t",
-            header=None,
-            names=["user", "item", "rating", "timestamp"],
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            quoting=csv.QUOTE_NONE,
-            engine="c",
-        )
-    except pd.errors.ParserError as exc:
-        raise DataFileError(f"{path}: malformed row: {exc}") from exc
+    raw = read_tsv_strings(path, ["user", "item", "rating", "timestamp"])
     columns = {c: raw[c] for c in raw.columns}
     return interactions_from_text(columns, path=path, first_line=1, rating_range=_RATING_RANGE)
 
