@@ -22,7 +22,7 @@ from .config import ConfigError, RunConfig
 from .datasets import client_data_from, prepare_dataset
 from .metrics import finalize_sums
 from .model import NCF
-from .results import resolve_output_dir, write_run
+from .results import resolve_output_dir, select_by_validation, write_run
 from .training import evaluate_ranking, train_epochs
 
 __all__ = ["main", "run_centralized"]
@@ -103,9 +103,8 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         rounds=rounds,
         model_state=state,
     )
-    import json
-
-    selected = json.loads(path.read_text())["selected"]
+    selected = select_by_validation(rounds)
+    assert selected is not None  # every epoch is evaluated
     return path, selected
 
 

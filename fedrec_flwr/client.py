@@ -18,7 +18,7 @@ from flwr.compat.client.numpy_client import NumPyClient
 
 from .config import RunConfig
 from .datasets.prepare import ClientData
-from .model import NCF, load_arrays, private_arrays, shared_arrays
+from .model import NCF, is_private, load_arrays, private_arrays, shared_arrays
 from .training import evaluate_ranking, train_epochs
 
 __all__ = ["PRIVATE_STATE_KEY", "NCFClient"]
@@ -63,7 +63,7 @@ class NCFClient(NumPyClient):
 
     def array_names(self) -> list[str]:
         """Names of the shared arrays, in the order of the NumPy lists."""
-        return list(shared_arrays(self.model))
+        return [name for name in self.model.state_dict() if not is_private(name)]
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """Shared arrays only; user embeddings are never returned."""
