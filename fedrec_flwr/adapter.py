@@ -89,15 +89,18 @@ def numpy_client_app(
     """
     app = ClientApp()
 
-    def unpack(msg: Message, context: Context) -> tuple[NumPyClient, str, list[str], Any]:
+    def unpack(
+        msg: Message, context: Context
+    ) -> tuple[NumPyClient, str, list[str], list[np.ndarray], dict[str, Any]]:
+        """The client, the ArrayRecord's key, array names, arrays and config."""
         client = client_fn(context)
         key, arrays = _only(msg.content.array_records, "ArrayRecord")
         names = _array_names(client, arrays)
-        return client, key, names, ([arrays[n].numpy() for n in names], _config(msg.content))
+        return client, key, names, [arrays[n].numpy() for n in names], _config(msg.content)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        client, key, names, (parameters, config) = unpack(msg, context)
+        client, key, names, parameters, config = unpack(msg, context)
         updated, num_examples, metrics = client.fit(parameters, config)
         if len(updated) != len(names):
             raise ValueError(f"fit returned {len(updated)} arrays for {len(names)} names {names}")
@@ -113,7 +116,7 @@ def numpy_client_app(
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        client, _, _, (parameters, config) = unpack(msg, context)
+        client, _, _, parameters, config = unpack(msg, context)
         loss, num_examples, metrics = client.evaluate(parameters, config)
         record = _metric_record({"loss": float(loss), **metrics}, weight_key, num_examples)
         return Message(content=RecordDict({"metrics": record}), reply_to=msg)
