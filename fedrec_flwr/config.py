@@ -78,6 +78,10 @@ class RunConfig:
         Server strategy name.
     fraction_train : float (default: 1.0) [fraction-train]
         Fraction of clients trained each round, in (0, 1].
+    min_nodes : int (default: 2) [min-nodes]
+        Nodes that must be connected before a round starts, and the least
+        trained and evaluated per round. A deployment that must outlive losing
+        nodes sets it below the number of SuperNodes.
     """
 
     num_server_rounds: int = 25
@@ -97,6 +101,7 @@ class RunConfig:
     output_dir: str = ""
     strategy: str = "fedavg"
     fraction_train: float = 1.0
+    min_nodes: int = 2
 
     def __post_init__(self) -> None:
         positive = (
@@ -106,6 +111,7 @@ class RunConfig:
             "batch_size",
             "num_negatives",
             "num_eval_negatives",
+            "min_nodes",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -1,0 +1,169 @@
+"""A real deployment on loopback: SuperLink + two SuperNodes as processes.
+
+Started by :mod:`fedrec_flwr.deploy` (the documented script) under a temporary
+state directory; every process is stopped by pid in a fixture ``finally``, and
+the tests check that nothing started from that directory is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, write_u_data
+
+from fedrec_flwr.client_app import app as client_app
+from fedrec_flwr.config import RunConfig
+from fedrec_flwr.datasets import prepare_dataset
+from fedrec_flwr.deploy import FLOWER_ENV, Deployment, down, up
+from fedrec_flwr.inprocess import InProcessGrid
+from fedrec_flwr.model import NCF, is_private
+from fedrec_flwr.server_app import run_federated
+
+pytestmark = pytest.mark.deployment
+
+SLICE_USERS = 150  # users 1..150 of ML-100K: ~16k ratings, rounds dominated by Flower
+
+
+@pytest.fixture(scope="module")
+def ml100k_slice(tmp_path_factory: pytest.TempPathFactory, ml100k_dir: Path) -> Path:
+    """ML-100K restricted to its first users, as a GroupLens ``u.data``."""
+    rows = []
+    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()[1:]
+    for line in lines:
+        user, item, rating, ts = line.split("\t")
+        if int(user) <= SLICE_USERS:
+            rows.append((int(user), int(item), int(float(rating)), int(float(ts))))
+    return write_u_data(tmp_path_factory.mktemp("ml100k-slice"), rows)
+
+
+def _processes_under(state_dir: Path) -> list[int]:
+    """Pids whose FLWR_HOME lies in ``state_dir`` (all that `up` starts, children too)."""
+    marker = f"FLWR_HOME={state_dir}/".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z" and marker in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    state_dir = (tmp_path / "deploy").resolve()
+    try:
+        yield up(2, state_dir=state_dir, flwr_home=tmp_path / "flwr-cli", timeout=90)
+    finally:
+        if (state_dir / "deploy.json").is_file():
+            down(state_dir)
+    deadline = time.time() + 10
+    while _processes_under(state_dir) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_under(state_dir) == []  # nothing we started is left
+
+
+def _flwr_run(dep: Deployment, run_config: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": dep.flwr_home}
+    cmd = ["flwr", "run", str(REPO), dep.connection, "--stream", "--run-config", run_config]
+    neutral = log.parent / "cwd"
+    neutral.mkdir(exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, env=env, cwd=neutral, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return log.read_text(errors="replace")
+
+
+def _shared_names(cfg: RunConfig, num_items: int) -> tuple[list[str], list[str]]:
+    names = list(NCF(1, num_items, cfg.model, cfg.factors, cfg.mlp_layers).state_dict())
+    return [n for n in names if not is_private(n)], [n for n in names if is_private(n)]
+
+
+def test_deployment_trains_like_simulation(deployment, ml100k_slice, tmp_path):
+    out = tmp_path / "results"
+    rc = f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_slice}' output-dir='{out}'"
+    log = tmp_path / "flwr-run.log"
+    text = _finish(_flwr_run(deployment, rc, log), log, timeout=150)
+    assert (out / "results.json").is_file(), text[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["num-clients"] == 2 and results["rounds-with-failures"] == []
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    # train + evaluate replies of both nodes, each round
+    assert all(r["failures"] == 0 and r["replies"] == 4 for r in results["rounds"])
+
+    # User embeddings never left a SuperNode: the server received exactly the
+    # shared arrays, and the saved model has no user rows.
+    cfg = RunConfig.from_mapping({"data-dir": str(ml100k_slice)})
+    prepared = prepare_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_eval_negatives)
+    shared, private = _shared_names(cfg, prepared.num_items)
+    assert private == ["user_gmf.weight", "user_mlp.weight"]
+    assert results["arrays-received"] == sorted(shared)
+    assert not any(is_private(k) for k in torch.load(out / "model.pt")["state_dict"])
+
+    # The same seed and partitions in this process give the same rounds (metrics,
+    # bytes) and model bits: context.state kept each node's user embeddings
+    # across rounds on the SuperNode as it does here.
+    rc_map = {"num-server-rounds": 2, "local-epochs": 1, "data-dir": str(ml100k_slice)}
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    grid = InProcessGrid(client_app, nodes, rc_map, shuffle_seed=3)
+    again = json.loads(
+        run_federated(grid, RunConfig.from_mapping(rc_map), tmp_path / "again").read_text()
+    )
+
+    def comparable(rounds):
+        return [{k: v for k, v in r.items() if k != "wall-seconds"} for r in rounds]
+
+    assert comparable(results["rounds"]) == comparable(again["rounds"])
+    hr, hr_again = results["final"]["test"]["hr@10"], again["final"]["test"]["hr@10"]
+    assert abs(hr - hr_again) <= 1e-6 and hr > 0.1
+    ours = torch.load(tmp_path / "again" / "model.pt")["state_dict"]
+    theirs = torch.load(out / "model.pt")["state_dict"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_run_survives_losing_a_supernode(deployment, ml100k_slice, tmp_path):
+    out = tmp_path / "results"
+    rc = (
+        f"num-server-rounds=2 local-epochs=1 min-nodes=1 data-dir='{ml100k_slice}' "
+        f"output-dir='{out}'"
+    )
+    log = tmp_path / "flwr-run.log"
+    proc = _flwr_run(deployment, rc, log)
+    victim_log = Path(str(deployment.processes["supernode-1"]["log"]))
+    deadline = time.time() + 90
+    while "Receiving: train message" not in victim_log.read_text(errors="replace"):
+        assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.1)
+    # The machine is gone: the SuperNode and its ClientApp die without a word.
+    os.killpg(deployment.pids["supernode-1"], signal.SIGKILL)
+    # The SuperLink notices after two missed 30 s heartbeats (Flower 1.42).
+    text = _finish(proc, log, timeout=150)
+    assert (out / "results.json").is_file(), text[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    first, second = results["rounds"]
+    assert results["rounds-with-failures"] == [1]
+    # Round 1: node 0 trained and evaluated; node 1's train message failed.
+    assert (first["replies"], first["failures"]) == (2, 1)
+    assert "Node Unavailable" in " ".join(first["failure-reasons"])
+    # Round 2 ran with the remaining node only, without failures.
+    assert (second["replies"], second["failures"]) == (2, 0)
+    assert results["num-clients"] == 1
+    assert second["test"]["hr@10"] > 0
