@@ -8,10 +8,11 @@ into a state file; ``python -m fedrec_flwr.deploy down`` stops them all by pid.
 Then ``flwr run . local-deploy --stream`` trains on the deployment.
 
 Every process gets its own ``FLWR_HOME`` under the state directory (as separate
-machines would have), runs from that neutral directory, in its own process
-group (so ``down`` also stops the ``flower-superexec``/``flwr-clientapp``
-children), with telemetry, the update check and runtime dependency
-installation off.
+machines would have) and runs from that neutral directory, in its own session
+(a Ctrl-C in the shell that ran ``up`` does not reach it), with telemetry, the
+update check and runtime dependency installation off. ``down`` also stops the
+``flower-superexec``/``flwr-serverapp``/``flwr-clientapp`` children Flower
+starts: they inherit that ``FLWR_HOME``.
 """
 
 from __future__ import annotations
@@ -156,9 +157,8 @@ def _alive(pid: int, start_time: object) -> bool:
     return state != "Z" and (start_time is None or now == start_time)
 
 
-def _env(home: Path, base: Mapping[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env.update(FLOWER_ENV)
+def _env(home: Path, extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {**os.environ, **FLOWER_ENV, **(extra or {})}
     env["FLWR_HOME"] = str(home)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -171,8 +171,8 @@ def _spawn(
     home.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / f"{name}.log"
     with log_path.open("ab") as log_file:
-        # Own session = own process group: `down` signals the group, which also
-        # holds the flower-superexec and flwr-*app children Flower starts.
+        # Own session: detached from the caller's terminal; a SuperNode's group
+        # also holds its superexec and ClientApp children (killpg = machine lost).
         proc = subprocess.Popen(
             list(cmd),
             cwd=home,
@@ -250,9 +250,9 @@ def up(
         Appended to every SuperNode's ``--node-config`` (see :func:`node_config`).
     flwr_home : pathlib.Path, optional (default: ``$FLWR_HOME`` or ``~/.flwr``)
         Whose ``config.toml`` gets the connection (the one ``flwr run`` reads).
-    env : mapping, optional (default: ``os.environ``)
-        Base environment of the processes (``FLOWER_ENV`` and ``FLWR_HOME`` are
-        set on top).
+    env : mapping, optional (default: None)
+        Extra environment variables for every process, set over ``os.environ``
+        and :data:`FLOWER_ENV` (``FLWR_HOME`` is always the process's own).
     timeout : float (default: 60.0)
         Seconds to wait for the SuperLink to listen and every SuperNode to connect.
 
@@ -387,56 +387,54 @@ def _flwr_home(home: Path) -> Iterator[None]:
 
 
 def _stop(dep: Deployment, grace: float = 10.0) -> list[int]:
-    """SIGTERM each process group we started, then SIGKILL what is left."""
-    ours = [
-        (int(str(p["pid"])), p["start-time"])
-        for p in dep.processes.values()
-        if _alive(int(str(p["pid"])), p["start-time"])
-        or _group_is_ours(int(str(p["pid"])), dep.state_dir)
-    ]
+    """SIGTERM every process we started, then SIGKILL what is left; return their pids.
+
+    Ours are the processes ``up`` started (pid and start time match) and every
+    process whose ``FLWR_HOME`` lies in the state directory: Flower's
+    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` children
+    inherit it, including those the SuperLink detaches into their own session.
+    """
+    stopped: set[int] = set()
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid, _ in ours:
-            # Our pid leads its own group (start_new_session); the group also
-            # holds Flower's superexec and app children, even if the leader died.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)
-        deadline = time.time() + grace
-        while time.time() < deadline and _group_alive([pid for pid, _ in ours]):
-            time.sleep(0.1)
-        if not _group_alive([pid for pid, _ in ours]):
+        pids = _ours(dep)
+        if not pids:
             break
+        stopped.update(pids)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.time() + grace
+        while _ours(dep) and time.time() < deadline:
+            _reap(dep)
+            time.sleep(0.1)
+    _reap(dep)
+    return sorted(stopped)
+
+
+def _reap(dep: Deployment) -> None:
     for pid in dep.pids.values():
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap, if this process started it
-    return [pid for pid, _ in ours]
+            os.waitpid(pid, os.WNOHANG)  # if this process started it
 
 
-def _group_is_ours(pgid: int, state_dir: str) -> bool:
-    """A dead leader's group still running children we started (by their FLWR_HOME)."""
-    marker = f"FLWR_HOME={state_dir}/".encode()
+def _ours(dep: Deployment) -> list[int]:
+    found = {
+        pid
+        for pid, p in zip(dep.pids.values(), dep.processes.values(), strict=True)
+        if _alive(pid, p["start-time"])
+    }
+    marker = f"FLWR_HOME={dep.state_dir}/".encode()
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and marker in (proc / "environ").read_bytes():
-                return True
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            env = (proc / "environ").read_bytes().split(b"\0")
+            if state != "Z" and any(e.startswith(marker) for e in env):
+                found.add(int(proc.name))
         except OSError:
             continue
-    return False
-
-
-def _group_alive(pgids: Sequence[int]) -> bool:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) in pgids:
-            return True
-    return False
+    return sorted(found)
 
 
 def down(state_dir: Path | None = None, *, connection: str = DEFAULT_CONNECTION) -> list[int]:
@@ -499,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("stop with: python -m fedrec_flwr.deploy down" + _dir_arg(args))
         elif args.command == "down":
             stopped = down(args.state_dir, connection=args.connection)
-            print(f"stopped {len(stopped)} process group(s): {stopped}")
+            print(f"stopped {len(stopped)} process(es): {stopped}")
         else:
             dep = Deployment.load(Path(args.state_dir or default_state_dir(args.connection)))
             for name, proc in dep.processes.items():
