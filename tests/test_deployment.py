@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 def _flwr_run(dep: Deployment, run_config: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": dep.flwr_home}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = ["flwr", "run", str(REPO), dep.connection, "--stream", "--run-config", run_config]
     neutral = log.parent / "cwd"
     neutral.mkdir(exist_ok=True)
@@ -101,7 +103,7 @@ def test_deployment_trains_like_simulation(deployment, ml100k_slice, tmp_path):
     out = tmp_path / "results"
     rc = f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_slice}' output-dir='{out}'"
     log = tmp_path / "flwr-run.log"
-    text = _finish(_flwr_run(deployment, rc, log), log, timeout=150)
+    text = _finish(_flwr_run(deployment, rc, log), log, timeout=240)
     assert (out / "results.json").is_file(), text[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["num-clients"] == 2 and results["rounds-with-failures"] == []
@@ -149,13 +151,18 @@ def test_run_survives_losing_a_supernode(deployment, ml100k_slice, tmp_path):
     proc = _flwr_run(deployment, rc, log)
     victim_log = Path(str(deployment.processes["supernode-1"]["log"]))
     deadline = time.time() + 90
-    while "Receiving: train message" not in victim_log.read_text(errors="replace"):
-        assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.1)
-    # The machine is gone: the SuperNode and its ClientApp die without a word.
-    os.killpg(deployment.pids["supernode-1"], signal.SIGKILL)
+    try:
+        while "Receiving: train message" not in victim_log.read_text(errors="replace"):
+            assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+        # The machine is gone: the SuperNode and its ClientApp die without a word.
+        os.killpg(deployment.pids["supernode-1"], signal.SIGKILL)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     # The SuperLink notices after two missed 30 s heartbeats (Flower 1.42).
-    text = _finish(proc, log, timeout=150)
+    text = _finish(proc, log, timeout=240)
     assert (out / "results.json").is_file(), text[-3000:]
     results = json.loads((out / "results.json").read_text())
     first, second = results["rounds"]
