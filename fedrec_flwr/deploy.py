@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_CONNECTION",
     "FLOWER_ENV",
     "Deployment",
+    "default_state_dir",
     "down",
     "main",
     "node_config",
@@ -53,7 +54,8 @@ FLOWER_ENV: Mapping[str, str] = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     # SuperExec looks for new ClientApp tasks every second by default; each
-    # round has two (train, evaluate), so a 0.1 s poll saves ~1 s per round.
+    # round has two (train, evaluate), so a 0.1 s poll saves ~0.9 s per round
+    # on average, for ~1.6% of a core per idle SuperExec.
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
 
@@ -90,12 +92,14 @@ class Deployment:
         return {name: int(str(p["pid"])) for name, p in self.processes.items()}
 
     def save(self) -> Path:
+        """Write ``deploy.json`` into ``state_dir``; return its path."""
         path = Path(self.state_dir) / STATE_FILE
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
     def load(cls, state_dir: Path) -> Deployment:
+        """Read the ``deploy.json`` that ``up`` wrote into ``state_dir``."""
         path = state_dir / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(
