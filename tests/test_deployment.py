@@ -134,6 +134,7 @@ def test_deployment_trains_like_simulation(deployment, ml100k_slice, tmp_path):
         return [{k: v for k, v in r.items() if k != "wall-seconds"} for r in rounds]
 
     assert comparable(results["rounds"]) == comparable(again["rounds"])
+    assert again["arrays-received"] == results["arrays-received"]
     hr, hr_again = results["final"]["test"]["hr@10"], again["final"]["test"]["hr@10"]
     assert abs(hr - hr_again) <= 1e-6 and hr > 0.1
     ours = torch.load(tmp_path / "again" / "model.pt")["state_dict"]
