@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datasets.options import DataOptions
 from .datasets.prepare import DATASETS
 from .model import ARCHITECTURES
 
@@ -78,6 +79,30 @@ class RunConfig:
         Server strategy name.
     fraction_train : float (default: 1.0) [fraction-train]
         Fraction of clients trained each round, in (0, 1].
+    implicit_threshold : float (default: 0.0) [implicit-threshold]
+        Interactions rated below it are dropped; 0 keeps all as positives.
+    k_core : int (default: 0) [k-core]
+        Repeatedly drop users and items with fewer interactions (0 = off).
+    duplicates : str (default: "keep-latest") [duplicates]
+        Repeated (user, item) pairs: keep-latest, keep-first, keep-all, error.
+    validation : str (default: "strict") [validation]
+        ``strict``: the first bad row is an error naming file:line;
+        ``lenient``: bad rows are dropped and counted per kind.
+    split : str (default: "leave-one-out") [split]
+        Evaluation split (temporal leave-one-out with validation).
+    partitioner : str (default: "random") [partitioner]
+        User groups: random, natural, attribute, hash, range, dirichlet,
+        power-law (see datasets/README.md).
+    partition_by : str (default: "occupation") [partition-by]
+        Users-table column for ``attribute``: age-bucket, gender, occupation,
+        zip-prefix, or any custom column.
+    dirichlet_alpha : float (default: 0.5) [dirichlet-alpha]
+        Concentration of ``dirichlet`` (small = skewed).
+    power_law_exponent : float (default: 1.0) [power-law-exponent]
+        Size exponent of ``power-law`` (0 = equal).
+    log_columns : str (default: "") [log-columns]
+        For ``dataset = "log"`` (a CSV/TSV/Parquet file at data-dir): the column
+        mapping, e.g. ``"user=customer,item=sku,timestamp=ts"``.
     """
 
     num_server_rounds: int = 25
@@ -97,6 +122,16 @@ class RunConfig:
     output_dir: str = ""
     strategy: str = "fedavg"
     fraction_train: float = 1.0
+    implicit_threshold: float = 0.0
+    k_core: int = 0
+    duplicates: str = "keep-latest"
+    validation: str = "strict"
+    split: str = "leave-one-out"
+    partitioner: str = "random"
+    partition_by: str = "occupation"
+    dirichlet_alpha: float = 0.5
+    power_law_exponent: float = 1.0
+    log_columns: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -127,6 +162,15 @@ class RunConfig:
                 f"mlp-layers={','.join(map(str, self.mlp_layers))}: the first width must "
                 "be even (user and item embeddings concatenated)"
             )
+        try:
+            self.data_options()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def data_options(self) -> DataOptions:
+        """The data-related fields, as the datasets package takes them."""
+        names = {f.name for f in dataclasses.fields(DataOptions)}
+        return DataOptions(**{n: getattr(self, n) for n in names})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
