@@ -59,7 +59,8 @@ class DataOptions:
         Only ``leave-one-out`` feeds training (the client evaluates one
         held-out item per user); ratio splits are library functions.
     partitioner : str (default: "random")
-        One of :data:`~fedrec_flwr.datasets.partitioners.PARTITIONERS`.
+        One of :data:`~fedrec_flwr.datasets.partitioners.PARTITIONERS`
+        (``occupation`` etc. are short for ``attribute`` by that column).
     partition_by : str (default: "occupation")
         Attribute for the ``attribute`` partitioner.
     dirichlet_alpha : float (default: 0.5)

@@ -157,7 +157,7 @@ def apply_duplicate_policy(
         first = pos[pd.Series(key[pos]).duplicated().to_numpy()][0]
         raise DataFileError(
             f"{source}:{lines[first]}: duplicate (user, item) pair "
-            f"({frame['user'].iloc[first]!r}, {frame['item'].iloc[first]!r}); "
+            f"({frame['user'].iloc[first]}, {frame['item'].iloc[first]}); "
             "choose duplicates=keep-latest, keep-first or keep-all"
         )
     if policy == "keep-first":

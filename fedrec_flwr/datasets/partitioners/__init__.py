@@ -14,6 +14,7 @@ from .stats import PartitionStats, gini, partition_stats
 
 __all__ = [
     "AGE_BUCKETS",
+    "ATTRIBUTE_SHORTHANDS",
     "PARTITIONERS",
     "AttributePartitioner",
     "DirichletPartitioner",
@@ -31,7 +32,18 @@ __all__ = [
     "power_law_sizes",
 ]
 
-PARTITIONERS = ("random", "natural", "attribute", "hash", "range", "dirichlet", "power-law")
+# Shorthands: partitioner="occupation" means attribute with partition-by="occupation".
+ATTRIBUTE_SHORTHANDS = ("age-bucket", "gender", "occupation", "zip-prefix")
+PARTITIONERS = (
+    "random",
+    "natural",
+    "attribute",
+    "hash",
+    "range",
+    "dirichlet",
+    "power-law",
+    *ATTRIBUTE_SHORTHANDS,
+)
 
 
 def make_partitioner(
@@ -48,7 +60,9 @@ def make_partitioner(
     Parameters
     ----------
     name : str
-        One of :data:`PARTITIONERS`.
+        One of :data:`PARTITIONERS`; an attribute name (``occupation``,
+        ``gender``, ``age-bucket``, ``zip-prefix``) is short for ``attribute``
+        with that ``partition_by``.
     num_partitions : int or None
         From ``num-partitions``; natural and attribute check it against the
         number they make.
@@ -67,6 +81,8 @@ def make_partitioner(
         return NaturalPartitioner(num_partitions, seed)
     if name == "attribute":
         return AttributePartitioner(partition_by, num_partitions, seed)
+    if name in ATTRIBUTE_SHORTHANDS:
+        return AttributePartitioner(name, num_partitions, seed)
     if name == "hash":
         return HashPartitioner(num_partitions, seed)
     if name == "range":

@@ -70,6 +70,18 @@ class PartitionStats:
             ],
         }
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> PartitionStats:
+        """Rebuild from :meth:`to_dict` output (e.g. a cache's ``meta.json``)."""
+        parts = record["partitions"]
+        return cls(
+            [p["label"] for p in parts],
+            np.array([p["users"] for p in parts], dtype=np.int64),
+            np.array([p["interactions"] for p in parts], dtype=np.int64),
+            np.array([p["items"] for p in parts], dtype=np.int64),
+            record.get("partitioner", ""),
+        )
+
     def table(self, max_rows: int = 50) -> str:
         """Fixed-width text table, largest partitions first beyond ``max_rows``."""
         width = max([5, *(len(lab) for lab in self.labels)])
