@@ -12,6 +12,7 @@ import pytest
 from fedrec_flwr.datasets import (
     DataFileError,
     IdEncoder,
+    InteractionSet,
     ValidationReport,
     apply_duplicate_policy,
     filter_k_core,
@@ -20,6 +21,7 @@ from fedrec_flwr.datasets import (
     random_ratio_split,
     read_atomic,
     read_log,
+    sample_eval_negatives,
     stream_log_to_parquet,
     temporal_ratio_split,
     to_implicit,
@@ -486,3 +488,31 @@ def test_ratio_splits():
     assert set(a.test_rows) | set(a.val_rows) <= set(range(10))
     with pytest.raises(ValueError, match="summing to 1"):
         temporal_ratio_split(users, times, (0.5, 0.2, 0.2))
+
+
+def test_sparse_eval_negatives_are_uniform_distinct_and_seeded():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(20), 10)
+    seen = InteractionSet(users, rng.integers(0, 50, size=len(users)), 50)
+    a = sample_eval_negatives(np.random.default_rng(1), 20, seen, 25, method="sparse")
+    b = sample_eval_negatives(np.random.default_rng(1), 20, seen, 25, method="sparse")
+    np.testing.assert_array_equal(a, b)
+    assert not seen.contains(np.repeat(np.arange(20), 25), a.reshape(-1)).any()
+    assert all(len(set(row)) == 25 for row in a)
+    # One user who holds items 0-2 of 10: each of the 7 others is drawn with
+    # probability 2/7 when taking 2 without replacement.
+    one = InteractionSet(np.zeros(3, int), np.array([0, 1, 2]), 10)
+    draws = np.concatenate(
+        [sample_eval_negatives(np.random.default_rng(s), 1, one, 2, method="sparse")[0]
+         for s in range(4000)]
+    )  # fmt: skip
+    freq = np.bincount(draws, minlength=10) / 4000
+    assert freq[:3].sum() == 0
+    np.testing.assert_allclose(freq[3:], 2 / 7, atol=0.03)
+    # "auto" keeps the dense draw (and so ML-100K's published negatives) for small data.
+    np.testing.assert_array_equal(
+        sample_eval_negatives(np.random.default_rng(1), 20, seen, 25),
+        sample_eval_negatives(np.random.default_rng(1), 20, seen, 25, method="dense"),
+    )
+    with pytest.raises(ValueError, match="method='fast'"):
+        sample_eval_negatives(np.random.default_rng(1), 20, seen, 25, method="fast")

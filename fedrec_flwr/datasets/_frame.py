@@ -84,6 +84,96 @@ def iter_text_chunks(
     """
     if isinstance(source, Path) and not source.is_file():
         raise DataFileError(f"{path}: file not found")
+    done = 0  # data rows the fast path has yielded
+    try:
+        for chunk in _arrow_chunks(source, names, sep, skiprows, encoding, quoted, chunksize):
+            lines = skiprows + 1 + done + np.arange(len(chunk), dtype=np.int64)
+            done += len(chunk)
+            if report is not None:
+                report.rows_read += len(chunk)
+            yield chunk, lines
+        return
+    except _FastParseError:
+        # A row the fast parser rejects (wrong field count, blank line, a quoted
+        # newline): continue with pandas from the first row not yet yielded, as
+        # pandas names lines exactly.
+        if not isinstance(source, Path):
+            source.seek(0)
+    yield from _pandas_chunks(
+        source,
+        names,
+        path=path,
+        sep=sep,
+        skiprows=skiprows + done,
+        encoding=encoding,
+        quoted=quoted,
+        lenient=lenient,
+        report=report,
+        chunksize=chunksize,
+    )
+
+
+class _FastParseError(Exception):
+    """The fast Arrow parser met something only pandas reports exactly."""
+
+
+def _arrow_chunks(
+    source: Path | IO[bytes],
+    names: list[str],
+    sep: str,
+    skiprows: int,
+    encoding: str,
+    quoted: bool,
+    chunksize: int | None,
+) -> Iterator[pd.DataFrame]:
+    """Multithreaded Arrow CSV parsing of files whose every line is one row."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(
+            source if isinstance(source, Path) else pa.PythonFile(source, mode="r"),
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=skiprows, encoding=encoding, block_size=1 << 25
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=sep,
+                quote_char='"' if quoted else False,
+                newlines_in_values=False,
+                ignore_empty_lines=False,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        if chunksize is None:  # one chunk, as documented
+            yield reader.read_all().to_pandas()
+            return
+        for batch in reader:
+            for start in range(0, batch.num_rows, chunksize):
+                yield batch.slice(start, chunksize).to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError) as exc:
+        if "Empty CSV file" in str(exc):
+            return
+        raise _FastParseError(str(exc)) from exc
+
+
+def _pandas_chunks(
+    source: Path | IO[bytes],
+    names: list[str],
+    *,
+    path: Path,
+    sep: str,
+    skiprows: int,
+    encoding: str,
+    quoted: bool,
+    lenient: bool,
+    report: ValidationReport | None,
+    chunksize: int | None,
+) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     kwargs = {
         "sep": sep,
         "skiprows": skiprows,
@@ -161,16 +251,43 @@ def _blank(raw: pd.Series) -> np.ndarray:
     return (raw.isna() | (raw.astype(str).str.strip() == "")).to_numpy()
 
 
+def _arrow_cast(raw: pd.Series, kind: str) -> np.ndarray | None:
+    """Vectorised parse of a string column with Arrow; ``None`` if any value does
+    not parse (the caller then falls back to pandas, which pinpoints it)."""
+    import pyarrow as pa  # a dependency; imported here to keep import time low
+    import pyarrow.compute as pc
+
+    try:
+        array = pa.array(raw.array) if not isinstance(raw.array, np.ndarray) else pa.array(raw)
+        if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
+            return None
+        target = pa.float64() if kind == "float" else pa.int64()
+        cast = pc.cast(array, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError):
+        return None
+    if kind == "float":
+        return cast.to_numpy(zero_copy_only=False)  # nulls become NaN
+    if cast.null_count:
+        return None
+    return cast.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
 def _finite(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    values = pd.to_numeric(raw, errors="coerce").astype(np.float64).to_numpy()
+    values = None if pd.api.types.is_numeric_dtype(raw.dtype) else _arrow_cast(raw, "float")
+    if values is None:
+        values = pd.to_numeric(raw, errors="coerce").astype(np.float64).to_numpy()
+    values = np.asarray(values, dtype=np.float64)
     return values, np.isfinite(values)
 
 
 def _as_ids(raw: pd.Series) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(raw.dtype):
-        numeric = raw
-    else:
+    if not pd.api.types.is_numeric_dtype(raw.dtype):
+        fast = _arrow_cast(raw, "int")
+        if fast is not None:
+            return pd.Series(fast)
         numeric = pd.to_numeric(raw, errors="coerce")
+    else:
+        numeric = raw
     if numeric.notna().all() and (numeric == np.floor(numeric)).all():
         # Integer ids stay integers so that u.data and RecBole files of the same
         # data encode identically (string order would put "10" before "9").

@@ -38,6 +38,15 @@ def _format(path: Path, sep: str | None) -> str | None:
     return _SEPARATORS[path.suffix.lower()]
 
 
+def _header(path: Path, separator: str) -> list[str]:
+    """Column names of a text file's first line (quotes removed)."""
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    with path.open(encoding="utf-8", newline="") as fh:
+        first = fh.readline().rstrip("\r\n")
+    return [h.strip().strip('"').strip() for h in first.split(separator)]
+
+
 def _check_mapping(path: Path, header: list[str], columns: Mapping[str, str]) -> None:
     unknown = set(columns) - {"user", "item", "rating", "timestamp"}
     if unknown:
@@ -88,8 +97,7 @@ def _raw_chunks(
                 {c: raw[c] for c in extra},
             )
         return
-    with path.open(encoding="utf-8", newline="") as fh:
-        header = [h.strip().strip('"') for h in fh.readline().rstrip("\r\n").split(separator)]
+    header = _header(path, separator)
     _check_mapping(path, header, columns)
     missing = [c for c in extra if c not in header]
     if missing:
@@ -208,10 +216,7 @@ def _default_mapping(path: Path, sep: str | None) -> dict[str, str]:
 
         header = list(pq.ParquetFile(path).schema_arrow.names)
     else:
-        if not path.is_file():
-            raise DataFileError(f"{path}: file not found")
-        with path.open(encoding="utf-8", newline="") as fh:
-            header = [h.strip() for h in fh.readline().rstrip("\r\n").split(separator)]
+        header = _header(path, separator)
     return {role: role for role in ("user", "item", "rating", "timestamp") if role in header}
 
 
@@ -302,8 +307,7 @@ def read_side_table(path: str | Path, key: str, *, sep: str | None = None) -> pd
     if separator is None:
         table = pd.read_parquet(path)
     else:
-        with path.open(encoding="utf-8", newline="") as fh:
-            header = [h.strip() for h in fh.readline().rstrip("\r\n").split(separator)]
+        header = _header(path, separator)
         table = next(
             iter_text_chunks(
                 path, header, path=path, sep=separator, skiprows=1, quoted=separator == ","
