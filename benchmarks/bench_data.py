@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
     item_p /= item_p.sum()
     u = np.repeat(rng.permutation(users), counts)
     i = rng.choice(items, size=n, p=item_p)
-    for _ in range(50):  # redraw repeated pairs until (almost) all are distinct
+    for _ in range(8):  # redraw repeated pairs; the few left are dropped below
         dup = np.flatnonzero(pd.Series(u * items + i).duplicated().to_numpy())
         if dup.size == 0:
             break
@@ -163,6 +164,7 @@ def run_pipeline(path: Path, num_partitions: int, workdir: Path) -> dict[str, fl
         s = time.perf_counter()
         data = read_partition(target, pid)
         loads.append(time.perf_counter() - s)
+    shutil.rmtree(target)
     out.update(
         {
             "users": num_users,
