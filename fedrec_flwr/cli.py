@@ -20,13 +20,10 @@ from typing import Any
 
 from .datasets import DataFileError, DataOptions, build_partition_cache, read_cache_meta
 from .datasets.options import SOURCES
-from .datasets.partitioners import PARTITIONERS, PartitionStats
+from .datasets.partitioners import DATA_DECIDED, PARTITIONERS, PartitionStats
 from .datasets.validation import DUPLICATE_POLICIES
 
 __all__ = ["main"]
-
-# Partitioners whose number of partitions comes from the data.
-_DATA_DECIDES = ("natural", "attribute", "age-bucket", "gender", "occupation", "zip-prefix")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = _options(args)
         k = args.num_partitions
-        if k is None and options.partitioner not in _DATA_DECIDES:
+        if k is None and options.partitioner not in DATA_DECIDED:
             k = 10
         directory = build_partition_cache(options, k)
         meta = read_cache_meta(directory)

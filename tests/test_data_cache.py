@@ -64,8 +64,15 @@ def test_cache_key_follows_options_and_source(ml100k_dir, tmp_path):
     assert cache.cache_dir_for(opts, 1) != before
 
 
-def test_attribute_partitions_through_the_cache(ml100k_dir):
+def test_attribute_partitions_through_the_cache(ml100k_dir, monkeypatch):
     options = DataOptions(data_dir=str(ml100k_dir), partitioner="occupation")
+    build_partition_cache(options, None)  # as `fedrec data stats` does
+
+    def no_prepare(_options):
+        raise AssertionError("prepared again")
+
+    # Clients naming num-partitions=21 reuse the cache built without a number.
+    monkeypatch.setattr(cache, "prepare_data", no_prepare)
     parts = [load_partition(options, p, 21) for p in range(21)]
     assert sum(p.num_users for p in parts) == 943
     assert len({int(u) for p in parts for u in p.users}) == 943

@@ -52,6 +52,11 @@ def iter_text_chunks(
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     """Read a delimited file as strings, yielding ``(chunk, file_lines)``.
 
+    Arrow's multithreaded parser reads files whose every line is one
+    well-formed row; at the first row it rejects (wrong field count, blank
+    line, quoted newline) parsing continues with pandas from the first row not
+    yet yielded, because pandas names bad lines exactly.
+
     Parameters
     ----------
     source : pathlib.Path or binary file object

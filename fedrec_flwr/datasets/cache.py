@@ -30,7 +30,7 @@ from ..paths import data_home, fedrec_home
 from .catalogue import write_catalogue
 from .negatives import InteractionSet
 from .options import MOVIELENS, DataOptions
-from .partitioners import make_partitioner, partition_stats
+from .partitioners import DATA_DECIDED, make_partitioner, partition_stats
 from .prepare import ClientData, PreparedData, prepare_data
 
 __all__ = [
@@ -79,8 +79,9 @@ def _fingerprint(path: Path) -> list[Any]:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def cache_dir_for(options: DataOptions, num_partitions: int, *, extra: Any = None) -> Path:
-    """Directory of the cache for ``options`` split into ``num_partitions``."""
+def cache_dir_for(options: DataOptions, num_partitions: int | None, *, extra: Any = None) -> Path:
+    """Directory of the cache for ``options`` split into ``num_partitions``
+    (``None``: as many as the partitioner makes)."""
     record = {
         "format": CACHE_FORMAT,
         "options": options.to_dict(),
@@ -153,35 +154,44 @@ def _plain(value: Any) -> Any:
 def build_partition_cache(options: DataOptions, num_partitions: int | None) -> Path:
     """Prepare, partition and write the cache (no-op when it exists).
 
-    ``num_partitions`` may be ``None`` for partitioners that decide it
-    (natural, attribute).
+    For partitioners whose data decides the number of partitions (natural,
+    attribute) the cache does not depend on ``num_partitions``; a number that
+    differs from the one the data gives is an error. ``None`` accepts it.
     """
-    key_parts = num_partitions if num_partitions is not None else "auto"
-    target = cache_dir_for(options, key_parts)  # type: ignore[arg-type]
-    if (target / "meta.json").is_file():
-        return target
-    prepared = prepare_data(options)
-    partitioner = make_partitioner(
-        options.partitioner,
-        num_partitions,
-        options.seed,
-        partition_by=options.partition_by,
-        dirichlet_alpha=options.dirichlet_alpha,
-        power_law_exponent=options.power_law_exponent,
-    ).fit(prepared)
-    stats = partition_stats(
-        prepared, partitioner.assignment_, partitioner.labels_, repr(partitioner)
-    )
-    meta = {
-        "options": options.to_dict(),
-        "dataset": prepared.stats(),
-        "protocol": prepared.protocol(),
-        "preparation": prepared.preparation,
-        "partition-stats": stats.to_dict(),
-    }
-    return write_partition_cache(
-        target, prepared, partitioner.assignment_, partitioner.labels_, meta
-    )
+    decided = options.partitioner in DATA_DECIDED
+    target = cache_dir_for(options, None if decided else num_partitions)
+    if not (target / "meta.json").is_file():
+        prepared = prepare_data(options)
+        partitioner = make_partitioner(
+            options.partitioner,
+            None if decided else num_partitions,
+            options.seed,
+            partition_by=options.partition_by,
+            dirichlet_alpha=options.dirichlet_alpha,
+            power_law_exponent=options.power_law_exponent,
+        ).fit(prepared)
+        stats = partition_stats(
+            prepared, partitioner.assignment_, partitioner.labels_, repr(partitioner)
+        )
+        meta = {
+            "options": options.to_dict(),
+            "dataset": prepared.stats(),
+            "protocol": prepared.protocol(),
+            "preparation": prepared.preparation,
+            "partition-stats": stats.to_dict(),
+        }
+        write_partition_cache(target, prepared, partitioner.assignment_, partitioner.labels_, meta)
+    if decided and num_partitions is not None:
+        made = read_cache_meta(target)["num-partitions"]
+        if made != num_partitions:
+            by = ""
+            if options.partitioner == "attribute":
+                by = f" (partition-by={options.partition_by!r})"
+            raise ValueError(
+                f"partitioner={options.partitioner}{by} makes {made} partitions, but "
+                f"num-partitions={num_partitions}; run with {made} SuperNodes"
+            )
+    return target
 
 
 def read_cache_meta(directory: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from .stats import PartitionStats, gini, partition_stats
 __all__ = [
     "AGE_BUCKETS",
     "ATTRIBUTE_SHORTHANDS",
+    "DATA_DECIDED",
     "PARTITIONERS",
     "AttributePartitioner",
     "DirichletPartitioner",
@@ -34,6 +35,8 @@ __all__ = [
 
 # Shorthands: partitioner="occupation" means attribute with partition-by="occupation".
 ATTRIBUTE_SHORTHANDS = ("age-bucket", "gender", "occupation", "zip-prefix")
+# Partitioners whose data decides the number of partitions.
+DATA_DECIDED = ("natural", "attribute", *ATTRIBUTE_SHORTHANDS)
 PARTITIONERS = (
     "random",
     "natural",
