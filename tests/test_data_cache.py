@@ -212,3 +212,26 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert fedrec_main(["data", "stats", "ml-1m", "--data-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data-dir") and "\n" not in err
+
+
+def test_custom_log_partitioned_by_one_of_its_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [
+        (f"u{u}", f"i{int(i)}", t, ["north", "south", "east"][u % 3])
+        for u in range(30)
+        for t, i in enumerate(rng.choice(40, size=6, replace=False))
+    ]
+    log = tmp_path / "clinics.csv"
+    pd.DataFrame(rows, columns=["patient", "drug", "ts", "region"]).to_csv(log, index=False)
+    options = DataOptions(
+        dataset="log",
+        data_dir=str(log),
+        log_columns="user=patient,item=drug,timestamp=ts",
+        partitioner="attribute",
+        partition_by="region",
+        num_eval_negatives=5,
+    )
+    parts = [load_partition(options, p, 3) for p in range(3)]
+    assert [p.num_users for p in parts] == [10, 10, 10]
+    meta = read_cache_meta(build_partition_cache(options, 3))
+    assert meta["labels"] == ["east", "north", "south"]

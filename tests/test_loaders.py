@@ -3,7 +3,9 @@
 import hashlib
 import io
 import json
+import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -516,3 +518,19 @@ def test_sparse_eval_negatives_are_uniform_distinct_and_seeded():
     )
     with pytest.raises(ValueError, match="method='fast'"):
         sample_eval_negatives(np.random.default_rng(1), 20, seen, 25, method="fast")
+
+
+def test_log_with_a_separate_users_table_and_default_stream_target(tmp_path):
+    events = _events()
+    events.to_csv(tmp_path / "e.csv", index=False)
+    pd.DataFrame({"customer": ["c1", "c2"], "clinic": ["A", "B"]}).to_csv(
+        tmp_path / "users.csv", index=False
+    )
+    data = read_log(
+        tmp_path / "e.csv", {"user": "customer", "item": "sku"}, users_path=tmp_path / "users.csv"
+    )
+    assert data.users.to_dict("list") == {"user": ["c1", "c2"], "clinic": ["A", "B"]}
+    stream_log_to_parquet(tmp_path / "e.csv", columns={"user": "customer", "item": "sku"})
+    home = Path(os.environ["FEDREC_FLWR_HOME"])  # set per session by conftest
+    streamed = read_log(home / "data" / "logs" / "e.parquet")
+    assert streamed.interactions["user"].tolist() == events["customer"].tolist()

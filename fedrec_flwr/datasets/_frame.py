@@ -445,16 +445,19 @@ def _empty(columns: dict[str, pd.Series], with_lines: bool = False) -> pd.DataFr
 
 
 def concat_interactions(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate validated chunks; ids become strings everywhere if any
-    chunk had a non-integer id (so one column never mixes types)."""
-    parts = [p for p in parts if len(p)] or parts[:1]
-    if len(parts) == 1:
-        return parts[0]
+    """Concatenate validated chunks, emptying ``parts`` so the chunks are freed
+    (a 20M-row log would otherwise be held twice). Ids become strings
+    everywhere if any chunk had a non-integer id (one column never mixes types).
+    """
+    chunks = [p for p in parts if len(p)] or parts[:1]
+    parts.clear()
+    if len(chunks) == 1:
+        return chunks[0]
     for column in ("user", "item"):
-        if any(not pd.api.types.is_integer_dtype(p[column].dtype) for p in parts):
-            for p in parts:
+        if any(not pd.api.types.is_integer_dtype(p[column].dtype) for p in chunks):
+            for p in chunks:
                 p[column] = p[column].astype(str)
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(chunks, ignore_index=True)
 
 
 def bytes_with_tabs(path: Path, separator: bytes) -> io.BytesIO:

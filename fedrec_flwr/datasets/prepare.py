@@ -260,11 +260,14 @@ def load_source(options: DataOptions) -> LoadedData:
     path = Path(options.data_dir)
     if path.suffix == ".inter":
         return read_atomic(path, lenient=options.lenient, duplicates=options.duplicates)
+    # partition-by on a custom log names a column of the log itself (e.g. region).
+    by = {"age-bucket": "age", "zip-prefix": "zip"}.get(options.partition_by, options.partition_by)
     return read_log(
         path,
         parse_columns(options.log_columns) or None,
         lenient=options.lenient,
         duplicates=options.duplicates,
+        user_columns=(by,) if options.partitioner == "attribute" else (),
     )
 
 

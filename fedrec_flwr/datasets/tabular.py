@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..paths import data_home
 from ._errors import DataFileError
 from ._frame import concat_interactions, interactions_from_text, iter_text_chunks
 from .loaded import LoadedData
@@ -153,6 +154,7 @@ def read_log(
     lenient: bool = False,
     duplicates: str = "keep-latest",
     user_columns: tuple[str, ...] = (),
+    users_path: str | Path | None = None,
     chunksize: int = 1_000_000,
 ) -> LoadedData:
     """Load an interaction log in CSV, TSV or Parquet.
@@ -180,6 +182,9 @@ def read_log(
         Log columns describing the user (e.g. ``region``, ``hospital``): they
         become the users table (each user's value on its last row), for the
         attribute partitioner.
+    users_path : str or pathlib.Path, optional (default: None)
+        A separate users table (CSV/TSV/Parquet with a ``user`` column, or the
+        column ``columns["user"]`` names); replaces ``user_columns``.
     chunksize : int (default: 1,000,000)
         Rows parsed at a time.
 
@@ -205,8 +210,20 @@ def read_log(
         side = pd.concat(sides, ignore_index=True)
         side.insert(0, "user", frame["user"].to_numpy())
         users = side.groupby("user", sort=True).last().reset_index()
+    if users_path is not None:
+        key = "user" if "user" in _side_header(Path(users_path), sep) else columns["user"]
+        users = read_side_table(users_path, key, sep=sep).rename(columns={key: "user"})
     frame = apply_duplicate_policy(frame, duplicates, report=report, source=str(path))
     return LoadedData(frame, users, None, report, name=path.stem)
+
+
+def _side_header(path: Path, sep: str | None) -> list[str]:
+    separator = _format(path, sep)
+    if separator is None:
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    return _header(path, separator)
 
 
 def _default_mapping(path: Path, sep: str | None) -> dict[str, str]:
@@ -222,7 +239,7 @@ def _default_mapping(path: Path, sep: str | None) -> dict[str, str]:
 
 def stream_log_to_parquet(
     path: str | Path,
-    out: str | Path,
+    out: str | Path | None = None,
     columns: Mapping[str, str] | None = None,
     *,
     sep: str | None = None,
@@ -240,9 +257,10 @@ def stream_log_to_parquet(
     ----------
     path, columns, sep, rating_range, lenient, chunksize
         As in :func:`read_log`.
-    out : str or pathlib.Path
+    out : str or pathlib.Path, optional (default: None)
         The Parquet file to write (columns ``user``, ``item``, ``rating`` and,
         when mapped, ``timestamp``); written to a temporary name and renamed.
+        ``None``: ``$FEDREC_FLWR_HOME/data/logs/<name>.parquet``.
     id_type : str (default: "auto")
         ``int``, ``str``, or ``auto`` (the type of the first chunk's ids; a
         later chunk that disagrees is an error asking for ``str``).
@@ -256,7 +274,8 @@ def stream_log_to_parquet(
 
     if id_type not in ("auto", "int", "str"):
         raise ValueError(f"id_type={id_type!r}: accepted: auto, int, str")
-    path, out = Path(path), Path(out)
+    path = Path(path)
+    out = Path(out) if out is not None else data_home() / "logs" / f"{path.stem}.parquet"
     columns = dict(columns) if columns is not None else _default_mapping(path, sep)
     report = ValidationReport(str(path))
     tmp = out.with_name(out.name + ".partial")
