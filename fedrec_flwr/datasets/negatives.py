@@ -11,7 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["InteractionSet", "sample_eval_negatives", "sample_train_negatives"]
+__all__ = ["InteractionSet", "sample_eval_negatives", "sample_train_negatives", "sorted_unique"]
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of a 1-D array, by sorting.
+
+    Same result as ``np.unique``, which took 40 s on 20M int64 keys with
+    NumPy 2.4 here (2 busy cores) where sorting took 1.4 s.
+    """
+    ordered = np.sort(np.asarray(values).reshape(-1))
+    if ordered.size == 0:
+        return ordered
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]]
 
 
 class InteractionSet:
@@ -30,7 +42,7 @@ class InteractionSet:
         keys = np.asarray(users, dtype=np.int64) * self.num_items + np.asarray(
             items, dtype=np.int64
         )
-        self.keys_ = np.unique(keys)
+        self.keys_ = sorted_unique(keys)
         self.per_user_ = np.bincount(self.keys_ // self.num_items)
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..negatives import sorted_unique
+
 if TYPE_CHECKING:
     from ..prepare import PreparedData
 
@@ -139,6 +141,6 @@ def partition_stats(
     users = np.bincount(assignment, minlength=k)
     row_part = assignment[data.train_users]
     interactions = np.bincount(row_part, minlength=k)
-    pairs = np.unique(row_part * np.int64(max(data.num_items, 1)) + data.train_items)
+    pairs = sorted_unique(row_part * np.int64(max(data.num_items, 1)) + data.train_items)
     items = np.bincount(pairs // max(data.num_items, 1), minlength=k)
     return PartitionStats(list(labels), users, interactions, items, partitioner)
