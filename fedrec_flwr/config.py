@@ -69,10 +69,12 @@ class RunConfig:
     seed : int (default: 42) [seed]
         Seeds initialisation, partitions, negatives and shuffling.
     dataset : str (default: "ml-100k") [dataset]
-        Dataset name.
+        ``ml-100k``, ``ml-1m``, ``ml-10m``, ``ml-20m``, ``ml-25m``, ``ml-32m``,
+        ``ml-latest-small``, ``atomic`` (RecBole files) or ``log`` (CSV/TSV/
+        Parquet); see datasets/README.md.
     data_dir : str (default: "") [data-dir]
-        Absolute directory with the dataset files; empty = download into the
-        cache (``$FEDREC_FLWR_HOME/data``).
+        Absolute directory with the dataset files (for ``atomic`` and ``log``:
+        the file); empty = download into the cache (``$FEDREC_FLWR_HOME/data``).
     output_dir : str (default: "") [output-dir]
         Absolute directory for results; empty = ``$FEDREC_FLWR_HOME/runs/<run>``.
     strategy : str (default: "fedavg") [strategy]
