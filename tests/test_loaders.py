@@ -534,3 +534,34 @@ def test_log_with_a_separate_users_table_and_default_stream_target(tmp_path):
     home = Path(os.environ["FEDREC_FLWR_HOME"])  # set per session by conftest
     streamed = read_log(home / "data" / "logs" / "e.parquet")
     assert streamed.interactions["user"].tolist() == events["customer"].tolist()
+
+
+def test_grouplens_ml100k_layout_side_tables(tmp_path):
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("1\t1\t5\t10\n1\t2\t4\t11\n2\t1\t3\t12\n")
+    (folder / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|T8H1N\n")
+    flags = ["0"] * 19
+    action_comedy = flags.copy()
+    action_comedy[1] = action_comedy[5] = "1"
+    unknown = flags.copy()
+    unknown[0] = "1"
+    (folder / "u.item").write_bytes(
+        (
+            "1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(action_comedy) + "\n"
+            "2|Café (1996)|01-Jan-1996||http://y|" + "|".join(unknown) + "\n"
+        ).encode("latin-1")
+    )
+    data = load_movielens("ml-100k", tmp_path)
+    assert data.users.to_dict("list") == {
+        "user": [1, 2],
+        "age": [24, 53],
+        "gender": ["M", "F"],
+        "occupation": ["technician", "other"],
+        "zip": ["85711", "T8H1N"],
+    }
+    assert data.items.to_dict("list") == {
+        "item": [1, 2],
+        "title": ["Toy Story (1995)", "Café (1996)"],
+        "genres": ["Action|Comedy", "unknown"],
+    }
