@@ -11,11 +11,13 @@ path and prints one table:
   partition      RandomPartitioner (the default) into --num-partitions groups
   negatives      evaluation negatives (99 per user, excluding all the user's items)
   cache-write    partition cache on disk (grouped arrays + catalogue)
-  client-load    one client reading its partition back (median of 5, fresh reads)
+  client-load    one client reading its partition from the cache (median over 5
+                 partitions; what a ClientApp process does per message)
 
 "prepared" = load+validate + encode + split + partition (the issue's target:
 20M interactions in < 2 min and < 4 GiB peak on 2 cores; client load < 0.5 s).
-Peak memory is the child process's maximum RSS.
+Peak memory is the child process's maximum RSS. Generating the 20M log takes
+about 2 minutes and 0.5 GB of disk; ``--workdir`` keeps it between runs.
 
 Usage::
 
