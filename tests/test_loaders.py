@@ -565,3 +565,23 @@ def test_grouplens_ml100k_layout_side_tables(tmp_path):
         "title": ["Toy Story (1995)", "Café (1996)"],
         "genres": ["Action|Comedy", "unknown"],
     }
+
+
+def test_fast_parser_hands_over_mid_file_with_exact_lines(tmp_path, monkeypatch):
+    from fedrec_flwr.datasets import _frame
+
+    # Tiny Arrow blocks: the bad rows sit blocks after the first, so some chunks
+    # were already yielded by the fast path when pandas takes over.
+    monkeypatch.setattr(_frame, "_ARROW_BLOCK_BYTES", 64)
+    rows = [f"{u}\t{u % 7}\t3\t{u}" for u in range(1, 200)]
+    rows[120] = "121\t1\t3\t121\t9"  # line 122 of the file (header is line 1)
+    rows[150] = ""  # line 152: blank
+    path = tmp_path / "log.tsv"
+    path.write_text("user\titem\trating\ttimestamp\n" + "\n".join(rows) + "\n")
+    data = read_log(path, lenient=True, chunksize=10)
+    assert data.report.dropped["malformed-row"] == 1 and data.report.dropped["missing-id"] == 1
+    assert data.report.first_line == {"malformed-row": 122, "missing-id": 152}
+    assert len(data.interactions) == 197
+    assert data.interactions["user"].tolist() == [u for u in range(1, 200) if u not in (121, 151)]
+    with pytest.raises(DataFileError, match=r"log\.tsv:122: malformed row"):
+        read_log(path, chunksize=10)

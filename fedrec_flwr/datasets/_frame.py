@@ -33,6 +33,9 @@ __all__ = [
 
 INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp")
 
+# Bytes Arrow parses per block (a block is parsed in parallel, then sliced into
+# chunks of ``chunksize`` rows).
+_ARROW_BLOCK_BYTES = 1 << 25
 _SKIPPED = re.compile(r"Skipping line (\d+): (.*)")
 _EXPECTED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
@@ -139,7 +142,10 @@ def _arrow_chunks(
         reader = pacsv.open_csv(
             source if isinstance(source, Path) else pa.PythonFile(source, mode="r"),
             read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=skiprows, encoding=encoding, block_size=1 << 25
+                column_names=names,
+                skip_rows=skiprows,
+                encoding=encoding,
+                block_size=_ARROW_BLOCK_BYTES,
             ),
             parse_options=pacsv.ParseOptions(
                 delimiter=sep,
