@@ -39,6 +39,7 @@ __all__ = [
     "cache_dir_for",
     "load_partition",
     "read_cache_meta",
+    "read_partition",
     "write_partition_cache",
 ]
 
@@ -80,8 +81,18 @@ def _fingerprint(path: Path) -> list[Any]:
 
 
 def cache_dir_for(options: DataOptions, num_partitions: int | None, *, extra: Any = None) -> Path:
-    """Directory of the cache for ``options`` split into ``num_partitions``
-    (``None``: as many as the partitioner makes)."""
+    """Directory of the cache for a configuration.
+
+    Parameters
+    ----------
+    options : DataOptions
+        Dataset, preparation and partitioner options.
+    num_partitions : int or None
+        Requested partitions (``None``: as many as the partitioner makes).
+    extra : object, optional (default: None)
+        More JSON-serialisable key material (node-local data adds its
+        catalogue and partition id).
+    """
     record = {
         "format": CACHE_FORMAT,
         "options": options.to_dict(),
@@ -100,7 +111,22 @@ def write_partition_cache(
     labels: list[str],
     meta: dict[str, Any],
 ) -> Path:
-    """Write ``prepared`` grouped by ``assignment`` into ``target`` atomically."""
+    """Write ``prepared`` grouped by ``assignment`` into ``target`` atomically.
+
+    Parameters
+    ----------
+    target : pathlib.Path
+        Cache directory to create (built under a temporary name, then renamed;
+        if another process won the race its copy is kept).
+    prepared : PreparedData
+        The whole dataset.
+    assignment : numpy.ndarray
+        Partition of each user code.
+    labels : list of str
+        One name per partition.
+    meta : dict
+        Recorded in ``meta.json`` besides the sizes and labels.
+    """
     k = len(labels)
     users = np.argsort(assignment, kind="stable")  # by partition, then user code
     user_offsets = np.r_[0, np.cumsum(np.bincount(assignment, minlength=k))]
@@ -152,8 +178,18 @@ def _plain(value: Any) -> Any:
 
 
 def build_partition_cache(options: DataOptions, num_partitions: int | None) -> Path:
-    """Prepare, partition and write the cache (no-op when it exists).
+    """Prepare, partition and write the cache (no-op when it exists); return its directory.
 
+    Parameters
+    ----------
+    options : DataOptions
+        Dataset, preparation and partitioner options.
+    num_partitions : int or None
+        Requested partitions.
+
+
+    Notes
+    -----
     For partitioners whose data decides the number of partitions (natural,
     attribute) the cache does not depend on ``num_partitions``; a number that
     differs from the one the data gives is an error. ``None`` accepts it.
@@ -204,7 +240,15 @@ def _open(directory: Path) -> dict[str, np.ndarray]:
 
 
 def read_partition(directory: Path, partition_id: int) -> ClientData:
-    """Read one partition's slices from a cache directory."""
+    """Read one partition's slices from a cache directory.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        A cache written by :func:`write_partition_cache`.
+    partition_id : int
+        Which partition.
+    """
     meta = read_cache_meta(directory)
     k, num_items = meta["num-partitions"], meta["num-items"]
     if not 0 <= partition_id < k:
@@ -231,8 +275,15 @@ def read_partition(directory: Path, partition_id: int) -> ClientData:
 def load_partition(options: DataOptions, partition_id: int, num_partitions: int) -> ClientData:
     """One client's data: from the cache, building it first if needed.
 
-    For partitioners that decide the number of partitions (natural,
-    attribute) ``num_partitions`` must equal the number they make.
+    Parameters
+    ----------
+    options : DataOptions
+        Dataset, preparation and partitioner options.
+    partition_id : int
+        This client's partition.
+    num_partitions : int
+        Partitions in the federation; for partitioners that decide the number
+        (natural, attribute) it must equal the number they make.
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(

@@ -36,6 +36,7 @@ __all__ = [
     "prepare_data",
     "prepare_dataset",
     "prepare_interactions",
+    "prepare_loaded",
     "to_implicit",
 ]
 
@@ -278,7 +279,19 @@ def prepare_loaded(
     item_catalogue: np.ndarray | None = None,
     negatives_salt: int | None = None,
 ) -> PreparedData:
-    """Implicit conversion, k-core, encoding, split and negatives for a loaded log."""
+    """Implicit conversion, k-core, encoding, split and negatives for a loaded log.
+
+    Parameters
+    ----------
+    loaded : LoadedData
+        A validated log.
+    options : DataOptions
+        Threshold, k-core, seed and negatives.
+    item_catalogue : numpy.ndarray, optional (default: None)
+        Shared catalogue to encode items against (node-local data).
+    negatives_salt : int, optional (default: None)
+        Extra seed entropy for the evaluation negatives.
+    """
     frame = loaded.interactions
     rows_loaded = len(frame)
     frame = to_implicit(frame, options.implicit_threshold)

@@ -316,8 +316,15 @@ def stream_log_to_parquet(
 def read_side_table(path: str | Path, key: str, *, sep: str | None = None) -> pd.DataFrame:
     """Read a users or items table (CSV/TSV/Parquet) keyed by column ``key``.
 
-    The key column is renamed to ``user``/``item`` by the caller's choice of
-    ``key``; integer keys become int64 so they match an integer log.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The table; text files need a header.
+    key : str
+        Column every row must have; integer keys become int64 so they match
+        an integer log.
+    sep : str, optional (default: None)
+        Separator of a text file whose suffix does not tell it.
     """
     path = Path(path)
     if not path.is_file():

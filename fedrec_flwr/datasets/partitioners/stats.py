@@ -136,7 +136,19 @@ class PartitionStats:
 def partition_stats(
     data: PreparedData, assignment: np.ndarray, labels: list[str], partitioner: str = ""
 ) -> PartitionStats:
-    """Count users, training interactions and distinct items per partition."""
+    """Count users, training interactions and distinct items per partition.
+
+    Parameters
+    ----------
+    data : PreparedData
+        The partitioned dataset.
+    assignment : numpy.ndarray
+        Partition of each user code.
+    labels : list of str
+        One name per partition.
+    partitioner : str (default: "")
+        Description shown in the table and figure.
+    """
     k = len(labels)
     users = np.bincount(assignment, minlength=k)
     row_part = assignment[data.train_users]
