@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, RunConfig
-from .datasets import client_data_from, prepare_dataset
+from .datasets import client_data_from, prepare_data
 from .metrics import finalize_sums
 from .model import NCF
 from .results import resolve_output_dir, select_by_validation, write_run
@@ -36,7 +36,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     tuple
         Path of ``results.json`` and the validation-selected entry.
     """
-    prepared = prepare_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_eval_negatives)
+    prepared = prepare_data(cfg.data_options())
     data = client_data_from(prepared, 0, 1, cfg.seed)  # everybody in one group
     model = NCF(
         data.num_users,

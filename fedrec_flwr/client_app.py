@@ -14,6 +14,7 @@ from .adapter import numpy_client_app
 from .client import NCFClient
 from .config import ConfigError, RunConfig
 from .datasets import load_client_data
+from .datasets.local import load_local_client_data
 
 __all__ = ["app", "client_fn", "legacy_app"]
 
@@ -28,17 +29,46 @@ def _node_int(context: Context, key: str) -> int:
     return value
 
 
+def _node_str(context: Context, key: str) -> str:
+    value = context.node_config.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"node-config {key}={value!r}: expected a path string")
+    return value.strip()
+
+
 def client_fn(context: Context) -> NCFClient:
-    """Build the client for this node's user group from the run and node config."""
+    """Build the client for this node's user group from the run and node config.
+
+    A SuperNode that holds its own users' log names it with node-config
+    ``data-file`` and the shared item catalogue with ``item-catalogue``;
+    otherwise the node's group is cut from the run-config dataset by the
+    run-config partitioner.
+    """
     cfg = RunConfig.from_mapping(context.run_config)
-    data = load_client_data(
-        cfg.dataset,
-        cfg.data_dir,
-        cfg.seed,
-        cfg.num_eval_negatives,
-        _node_int(context, "partition-id"),
-        _node_int(context, "num-partitions"),
-    )
+    partition_id = _node_int(context, "partition-id")
+    num_partitions = _node_int(context, "num-partitions")
+    data_file = _node_str(context, "data-file")
+    catalogue = _node_str(context, "item-catalogue")
+    if data_file or catalogue:
+        if not (data_file and catalogue):
+            raise ConfigError(
+                "node-config: data-file and item-catalogue go together; e.g. --node-config "
+                "\"partition-id=0 num-partitions=2 data-file='/data/site0.csv' "
+                "item-catalogue='/data/catalogue.txt'\""
+            )
+        data = load_local_client_data(
+            data_file, catalogue, cfg.data_options(), partition_id, num_partitions
+        )
+    else:
+        data = load_client_data(
+            cfg.dataset,
+            cfg.data_dir,
+            cfg.seed,
+            cfg.num_eval_negatives,
+            partition_id,
+            num_partitions,
+            cfg.data_options(),
+        )
     return NCFClient(data, cfg, context.state)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datasets.options import DataOptions
 from .datasets.prepare import DATASETS
 from .model import ARCHITECTURES
 
@@ -68,10 +69,12 @@ class RunConfig:
     seed : int (default: 42) [seed]
         Seeds initialisation, partitions, negatives and shuffling.
     dataset : str (default: "ml-100k") [dataset]
-        Dataset name.
+        ``ml-100k``, ``ml-1m``, ``ml-10m``, ``ml-20m``, ``ml-25m``, ``ml-32m``,
+        ``ml-latest-small``, ``atomic`` (RecBole files) or ``log`` (CSV/TSV/
+        Parquet); see datasets/README.md.
     data_dir : str (default: "") [data-dir]
-        Absolute directory with the dataset files; empty = download into the
-        cache (``$FEDREC_FLWR_HOME/data``).
+        Absolute directory with the dataset files (for ``atomic`` and ``log``:
+        the file); empty = download into the cache (``$FEDREC_FLWR_HOME/data``).
     output_dir : str (default: "") [output-dir]
         Absolute directory for results; empty = ``$FEDREC_FLWR_HOME/runs/<run>``.
     strategy : str (default: "fedavg") [strategy]
@@ -82,6 +85,30 @@ class RunConfig:
         Nodes that must be connected before a round starts, and the least
         trained and evaluated per round. A deployment that must outlive losing
         nodes sets it below the number of SuperNodes.
+    implicit_threshold : float (default: 0.0) [implicit-threshold]
+        Interactions rated below it are dropped; 0 keeps all as positives.
+    k_core : int (default: 0) [k-core]
+        Repeatedly drop users and items with fewer interactions (0 = off).
+    duplicates : str (default: "keep-latest") [duplicates]
+        Repeated (user, item) pairs: keep-latest, keep-first, keep-all, error.
+    validation : str (default: "strict") [validation]
+        ``strict``: the first bad row is an error naming file:line;
+        ``lenient``: bad rows are dropped and counted per kind.
+    split : str (default: "leave-one-out") [split]
+        Evaluation split (temporal leave-one-out with validation).
+    partitioner : str (default: "random") [partitioner]
+        User groups: random, natural, attribute, hash, range, dirichlet,
+        power-law (see datasets/README.md).
+    partition_by : str (default: "occupation") [partition-by]
+        Users-table column for ``attribute``: age-bucket, gender, occupation,
+        zip-prefix, or any custom column.
+    dirichlet_alpha : float (default: 0.5) [dirichlet-alpha]
+        Concentration of ``dirichlet`` (small = skewed).
+    power_law_exponent : float (default: 1.0) [power-law-exponent]
+        Size exponent of ``power-law`` (0 = equal).
+    log_columns : str (default: "") [log-columns]
+        For ``dataset = "log"`` (a CSV/TSV/Parquet file at data-dir): the column
+        mapping, e.g. ``"user=customer,item=sku,timestamp=ts"``.
     """
 
     num_server_rounds: int = 25
@@ -102,6 +129,16 @@ class RunConfig:
     strategy: str = "fedavg"
     fraction_train: float = 1.0
     min_nodes: int = 2
+    implicit_threshold: float = 0.0
+    k_core: int = 0
+    duplicates: str = "keep-latest"
+    validation: str = "strict"
+    split: str = "leave-one-out"
+    partitioner: str = "random"
+    partition_by: str = "occupation"
+    dirichlet_alpha: float = 0.5
+    power_law_exponent: float = 1.0
+    log_columns: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -133,6 +170,15 @@ class RunConfig:
                 f"mlp-layers={','.join(map(str, self.mlp_layers))}: the first width must "
                 "be even (user and item embeddings concatenated)"
             )
+        try:
+            self.data_options()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def data_options(self) -> DataOptions:
+        """The data-related fields, as the datasets package takes them."""
+        names = {f.name for f in dataclasses.fields(DataOptions)}
+        return DataOptions(**{n: getattr(self, n) for n in names})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:

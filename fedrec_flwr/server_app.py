@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result, Strategy
 
 from .config import RunConfig
-from .datasets import prepare_dataset
+from .datasets import prepare_data
 from .metering import MeteredGrid
 from .model import NCF, shared_arrays
 from .results import resolve_output_dir, write_run
@@ -69,7 +69,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         If no round produced an aggregate (every client failed).
     """
     # The server reads only the item catalogue and sizes; user rows stay with clients.
-    prepared = prepare_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_eval_negatives)
+    prepared = prepare_data(cfg.data_options())
     log(INFO, "fedrec-flwr: results will be written to %s", out_dir)
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
     strategy = build_strategy(cfg)

@@ -20,12 +20,16 @@ def ml100k_dir() -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Keep every test's caches and default outputs out of the real home."""
-    monkeypatch.setenv("FEDREC_FLWR_HOME", str(tmp_path_factory.getbasetemp() / "fedrec-home"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory):
+    """Keep every test's caches and default outputs out of the real home.
+
+    Session-scoped so that module-scoped fixtures (which run before any
+    function-scoped one) see it too: the partition cache is written on first use.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDREC_FLWR_HOME", str(tmp_path_factory.getbasetemp() / "fedrec-home"))
+        yield
 
 
 def write_u_data(path: Path, rows: list[tuple[int, int, int, int]]) -> Path:

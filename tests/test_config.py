@@ -28,7 +28,7 @@ def test_pyproject_defaults_are_exactly_the_run_config():
     [
         ({"model": "bpr"}, r"model='bpr': unknown; accepted: gmf, mlp, neumf"),
         ({"strategy": "fedsgd"}, r"strategy='fedsgd': unknown; accepted: fedavg"),
-        ({"dataset": "ml-1m"}, r"dataset='ml-1m': unknown; accepted: ml-100k"),
+        ({"dataset": "ml-2m"}, r"dataset='ml-2m': unknown; accepted: ml-100k, ml-1m"),
         ({"batch-size": 0}, r"batch-size=0: must be >= 1"),
         ({"learning-rate": -1.0}, r"learning-rate=-1.0: must be > 0"),
         ({"fraction-train": 1.5}, r"fraction-train=1.5: must be in \(0, 1\]"),

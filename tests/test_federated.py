@@ -158,9 +158,9 @@ def test_raw_log_is_parsed_once_per_process(checkerboard, tmp_path, monkeypatch)
     from fedrec_flwr.datasets import prepare
 
     calls = []
-    original = prepare.load_ml100k
-    monkeypatch.setattr(prepare, "load_ml100k", lambda d: calls.append(d) or original(d))
-    prepare.prepare_dataset.cache_clear()
+    original = prepare.load_source
+    monkeypatch.setattr(prepare, "load_source", lambda o: calls.append(o.data_dir) or original(o))
+    prepare.prepare_data.cache_clear()
     prepare.load_client_data.cache_clear()
     rc = {"data-dir": str(checkerboard), "num-server-rounds": 3, "num-eval-negatives": 20, **SMALL}
     run_federated(_grid(rc, 3), RunConfig.from_mapping(rc), tmp_path)

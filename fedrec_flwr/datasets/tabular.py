@@ -1,0 +1,347 @@
+"""Any CSV / TSV / Parquet interaction log, with a column mapping.
+
+Files are parsed in chunks, so a log larger than memory can be validated and
+streamed into a compact Parquet copy (:func:`stream_log_to_parquet`) that later
+loads fast. For text files errors name ``file:line``; for Parquet the number is
+the 1-based row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..paths import data_home
+from ._errors import DataFileError
+from ._frame import concat_interactions, interactions_from_text, iter_text_chunks
+from .loaded import LoadedData
+from .validation import ValidationReport, apply_duplicate_policy
+
+__all__ = ["read_log", "read_side_table", "stream_log_to_parquet"]
+
+_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+
+
+def _format(path: Path, sep: str | None) -> str | None:
+    """``None`` for Parquet, else the text separator."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return None
+    if sep is not None:
+        return sep
+    if path.suffix.lower() not in _SEPARATORS:
+        raise DataFileError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r}; use .csv, "
+            ".tsv or .parquet, or pass sep"
+        )
+    return _SEPARATORS[path.suffix.lower()]
+
+
+def _header(path: Path, separator: str) -> list[str]:
+    """Column names of a text file's first line (quotes removed)."""
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    with path.open(encoding="utf-8", newline="") as fh:
+        first = fh.readline().rstrip("\r\n")
+    return [h.strip().strip('"').strip() for h in first.split(separator)]
+
+
+def _check_mapping(path: Path, header: list[str], columns: Mapping[str, str]) -> None:
+    unknown = set(columns) - {"user", "item", "rating", "timestamp"}
+    if unknown:
+        raise ValueError(
+            f"columns: unknown role(s) {sorted(unknown)}; roles are user, item, rating, timestamp"
+        )
+    for role in ("user", "item"):
+        if role not in columns:
+            raise ValueError(f"columns: no {role!r} column named; e.g. {{'{role}': 'my_{role}'}}")
+    missing = [f"{role}={name!r}" for role, name in columns.items() if name not in header]
+    if missing:
+        raise DataFileError(
+            f"{path}:1: column(s) {', '.join(missing)} not in the header; found {', '.join(header)}"
+        )
+
+
+def _raw_chunks(
+    path: Path,
+    columns: Mapping[str, str],
+    extra: tuple[str, ...],
+    sep: str | None,
+    lenient: bool,
+    report: ValidationReport,
+    chunksize: int,
+) -> Iterator[tuple[dict[str, pd.Series], np.ndarray, dict[str, pd.Series]]]:
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    separator = _format(path, sep)
+    if separator is None:
+        import pyarrow.parquet as pq  # only Parquet needs it
+
+        pf = pq.ParquetFile(path)
+        header = list(pf.schema_arrow.names)
+        _check_mapping(path, header, columns)
+        missing = [c for c in extra if c not in header]
+        if missing:
+            raise DataFileError(f"{path}: no column(s) {missing}; found {', '.join(header)}")
+        wanted = list(dict.fromkeys([*columns.values(), *extra]))
+        start = 1
+        for batch in pf.iter_batches(batch_size=chunksize, columns=wanted):
+            raw = batch.to_pandas()
+            rows = start + np.arange(len(raw), dtype=np.int64)
+            start += len(raw)
+            report.rows_read += len(raw)
+            yield (
+                {role: raw[name] for role, name in columns.items()},
+                rows,
+                {c: raw[c] for c in extra},
+            )
+        return
+    header = _header(path, separator)
+    _check_mapping(path, header, columns)
+    missing = [c for c in extra if c not in header]
+    if missing:
+        raise DataFileError(f"{path}:1: no column(s) {missing}; found {', '.join(header)}")
+    for raw, lines in iter_text_chunks(
+        path,
+        header,
+        path=path,
+        sep=separator,
+        skiprows=1,
+        quoted=separator == ",",
+        lenient=lenient,
+        report=report,
+        chunksize=chunksize,
+    ):
+        yield {role: raw[name] for role, name in columns.items()}, lines, {c: raw[c] for c in extra}
+
+
+def _validated_chunks(
+    path: Path,
+    columns: Mapping[str, str],
+    extra: tuple[str, ...],
+    sep: str | None,
+    rating_range: tuple[float, float] | None,
+    lenient: bool,
+    report: ValidationReport,
+    chunksize: int,
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    for raw, lines, side in _raw_chunks(path, columns, extra, sep, lenient, report, chunksize):
+        frame = interactions_from_text(
+            raw,
+            path=path,
+            lines=lines,
+            rating_range=rating_range,
+            lenient=lenient,
+            report=report,
+            allow_empty=True,
+            with_lines=True,
+        )
+        side_frame = pd.DataFrame(side)
+        if extra:
+            kept = pd.Series(lines).isin(frame["line"]).to_numpy()
+            side_frame = side_frame.loc[kept].reset_index(drop=True)
+        yield frame, side_frame
+
+
+def read_log(
+    path: str | Path,
+    columns: Mapping[str, str] | None = None,
+    *,
+    sep: str | None = None,
+    rating_range: tuple[float, float] | None = None,
+    lenient: bool = False,
+    duplicates: str = "keep-latest",
+    user_columns: tuple[str, ...] = (),
+    users_path: str | Path | None = None,
+    chunksize: int = 1_000_000,
+) -> LoadedData:
+    """Load an interaction log in CSV, TSV or Parquet.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The log; the format follows the suffix (``.csv``, ``.tsv``/``.tab``/
+        ``.txt``, ``.parquet``/``.pq``). Text files need a header row.
+    columns : mapping of str to str, optional (default: None)
+        Role -> column name, e.g. ``{"user": "customer", "item": "sku",
+        "timestamp": "ts"}``; ``user`` and ``item`` are required, ``rating``
+        (default 1.0) and ``timestamp`` optional. ``None`` means the columns
+        are already called ``user``, ``item``, ``rating``, ``timestamp`` (the
+        last two used if present).
+    sep : str, optional (default: None)
+        Separator of a text file whose suffix does not tell it.
+    rating_range : tuple of float, optional (default: None)
+        Inclusive rating scale to enforce.
+    lenient : bool (default: False)
+        Drop and count bad rows instead of raising on the first.
+    duplicates : str (default: "keep-latest")
+        Policy for repeated ``(user, item)`` pairs.
+    user_columns : tuple of str (default: ())
+        Log columns describing the user (e.g. ``region``, ``hospital``): they
+        become the users table (each user's value on its last row), for the
+        attribute partitioner.
+    users_path : str or pathlib.Path, optional (default: None)
+        A separate users table (CSV/TSV/Parquet with a ``user`` column, or the
+        column ``columns["user"]`` names); replaces ``user_columns``.
+    chunksize : int (default: 1,000,000)
+        Rows parsed at a time.
+
+    Returns
+    -------
+    LoadedData
+    """
+    path = Path(path)
+    columns = dict(columns) if columns is not None else _default_mapping(path, sep)
+    report = ValidationReport(str(path))
+    parts, sides = [], []
+    for frame, side in _validated_chunks(
+        path, columns, tuple(user_columns), sep, rating_range, lenient, report, chunksize
+    ):
+        parts.append(frame)
+        sides.append(side)
+    frame = concat_interactions(parts) if parts else None
+    if frame is None or len(frame) == 0:
+        detail = f" ({report.summary()})" if report.rows_read else ""
+        raise DataFileError(f"{path}: no interactions found{detail}")
+    users = None
+    if user_columns:
+        side = pd.concat(sides, ignore_index=True)
+        side.insert(0, "user", frame["user"].to_numpy())
+        users = side.groupby("user", sort=True).last().reset_index()
+    if users_path is not None:
+        key = "user" if "user" in _side_header(Path(users_path), sep) else columns["user"]
+        users = read_side_table(users_path, key, sep=sep).rename(columns={key: "user"})
+    frame = apply_duplicate_policy(frame, duplicates, report=report, source=str(path))
+    return LoadedData(frame, users, None, report, name=path.stem)
+
+
+def _side_header(path: Path, sep: str | None) -> list[str]:
+    separator = _format(path, sep)
+    if separator is None:
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    return _header(path, separator)
+
+
+def _default_mapping(path: Path, sep: str | None) -> dict[str, str]:
+    separator = _format(path, sep)
+    if separator is None:
+        import pyarrow.parquet as pq
+
+        header = list(pq.ParquetFile(path).schema_arrow.names)
+    else:
+        header = _header(path, separator)
+    return {role: role for role in ("user", "item", "rating", "timestamp") if role in header}
+
+
+def stream_log_to_parquet(
+    path: str | Path,
+    out: str | Path | None = None,
+    columns: Mapping[str, str] | None = None,
+    *,
+    sep: str | None = None,
+    rating_range: tuple[float, float] | None = None,
+    lenient: bool = False,
+    chunksize: int = 1_000_000,
+    id_type: str = "auto",
+) -> ValidationReport:
+    """Validate a log chunk by chunk and write it as Parquet, never holding it whole.
+
+    Duplicates are resolved later, when the Parquet copy is loaded with
+    :func:`read_log` (that needs every row of a user at once).
+
+    Parameters
+    ----------
+    path, columns, sep, rating_range, lenient, chunksize
+        As in :func:`read_log`.
+    out : str or pathlib.Path, optional (default: None)
+        The Parquet file to write (columns ``user``, ``item``, ``rating`` and,
+        when mapped, ``timestamp``); written to a temporary name and renamed.
+        ``None``: ``$FEDREC_FLWR_HOME/data/logs/<name>.parquet``.
+    id_type : str (default: "auto")
+        ``int``, ``str``, or ``auto`` (the type of the first chunk's ids; a
+        later chunk that disagrees is an error asking for ``str``).
+
+    Returns
+    -------
+    ValidationReport
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if id_type not in ("auto", "int", "str"):
+        raise ValueError(f"id_type={id_type!r}: accepted: auto, int, str")
+    path = Path(path)
+    out = Path(out) if out is not None else data_home() / "logs" / f"{path.stem}.parquet"
+    columns = dict(columns) if columns is not None else _default_mapping(path, sep)
+    report = ValidationReport(str(path))
+    tmp = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    kind = id_type
+    try:
+        for frame, _ in _validated_chunks(
+            path, columns, (), sep, rating_range, lenient, report, chunksize
+        ):
+            frame = frame.drop(columns="line")
+            if len(frame) == 0:
+                continue
+            for col in ("user", "item"):
+                is_int = pd.api.types.is_integer_dtype(frame[col].dtype)
+                if kind == "auto":
+                    kind = "int" if is_int else "str"
+                if kind == "str":
+                    frame[col] = frame[col].astype(str)
+                elif not is_int:
+                    raise DataFileError(
+                        f"{path}: a {col} id near line {report.rows_read} is not an integer "
+                        "while earlier ones were; stream again with id_type='str'"
+                    )
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise DataFileError(f"{path}: no interactions found ({report.summary()})")
+    tmp.replace(out)
+    return report
+
+
+def read_side_table(path: str | Path, key: str, *, sep: str | None = None) -> pd.DataFrame:
+    """Read a users or items table (CSV/TSV/Parquet) keyed by column ``key``.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The table; text files need a header.
+    key : str
+        Column every row must have; integer keys become int64 so they match
+        an integer log.
+    sep : str, optional (default: None)
+        Separator of a text file whose suffix does not tell it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    separator = _format(path, sep)
+    if separator is None:
+        table = pd.read_parquet(path)
+    else:
+        header = _header(path, separator)
+        table = next(
+            iter_text_chunks(
+                path, header, path=path, sep=separator, skiprows=1, quoted=separator == ","
+            )
+        )[0]
+    if key not in table.columns:
+        raise DataFileError(f"{path}:1: no {key!r} column; found {', '.join(table.columns)}")
+    numeric = pd.to_numeric(table[key], errors="coerce")
+    if numeric.notna().all() and (numeric == np.floor(numeric)).all():
+        table[key] = numeric.astype(np.int64)
+    return table.reset_index(drop=True)
