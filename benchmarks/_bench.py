@@ -1,0 +1,233 @@
+"""Shared plumbing of the benchmark scripts (not part of the package).
+
+Federated runs go through ``InProcessGrid``: the real ServerApp code
+(``run_federated``) against the real ClientApp with every message serialised as
+on the wire, one client after another in this process. It gives the same
+per-round metrics and model bits as ``flwr run`` (``tests/test_flower_e2e.py``),
+so quality numbers do not depend on the engine; engine costs are measured by
+``speed.py`` with ``flwr run`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
+
+
+def default_data_dir() -> str:
+    """The shared ML-100K copy when present, else '' (download into the cache)."""
+    return str(SHARED_ML100K) if (SHARED_ML100K / "ml-100k.inter").is_file() else ""
+
+
+def quiet_flower() -> None:
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+def num_partitions_for(run_config: Mapping[str, Any], default: int) -> int:
+    """How many nodes a partitioner needs (attribute groups fix their own count)."""
+    from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.datasets import partition_count
+
+    return int(partition_count(RunConfig.from_mapping(run_config), default))
+
+
+def run_federated_inprocess(
+    run_config: Mapping[str, Any], num_partitions: int, out_dir: Path
+) -> dict[str, Any]:
+    """One federated run in this process; returns its ``results.json``."""
+    from fedrec_flwr.client_app import app as client_app
+    from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.inprocess import InProcessGrid
+    from fedrec_flwr.server_app import run_federated
+
+    quiet_flower()
+    rc = dict(run_config)
+    nodes = [{"partition-id": p, "num-partitions": num_partitions} for p in range(num_partitions)]
+    path = run_federated(InProcessGrid(client_app, nodes, rc), RunConfig.from_mapping(rc), out_dir)
+    return json.loads(path.read_text())
+
+
+def run_centralized_inprocess(run_config: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """One centralised run in this process; returns its ``results.json``."""
+    from fedrec_flwr.centralized import run_centralized
+    from fedrec_flwr.config import RunConfig
+
+    rc = {**run_config, "output-dir": str(out_dir)}
+    path, _ = run_centralized(RunConfig.from_mapping(rc), log=False)
+    return json.loads(path.read_text())
+
+
+def parallel_map(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
+    """``map`` over processes (each job single-threaded, so 2 cores = 2 jobs)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    vals = list(values)
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def fmt(mean: float, std: float, digits: int = 4) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stamp() -> str:
+    """Where and when: numbers only mean something next to the machine."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {os.cpu_count()} cores · load {load:.2f} · "
+        f"Python {sys.version.split()[0]}"
+    )
+
+
+# --- `flwr run` simulations, as a user runs them ---------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every process we can read."""
+    table = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        table[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    return table
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(table: Mapping[int, tuple[int, str]], roots: Iterable[int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _ours(marker: str, *extra_roots: int) -> list[int]:
+    """Every process whose command line mentions ``marker`` (our private
+    FLWR_HOME), the ``extra_roots``, and all their descendants: the detached
+    SuperLink and everything it started."""
+    table = _proc_table()
+    roots = [pid for pid, (_, cmd) in table.items() if marker in cmd and pid != os.getpid()]
+    return sorted(set(_tree(table, [*roots, *extra_roots])))
+
+
+def _stop(marker: str) -> None:
+    import contextlib
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _ours(marker)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 10
+        while time.time() < deadline and _ours(marker):
+            time.sleep(0.2)
+
+
+def flwr_simulation(
+    run_config: Mapping[str, Any],
+    num_supernodes: int,
+    work_dir: Path,
+    *,
+    cpus_per_client: int = 1,
+    timeout: float = 3600,
+) -> tuple[dict[str, Any], float]:
+    """``flwr run . --stream`` with a private FLWR_HOME and free ports.
+
+    Returns the run's ``results.json`` and the peak summed RSS (MiB) of every
+    process of the run (SuperLink, Ray, ServerApp, ClientApps), sampled every
+    0.2 s. Every process the run started is stopped before returning.
+    """
+    import subprocess
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    home = work_dir / "flwr-home"
+    out = work_dir / "results"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    items = {**run_config, "output-dir": str(out)}
+    rc = " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
+    federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
+    cmd = ["flwr", "run", str(REPO), "--stream", "--federation-config", federation,
+           "--run-config", rc]
+    neutral = work_dir / "cwd"  # Ray puts the caller's cwd on sys.path
+    neutral.mkdir(exist_ok=True)
+    log_path = work_dir / "flwr-run.log"
+    peak = 0
+    try:
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(cmd, env=env, cwd=neutral, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.time() + timeout
+            while proc.poll() is None:
+                if time.time() > deadline:
+                    proc.kill()
+                    raise TimeoutError(f"flwr run exceeded {timeout:.0f}s; log: {log_path}")
+                peak = max(peak, sum(_rss_kib(p) for p in _ours(str(home), proc.pid)))
+                time.sleep(0.2)
+        if proc.returncode != 0 or not (out / "results.json").is_file():
+            tail = log_path.read_text()[-3000:]
+            raise RuntimeError(f"flwr run failed ({proc.returncode}); log tail:\n{tail}")
+    finally:
+        _stop(str(home))
+    return json.loads((out / "results.json").read_text()), peak / 1024

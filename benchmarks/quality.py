@@ -1,0 +1,143 @@
+"""Quality on ML-100K: centralised NCF vs federated strategies, 3 seeds.
+
+Protocol (fixed, recorded in every results.json): temporal leave-one-out, 99
+sampled evaluation negatives, HR@10/NDCG@10 of the test item at the round (or
+epoch) chosen by validation HR@10; mean ± std over seeds.
+
+    python benchmarks/quality.py            # full: 3 seeds, ~40 min on 2 cores
+    python benchmarks/quality.py --quick    # CI: 1 seed, 2 rounds, a few rows
+
+Prints a markdown table and writes ``quality.png`` and ``quality.json`` to
+``--out`` (default ``$FEDREC_FLWR_HOME/benchmarks/quality``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import _bench
+
+# Published anchors (HR@10, NDCG@10); see the README for the protocols behind them.
+ANCHORS = {
+    "NCF NeuMF, ML-1M (He et al. 2017)": (0.726, 0.445),
+    "PFedRec, ML-100K, leaky pool (IJCAI 2023)": (0.709, 0.429),
+    "PFedRec code, ML-100K, leak-free pool (measured)": (0.554, 0.328),
+}
+
+# label, kind, run-config overrides, default number of nodes
+ROWS: list[tuple[str, str, dict[str, Any], int]] = [
+    ("centralised GMF", "central", {"model": "gmf"}, 1),
+    ("centralised MLP", "central", {"model": "mlp"}, 1),
+    ("centralised NeuMF", "central", {"model": "neumf"}, 1),
+    ("FedAvg · 10 groups", "fed", {}, 10),
+    ("FedAvg · by occupation", "fed", {"partitioner": "attribute"}, 21),
+    ("FedAvg · one user per client", "fed", {"client-mode": "per-user"}, 10),
+    ("Fine-tuned · 10 groups", "fed", {"finetune-epochs": 1}, 10),
+    ("Fine-tuned · by occupation", "fed", {"finetune-epochs": 1, "partitioner": "attribute"}, 21),
+    ("centralised NeuMF · leaky pool", "central", {"negative-pool": "history"}, 1),
+    ("FedAvg · 10 groups · leaky pool", "fed", {"negative-pool": "history"}, 10),
+    ("Fine-tuned · 10 groups · leaky pool", "fed", {"finetune-epochs": 1, "negative-pool": "history"}, 10),
+]
+QUICK_ROWS = ("centralised NeuMF", "FedAvg · 10 groups", "FedAvg · one user per client")
+
+
+def _job(job: tuple[str, str, dict[str, Any], int, int, str]) -> dict[str, Any]:
+    label, kind, rc, nodes, seed, out = job
+    out_dir = Path(out) / f"{label.replace(' ', '').replace('·', '-')}-seed{seed}"
+    if kind == "central":
+        results = _bench.run_centralized_inprocess(rc, out_dir)
+    else:
+        results = _bench.run_federated_inprocess(rc, nodes, out_dir)
+    sel = results["selected"]
+    return {
+        "label": label,
+        "seed": seed,
+        "round": sel["round"],
+        "hr": sel["test"]["hr@10"],
+        "ndcg": sel["test"]["ndcg@10"],
+        "val-hr": sel["val"]["hr@10"],
+        "seconds": results.get("total-wall-seconds"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI size: 1 seed, 2 rounds")
+    parser.add_argument("--seeds", default="42,1,2")
+    parser.add_argument("--rounds", type=int, default=25, help="federated rounds")
+    parser.add_argument("--epochs", type=int, default=20, help="centralised epochs")
+    parser.add_argument("--data-dir", default=_bench.default_data_dir())
+    parser.add_argument("--out", default="")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    from fedrec_flwr.paths import runs_home
+
+    out = Path(args.out) if args.out else runs_home().parent / "benchmarks" / "quality"
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = ROWS
+    rounds, epochs = args.rounds, args.epochs
+    if args.quick:
+        seeds, rounds, epochs = seeds[:1], 2, 2
+        rows = [row for row in ROWS if row[0] in QUICK_ROWS]
+    jobs = []
+    for label, kind, overrides, nodes in rows:
+        for seed in seeds:
+            n = epochs if kind == "central" else rounds
+            rc = {"data-dir": args.data_dir, "seed": seed, "num-server-rounds": n, **overrides}
+            jobs.append((label, kind, rc, nodes, seed, str(out)))
+    done = _bench.parallel_map(_job, jobs, args.workers)
+    table = []
+    summary = []
+    for label, *_ in rows:
+        runs = [d for d in done if d["label"] == label]
+        hr, ndcg = _bench.mean_std(d["hr"] for d in runs), _bench.mean_std(d["ndcg"] for d in runs)
+        summary.append({"label": label, "hr": hr, "ndcg": ndcg, "runs": runs})
+        table.append(
+            (
+                label,
+                _bench.fmt(*hr),
+                _bench.fmt(*ndcg),
+                ",".join(str(d["round"]) for d in runs),
+                len(runs),
+            )
+        )
+    print(f"ML-100K quality, test at the validation-selected round ({_bench.stamp()})\n")
+    print(_bench.markdown_table(("run", "HR@10", "NDCG@10", "selected", "seeds"), table))
+    print()
+    print(_bench.markdown_table(("published anchor", "HR@10", "NDCG@10"), [
+        (name, f"{hr:.3f}", f"{nd:.3f}") for name, (hr, nd) in ANCHORS.items()
+    ]))
+    (out / "quality.json").write_text(json.dumps(summary, indent=2))
+    _plot(summary, out / "quality.png")
+    print(f"\nwrote {out / 'quality.json'} and {out / 'quality.png'}")
+    return 0
+
+
+def _plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(summary) + 1.5))
+    ys = range(len(summary))
+    ax.barh([y + 0.2 for y in ys], [s["hr"][0] for s in summary], 0.4,
+            xerr=[s["hr"][1] for s in summary], label="HR@10")
+    ax.barh([y - 0.2 for y in ys], [s["ndcg"][0] for s in summary], 0.4,
+            xerr=[s["ndcg"][1] for s in summary], label="NDCG@10")
+    ax.set_yticks(list(ys), [s["label"] for s in summary])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test metric at the validation-selected round (mean ± std over seeds)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
