@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-__all__ = ["MeteredGrid", "RoundTraffic", "payload_bytes"]
+__all__ = ["COMPUTE_SECONDS_KEY", "MeteredGrid", "RoundTraffic", "payload_bytes"]
+
+COMPUTE_SECONDS_KEY = "compute-seconds"
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -34,6 +36,7 @@ class RoundTraffic:
     messages_sent: int = 0
     replies: int = 0
     failures: int = 0
+    client_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class MeteredGrid(Grid):
@@ -61,6 +64,13 @@ class MeteredGrid(Grid):
     array_names_received : set of str
         Names of every array in every reply the server received (so a results
         file can show that no private array reached the server).
+
+    Notes
+    -----
+    A reply's ``compute-seconds`` metric (the time a client spent computing,
+    as it reports it) is summed per round and message type into
+    ``RoundTraffic.client_seconds``: round wall time minus that sum is what the
+    engine itself cost when clients run one at a time.
     """
 
     def __init__(self, grid: Grid, *, poll_interval: float | None = None) -> None:
@@ -121,6 +131,13 @@ class MeteredGrid(Grid):
                 traffic.bytes_received += payload_bytes(reply.content)
                 for record in reply.content.array_records.values():
                     self.array_names_received.update(record.keys())
+                kind = reply.metadata.message_type.split(".")[0]
+                for metrics in reply.content.metric_records.values():
+                    seconds = metrics.get(COMPUTE_SECONDS_KEY)
+                    if isinstance(seconds, (int, float)) and seconds >= 0:
+                        traffic.client_seconds[kind] = (
+                            traffic.client_seconds.get(kind, 0.0) + float(seconds)
+                        )
         missing = len(messages) - len(replies)
         if missing:
             traffic.failures += missing

@@ -34,6 +34,7 @@ from .partitioners import (
 )
 from .prepare import (
     DATASETS,
+    NEGATIVE_POOLS,
     ClientData,
     PreparedData,
     client_data_from,
@@ -59,6 +60,7 @@ from .validation import DROP_KINDS, DUPLICATE_POLICIES, ValidationReport, apply_
 
 __all__ = [
     "DATASETS",
+    "NEGATIVE_POOLS",
     "DROP_KINDS",
     "DUPLICATE_POLICIES",
     "PARTITIONERS",

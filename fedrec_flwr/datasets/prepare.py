@@ -27,6 +27,7 @@ from .tabular import read_log
 
 __all__ = [
     "DATASETS",
+    "NEGATIVE_POOLS",
     "ClientData",
     "PreparedData",
     "client_data_from",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 DATASETS = SOURCES
+NEGATIVE_POOLS = ("train", "history")
 
 
 @dataclass(frozen=True, eq=False)
@@ -387,6 +389,31 @@ class ClientData:
     @property
     def num_train(self) -> int:
         return len(self.train_items)
+
+    def negative_pool(self, pool: str) -> InteractionSet:
+        """Pairs never drawn as *training* negatives.
+
+        Parameters
+        ----------
+        pool : str
+            ``"train"`` (the default protocol): the training interactions only,
+            so held-out items stay eligible and nothing about them reaches
+            training. ``"history"``: every interaction of the user, held-out
+            validation and test items included. That is what several published
+            federated recommenders' reference code does; it leaks the answer (the
+            held-out item is the one item never drawn as a negative) and is
+            offered only to reproduce their numbers.
+        """
+        if pool == "train":
+            return self.train_set
+        if pool == "history":
+            local = np.arange(self.num_users)
+            return InteractionSet(
+                np.concatenate([self.train_users, local, local]),
+                np.concatenate([self.train_items, self.val_items, self.test_items]),
+                self.num_items,
+            )
+        raise ValueError(f"negative-pool={pool!r}: unknown; accepted: {', '.join(NEGATIVE_POOLS)}")
 
 
 def client_data_from(
