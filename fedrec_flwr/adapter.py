@@ -58,9 +58,14 @@ def _metric_record(metrics: Mapping[str, Any], weight_key: str, weight: int) -> 
             value = int(value)
         if isinstance(value, np.generic):
             value = value.item()
-        if not isinstance(value, (int, float)):
+        if isinstance(value, list) and value and all(type(v) is int for v in value):
+            pass  # list[int] (e.g. item-counts) is a MetricRecord value too
+        elif isinstance(value, list) and value and all(type(v) is float for v in value):
+            pass
+        elif not isinstance(value, (int, float)):
             raise TypeError(
-                f"metric {key!r}={value!r}: only int and float metrics can be sent (MetricRecord)"
+                f"metric {key!r}={value!r:.40}: only int, float, list[int] or list[float] "
+                "metrics can be sent (MetricRecord)"
             )
         record[key] = value
     record[weight_key] = int(weight)

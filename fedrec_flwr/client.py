@@ -16,6 +16,9 @@ them per round, else from the run config):
   the personalised model's (global model + personal layers, fine-tuned locally
   for that many epochs on the group's training data) and ``global-val-*``/
   ``global-test-*`` the global model's; the fine-tuned copy is discarded.
+- ``finetune-scope``: ``all`` fine-tunes every parameter; ``private`` only the
+  user embeddings and personal layers (re-aligning them to the new global
+  item embeddings without moving those).
 - ``item-counts`` (message config only): when true, ``fit`` also reports
   ``item-counts``, the group's training interactions per item, for row-wise
   item aggregation.
@@ -214,8 +217,14 @@ class NCFClient(NumPyClient):
                 _seed(self.config.seed, self.data.partition_id, server_round, _FINETUNE)
             )
             cfg, data = self.config, self.data
+            scope = str(self._knob(config, "finetune-scope"))
+            params = [
+                p
+                for n, p in self.model.named_parameters()
+                if scope == "all" or is_private(n) or n in personal
+            ]
             optimizer = torch.optim.Adam(
-                self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+                params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
             )
             train_epochs(
                 self.model,

@@ -17,7 +17,14 @@ from typing import Any
 from .datasets.prepare import DATASETS
 from .model import ARCHITECTURES
 
-__all__ = ["ITEM_AGGREGATIONS", "STRATEGIES", "WEIGHT_KEYS", "ConfigError", "RunConfig"]
+__all__ = [
+    "FINETUNE_SCOPES",
+    "ITEM_AGGREGATIONS",
+    "STRATEGIES",
+    "WEIGHT_KEYS",
+    "ConfigError",
+    "RunConfig",
+]
 
 STRATEGIES = (
     "fedavg",
@@ -30,6 +37,7 @@ STRATEGIES = (
 )
 WEIGHT_KEYS = ("interactions", "users", "uniform")
 ITEM_AGGREGATIONS = ("dense", "rowwise")
+FINETUNE_SCOPES = ("all", "private")
 
 
 class ConfigError(ValueError):
@@ -104,6 +112,9 @@ class RunConfig:
     finetune_epochs : int (default: 0) [finetune-epochs]
         Personalised evaluation: before evaluating, each client fine-tunes the
         global model on its own data for this many epochs; 0 = off.
+    finetune_scope : str (default: "all") [finetune-scope]
+        What fine-tuning trains: ``all`` parameters, or only the ``private``
+        ones (user embeddings and ``private-layers``).
     private_layers : str (default: "") [private-layers]
         Comma-separated shared-parameter prefixes (e.g. ``"output"``) that each
         client keeps private across rounds (FedPer-style personal layers).
@@ -144,6 +155,7 @@ class RunConfig:
     proximal_mu: float = 0.0
     finetune_epochs: int = 0
     private_layers: str = ""
+    finetune_scope: str = "all"
     max_client_weight: float = 0.0
     server_learning_rate: float = 0.0
     server_momentum: float = 0.9
@@ -175,6 +187,7 @@ class RunConfig:
             "strategy": STRATEGIES,
             "weight_key": WEIGHT_KEYS,
             "item_aggregation": ITEM_AGGREGATIONS,
+            "finetune_scope": FINETUNE_SCOPES,
         }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
