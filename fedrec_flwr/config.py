@@ -112,12 +112,12 @@ class RunConfig:
     finetune_epochs : int (default: 0) [finetune-epochs]
         Personalised evaluation: before evaluating, each client fine-tunes the
         global model on its own data for this many epochs; 0 = off.
-    finetune_scope : str (default: "all") [finetune-scope]
-        What fine-tuning trains: ``all`` parameters, or only the ``private``
-        ones (user embeddings and ``private-layers``).
     private_layers : str (default: "") [private-layers]
         Comma-separated shared-parameter prefixes (e.g. ``"output"``) that each
         client keeps private across rounds (FedPer-style personal layers).
+    finetune_scope : str (default: "all") [finetune-scope]
+        What fine-tuning trains: ``all`` parameters, or only the ``private``
+        ones (user embeddings and ``private-layers``).
     max_client_weight : float (default: 0.0) [max-client-weight]
         Replies claiming a larger weight are dropped; 0 = the dataset's size
         (training interactions, or users with ``weight-key=users``).

@@ -286,3 +286,26 @@ def test_two_array_records_are_refused():
 
 def test_weighted_fedavg_is_a_drop_in_inside_the_wrapper():
     assert isinstance(_strategy("fedavg").strategy, WeightedFedAvg)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"weight-key": "clicks"}, r"weight-key='clicks': unknown; accepted: interactions, users"),
+        ({"item-aggregation": "sparse"}, r"item-aggregation='sparse': unknown; accepted: dense"),
+        (
+            {"item-aggregation": "rowwise", "strategy": "krum"},
+            r"row-wise item aggregation is a fedavg option",
+        ),
+        ({"finetune-scope": "items"}, r"finetune-scope='items': unknown; accepted: all, private"),
+        ({"proximal-mu": -0.1}, r"proximal-mu=-0.1: must be a finite number >= 0"),
+        ({"max-client-weight": math.inf}, r"max-client-weight=inf: must be a finite"),
+        ({"trimmed-beta": 0.5}, r"trimmed-beta=0.5: must be in \[0, 0.5\)"),
+        ({"strategy": "fedsgd"}, r"accepted: fedavg, fedadam, fedyogi, fedavgm, krum, fedmedian"),
+    ],
+)
+def test_strategy_knobs_are_validated(override, match):
+    from fedrec_flwr.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_mapping(override)
