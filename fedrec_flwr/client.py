@@ -16,9 +16,9 @@ them per round, else from the run config):
   the personalised model's (global model + personal layers, fine-tuned locally
   for that many epochs on the group's training data) and ``global-val-*``/
   ``global-test-*`` the global model's; the fine-tuned copy is discarded.
-- ``finetune-scope``: ``all`` fine-tunes every parameter; ``private`` only the
-  user embeddings and personal layers (re-aligning them to the new global
-  item embeddings without moving those).
+- ``finetune-scope``: ``private`` (default) fine-tunes only the user embeddings
+  and personal layers, re-aligning them to the new global item embeddings
+  without moving those; ``all`` fine-tunes every parameter.
 - ``item-counts`` (message config only): when true, ``fit`` also reports
   ``item-counts``, the group's training interactions per item, for row-wise
   item aggregation.

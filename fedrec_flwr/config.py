@@ -115,7 +115,7 @@ class RunConfig:
     private_layers : str (default: "") [private-layers]
         Comma-separated shared-parameter prefixes (e.g. ``"output"``) that each
         client keeps private across rounds (FedPer-style personal layers).
-    finetune_scope : str (default: "all") [finetune-scope]
+    finetune_scope : str (default: "private") [finetune-scope]
         What fine-tuning trains: ``all`` parameters, or only the ``private``
         ones (user embeddings and ``private-layers``).
     max_client_weight : float (default: 0.0) [max-client-weight]
@@ -155,7 +155,7 @@ class RunConfig:
     proximal_mu: float = 0.0
     finetune_epochs: int = 0
     private_layers: str = ""
-    finetune_scope: str = "all"
+    finetune_scope: str = "private"
     max_client_weight: float = 0.0
     server_learning_rate: float = 0.0
     server_momentum: float = 0.9
