@@ -10,12 +10,13 @@ unexpected name is an error), otherwise the incoming order is used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.compat.client.numpy_client import NumPyClient
 
 __all__ = ["numpy_client_app"]
@@ -57,9 +58,14 @@ def _metric_record(metrics: Mapping[str, Any], weight_key: str, weight: int) -> 
             value = int(value)
         if isinstance(value, np.generic):
             value = value.item()
-        if not isinstance(value, (int, float)):
+        if isinstance(value, list) and value and all(type(v) is int for v in value):
+            pass  # list[int] (e.g. item-counts) is a MetricRecord value too
+        elif isinstance(value, list) and value and all(type(v) is float for v in value):
+            pass
+        elif not isinstance(value, (int, float)):
             raise TypeError(
-                f"metric {key!r}={value!r}: only int and float metrics can be sent (MetricRecord)"
+                f"metric {key!r}={value!r:.40}: only int, float, list[int] or list[float] "
+                "metrics can be sent (MetricRecord)"
             )
         record[key] = value
     record[weight_key] = int(weight)
@@ -67,7 +73,10 @@ def _metric_record(metrics: Mapping[str, Any], weight_key: str, weight: int) -> 
 
 
 def numpy_client_app(
-    client_fn: Callable[[Context], NumPyClient], *, weight_key: str = "num-examples"
+    client_fn: Callable[[Context], NumPyClient],
+    *,
+    weight_key: str = "num-examples",
+    train_mods: Sequence[Mod] = (),
 ) -> ClientApp:
     """Build a Message-API ``ClientApp`` that delegates to a ``NumPyClient``.
 
@@ -79,6 +88,10 @@ def numpy_client_app(
     weight_key : str (default: "num-examples")
         MetricRecord key for the client's ``num_examples``; it must match the
         strategy's ``weighted_by_key``.
+    train_mods : sequence of flwr mods (default: ())
+        Mods on ``@app.train`` only, e.g. Flower's ``fixedclipping_mod`` for
+        ``DifferentialPrivacyClientSideFixedClipping`` (app-wide mods would break
+        evaluate).
 
     Returns
     -------
@@ -98,7 +111,7 @@ def numpy_client_app(
         names = _array_names(client, arrays)
         return client, key, names, [arrays[n].numpy() for n in names], _config(msg.content)
 
-    @app.train()
+    @app.train(mods=list(train_mods))
     def train(msg: Message, context: Context) -> Message:
         client, key, names, parameters, config = unpack(msg, context)
         updated, num_examples, metrics = client.fit(parameters, config)

@@ -4,6 +4,24 @@ It receives and returns only the *shared* arrays (by name, see
 :meth:`NCFClient.array_names`). The user embeddings of its users are private:
 they are kept in the node's ``context.state`` between rounds and never appear in
 a reply.
+
+Strategy knobs (each read from the message's config first, so a server can set
+them per round, else from the run config):
+
+- ``proximal-mu``: FedProx term on the shared parameters during ``fit``.
+- ``private-layers``: shared-parameter prefixes kept private across rounds
+  (FedPer-style personal layers): the client trains its own copy, stored in
+  ``context.state``, and echoes the server's copy back unchanged.
+- ``finetune-epochs``: personalised evaluation. ``val-*``/``test-*`` are then
+  the personalised model's (global model + personal layers, fine-tuned locally
+  for that many epochs on the group's training data) and ``global-val-*``/
+  ``global-test-*`` the global model's; the fine-tuned copy is discarded.
+- ``finetune-scope``: ``private`` (default) fine-tunes only the user embeddings
+  and personal layers, re-aligning them to the new global item embeddings
+  without moving those; ``all`` fine-tunes every parameter.
+- ``item-counts`` (message config only): when true, ``fit`` also reports
+  ``item-counts``, the group's training interactions per item, for row-wise
+  item aggregation.
 """
 
 from __future__ import annotations
@@ -21,9 +39,11 @@ from .datasets.prepare import ClientData
 from .model import NCF, is_private, load_arrays, private_arrays, shared_arrays
 from .training import evaluate_ranking, train_epochs
 
-__all__ = ["PRIVATE_STATE_KEY", "NCFClient"]
+__all__ = ["ITEM_COUNTS_KEY", "PERSONAL_STATE_KEY", "PRIVATE_STATE_KEY", "NCFClient"]
 
 PRIVATE_STATE_KEY = "fedrec-private-arrays"
+PERSONAL_STATE_KEY = "fedrec-personal-layers"
+ITEM_COUNTS_KEY = "item-counts"
 
 
 class NCFClient(NumPyClient):
@@ -61,6 +81,34 @@ class NCFClient(NumPyClient):
         else:
             self.model.reset_private(_seed(config.seed, data.partition_id, 0))
 
+    def _knob(self, config: dict[str, Any], key: str) -> Any:
+        """A strategy knob: the message's config wins over the run config."""
+        if key in config:
+            return config[key]
+        return getattr(self.config, key.replace("-", "_"))
+
+    def _personal_names(self, config: dict[str, Any]) -> list[str]:
+        prefixes = [
+            p.strip() for p in str(self._knob(config, "private-layers")).split(",") if p.strip()
+        ]
+        names = self.array_names()
+        unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unknown:
+            raise ValueError(
+                f"private-layers={','.join(prefixes)}: {unknown} match no shared parameter; "
+                f"shared parameters: {names}"
+            )
+        return [n for n in names if any(n.startswith(p) for p in prefixes)]
+
+    def _load_personal(self, names: list[str]) -> None:
+        """Overwrite personal layers with this client's own copy, if it has one."""
+        if names and PERSONAL_STATE_KEY in self.state.array_records:
+            record = self.state.array_records[PERSONAL_STATE_KEY]
+            state = self.model.state_dict()
+            with torch.no_grad():
+                for name in names:
+                    state[name].copy_(torch.from_numpy(record[name].numpy()))
+
     def array_names(self) -> list[str]:
         """Names of the shared arrays, in the order of the NumPy lists."""
         return [name for name in self.model.state_dict() if not is_private(name)]
@@ -87,9 +135,21 @@ class NCFClient(NumPyClient):
         server to order replies deterministically).
         """
         self._set_shared(parameters)
+        personal = self._personal_names(config)
+        self._load_personal(personal)
         server_round = int(config.get("server-round", 0))
         rng = np.random.default_rng(_seed(self.config.seed, self.data.partition_id, server_round))
         cfg, data = self.config, self.data
+        mu = float(self._knob(config, "proximal-mu"))
+        anchor = (
+            {
+                n: torch.from_numpy(np.asarray(a))
+                for n, a in zip(self.array_names(), parameters, strict=True)
+                if n not in personal
+            }
+            if mu > 0
+            else None
+        )
         # A fresh optimizer each round: no optimizer state crosses rounds, as in
         # FedAvg (the server only averages parameters).
         optimizer = torch.optim.Adam(
@@ -105,12 +165,28 @@ class NCFClient(NumPyClient):
             optimizer=optimizer,
             num_negatives=cfg.num_negatives,
             rng=rng,
+            proximal_mu=mu,
+            anchor=anchor,
         )
         self.state[PRIVATE_STATE_KEY] = ArrayRecord(
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )
-        metrics = {"train-loss": loss, "partition-id": self.data.partition_id}
-        return self.get_parameters({}), self.data.num_train, metrics
+        updated = shared_arrays(self.model)
+        if personal:
+            self.state[PERSONAL_STATE_KEY] = ArrayRecord({n: Array(updated[n]) for n in personal})
+            # Echo the server's copy: personal layers never leave the client.
+            received = dict(zip(self.array_names(), parameters, strict=True))
+            for name in personal:
+                updated[name] = np.array(received[name], copy=True)
+        metrics: dict[str, Any] = {
+            "train-loss": loss,
+            "partition-id": self.data.partition_id,
+            "num-users": self.data.num_users,
+        }
+        if config.get(ITEM_COUNTS_KEY):
+            counts = np.bincount(data.train_items, minlength=data.num_items)
+            metrics[ITEM_COUNTS_KEY] = [int(c) for c in counts]
+        return list(updated.values()), self.data.num_train, metrics
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
@@ -119,11 +195,56 @@ class NCFClient(NumPyClient):
 
         Returns the validation BCE loss, the number of users (the weight), and
         metric *sums* (``val-hr@10-sum`` ...) so the server can compute exact
-        global values.
+        global values. With personalisation on (``finetune-epochs`` > 0 or
+        ``private-layers``), ``val-``/``test-`` are the personalised model's and
+        ``global-val-``/``global-test-`` the global model's.
         """
         self._set_shared(parameters)
+        metrics: dict[str, Any] = {
+            "partition-id": self.data.partition_id,
+            "num-users": self.data.num_users,
+        }
+        personal = self._personal_names(config)
+        epochs = int(self._knob(config, "finetune-epochs"))
+        if not personal and epochs <= 0:
+            loss = self._rank_into(metrics, "")
+            return loss, self.data.num_users, metrics
+        self._rank_into(metrics, "global-")
+        self._load_personal(personal)
+        if epochs > 0:
+            server_round = int(config.get("server-round", 0))
+            rng = np.random.default_rng(
+                _seed(self.config.seed, self.data.partition_id, server_round, _FINETUNE)
+            )
+            cfg, data = self.config, self.data
+            scope = str(self._knob(config, "finetune-scope"))
+            params = [
+                p
+                for n, p in self.model.named_parameters()
+                if scope == "all" or is_private(n) or n in personal
+            ]
+            optimizer = torch.optim.Adam(
+                params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+            )
+            train_epochs(
+                self.model,
+                data.train_users,
+                data.train_items,
+                data.train_set,
+                epochs=epochs,
+                batch_size=cfg.batch_size,
+                optimizer=optimizer,
+                num_negatives=cfg.num_negatives,
+                rng=rng,
+            )
+        # Nothing of the fine-tuned copy is stored: the next message rebuilds the
+        # model from the global arrays and the stored private state.
+        loss = self._rank_into(metrics, "")
+        return loss, self.data.num_users, metrics
+
+    def _rank_into(self, metrics: dict[str, Any], prefix: str) -> float:
+        """Add ``{prefix}val-*-sum`` and ``{prefix}test-*-sum``; return the val loss."""
         users = np.arange(self.data.num_users)
-        metrics: dict[str, Any] = {"partition-id": self.data.partition_id}
         loss = float("nan")
         for part, positives in (
             ("val", self.data.val_items),
@@ -132,12 +253,16 @@ class NCFClient(NumPyClient):
             result = evaluate_ranking(
                 self.model, users, positives, self.data.eval_negatives, self.config.ks
             )
-            metrics.update({f"{part}-{k}-sum": v for k, v in result.sums.items()})
+            metrics.update({f"{prefix}{part}-{k}-sum": v for k, v in result.sums.items()})
             if part == "val":
                 loss = result.loss
-        return loss, self.data.num_users, metrics
+        return loss
 
 
-def _seed(seed: int, partition_id: int, server_round: int) -> int:
+_FINETUNE = 0xF17E  # separates fine-tuning draws from training draws
+
+
+def _seed(seed: int, partition_id: int, server_round: int, *extra: int) -> int:
     """A stable per-(run seed, client, round) seed."""
-    return int(np.random.SeedSequence([seed, partition_id, server_round]).generate_state(1)[0])
+    entropy = [seed, partition_id, server_round, *extra]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

@@ -7,7 +7,7 @@ strategies) both delegate to the same :class:`~fedrec_flwr.client.NCFClient`.
 
 from __future__ import annotations
 
-from flwr.app import Context
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .adapter import numpy_client_app
@@ -16,7 +16,7 @@ from .config import ConfigError, RunConfig
 from .datasets import load_client_data
 from .datasets.local import load_local_client_data
 
-__all__ = ["app", "client_fn", "legacy_app"]
+__all__ = ["app", "client_fn", "legacy_app", "partition_query"]
 
 
 def _node_int(context: Context, key: str) -> int:
@@ -72,6 +72,21 @@ def client_fn(context: Context) -> NCFClient:
     return NCFClient(data, cfg, context.state)
 
 
+def partition_query(msg: Message, context: Context) -> Message:
+    """Answer a server's ``query`` with this node's ``partition-id``/``num-partitions``.
+
+    The server needs partition ids to sample clients reproducibly (Flower's node
+    ids are random per run); only these two node-config integers are sent.
+    """
+    record = MetricRecord()
+    for key in ("partition-id", "num-partitions"):
+        value = context.node_config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            record[key] = value
+    return Message(RecordDict({"metrics": record}), reply_to=msg)
+
+
 app = numpy_client_app(client_fn)
+app.query()(partition_query)
 
 legacy_app = ClientApp(client_fn=lambda context: client_fn(context).to_client())

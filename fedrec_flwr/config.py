@@ -9,6 +9,7 @@ a one-line error naming the key and what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,27 @@ from .datasets.options import DataOptions
 from .datasets.prepare import DATASETS
 from .model import ARCHITECTURES
 
-__all__ = ["STRATEGIES", "ConfigError", "RunConfig"]
+__all__ = [
+    "FINETUNE_SCOPES",
+    "ITEM_AGGREGATIONS",
+    "STRATEGIES",
+    "WEIGHT_KEYS",
+    "ConfigError",
+    "RunConfig",
+]
 
-STRATEGIES = ("fedavg",)
+STRATEGIES = (
+    "fedavg",
+    "fedadam",
+    "fedyogi",
+    "fedavgm",
+    "krum",
+    "fedmedian",
+    "fedtrimmedavg",
+)
+WEIGHT_KEYS = ("interactions", "users", "uniform")
+ITEM_AGGREGATIONS = ("dense", "rowwise")
+FINETUNE_SCOPES = ("all", "private")
 
 
 class ConfigError(ValueError):
@@ -80,7 +99,8 @@ class RunConfig:
     strategy : str (default: "fedavg") [strategy]
         Server strategy name.
     fraction_train : float (default: 1.0) [fraction-train]
-        Fraction of clients trained each round, in (0, 1].
+        Fraction of clients trained each round, in (0, 1]. Below 1 the sample is
+        drawn from the clients' partition ids and ``seed`` (reproducible).
     min_nodes : int (default: 2) [min-nodes]
         Nodes that must be connected before a round starts, and the least
         trained and evaluated per round. A deployment that must outlive losing
@@ -109,6 +129,38 @@ class RunConfig:
     log_columns : str (default: "") [log-columns]
         For ``dataset = "log"`` (a CSV/TSV/Parquet file at data-dir): the column
         mapping, e.g. ``"user=customer,item=sku,timestamp=ts"``.
+    weight_key : str (default: "interactions") [weight-key]
+        FedAvg weight ``n_k``: ``interactions`` (training interactions),
+        ``users`` (users in the group) or ``uniform`` (1 per client).
+    item_aggregation : str (default: "dense") [item-aggregation]
+        ``rowwise`` averages each item-embedding row only over the clients that
+        trained that item, weighted by their counts for it (clients send
+        per-item counts: which items a group used is revealed to the server;
+        fedavg only). ``dense`` averages whole arrays.
+    proximal_mu : float (default: 0.0) [proximal-mu]
+        FedProx term ``mu/2 ||w - w_global||^2`` on the shared parameters in
+        local training; 0 = off.
+    finetune_epochs : int (default: 0) [finetune-epochs]
+        Personalised evaluation: before evaluating, each client fine-tunes the
+        global model on its own data for this many epochs; 0 = off.
+    private_layers : str (default: "") [private-layers]
+        Comma-separated shared-parameter prefixes (e.g. ``"output"``) that each
+        client keeps private across rounds (FedPer-style personal layers).
+    finetune_scope : str (default: "private") [finetune-scope]
+        What fine-tuning trains: ``all`` parameters, or only the ``private``
+        ones (user embeddings and ``private-layers``).
+    max_client_weight : float (default: 0.0) [max-client-weight]
+        Replies claiming a larger weight are dropped; 0 = the dataset's size
+        (training interactions, or users with ``weight-key=users``).
+    server_learning_rate : float (default: 0.0) [server-learning-rate]
+        Server step for fedadam/fedyogi (``eta``) and fedavgm; 0 = Flower's
+        default (0.1, 0.01, 1.0).
+    server_momentum : float (default: 0.9) [server-momentum]
+        fedavgm server momentum.
+    trimmed_beta : float (default: 0.2) [trimmed-beta]
+        fedtrimmedavg: fraction cut at each end, in [0, 0.5).
+    num_malicious_nodes : int (default: 0) [num-malicious-nodes]
+        krum: assumed number of Byzantine clients ``f``.
     """
 
     num_server_rounds: int = 25
@@ -139,6 +191,18 @@ class RunConfig:
     dirichlet_alpha: float = 0.5
     power_law_exponent: float = 1.0
     log_columns: str = ""
+    # issue 4 (strategies): keep these together, appended last.
+    weight_key: str = "interactions"
+    item_aggregation: str = "dense"
+    proximal_mu: float = 0.0
+    finetune_epochs: int = 0
+    private_layers: str = ""
+    finetune_scope: str = "private"
+    max_client_weight: float = 0.0
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.9
+    trimmed_beta: float = 0.2
+    num_malicious_nodes: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -159,11 +223,20 @@ class RunConfig:
             raise ConfigError(f"weight-decay={self.weight_decay}: must be >= 0")
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
-        choices = {"model": ARCHITECTURES, "dataset": DATASETS, "strategy": STRATEGIES}
+        self._check_strategy_knobs()
+        choices = {
+            "model": ARCHITECTURES,
+            "dataset": DATASETS,
+            "strategy": STRATEGIES,
+            "weight_key": WEIGHT_KEYS,
+            "item_aggregation": ITEM_AGGREGATIONS,
+            "finetune_scope": FINETUNE_SCOPES,
+        }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
                 raise ConfigError(
-                    f"{name}={getattr(self, name)!r}: unknown; accepted: {', '.join(accepted)}"
+                    f"{_key(name)}={getattr(self, name)!r}: unknown; "
+                    f"accepted: {', '.join(accepted)}"
                 )
         if self.model != "gmf" and self.mlp_layers[0] % 2:
             raise ConfigError(
@@ -179,6 +252,32 @@ class RunConfig:
         """The data-related fields, as the datasets package takes them."""
         names = {f.name for f in dataclasses.fields(DataOptions)}
         return DataOptions(**{n: getattr(self, n) for n in names})
+
+    def _check_strategy_knobs(self) -> None:
+        nonneg = (
+            "proximal_mu",
+            "finetune_epochs",
+            "max_client_weight",
+            "server_learning_rate",
+            "server_momentum",
+            "num_malicious_nodes",
+        )
+        for name in nonneg:
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{_key(name)}={value}: must be a finite number >= 0")
+        if not 0 <= self.trimmed_beta < 0.5:
+            raise ConfigError(f"trimmed-beta={self.trimmed_beta}: must be in [0, 0.5)")
+        if self.item_aggregation == "rowwise" and self.strategy != "fedavg":
+            raise ConfigError(
+                f"item-aggregation='rowwise' with strategy={self.strategy!r}: row-wise "
+                "item aggregation is a fedavg option; use strategy='fedavg'"
+            )
+
+    @property
+    def private_layer_prefixes(self) -> tuple[str, ...]:
+        """``private-layers`` split on commas, blanks dropped."""
+        return tuple(p.strip() for p in self.private_layers.split(",") if p.strip())
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -10,14 +11,24 @@ from typing import Any
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Result,
+    Strategy,
+)
 
 from .config import RunConfig
 from .datasets import prepare_data
 from .metering import MeteredGrid
 from .model import NCF, shared_arrays
 from .results import resolve_output_dir, write_run
-from .strategies import WeightedFedAvg
+from .strategies import ReplyLimits, ValidatedStrategy, WeightedFedAvg, exact_metric_aggregation
+from .strategies.fedavg import ITEM_COUNTS_KEY
 
 __all__ = ["app", "build_strategy", "initial_arrays", "main", "run_federated"]
 
@@ -37,16 +48,72 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
-def build_strategy(cfg: RunConfig) -> Strategy:
-    """The strategy named by ``strategy`` (validated by :class:`RunConfig`)."""
+def build_strategy(
+    cfg: RunConfig,
+    *,
+    max_train_weight: float = math.inf,
+    max_evaluate_weight: float = math.inf,
+    num_items: int = 0,
+) -> ValidatedStrategy:
+    """The strategy named by ``strategy``, inside the reply-validation layer.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        ``strategy``, ``weight-key``, ``item-aggregation``, ``fraction-train``,
+        ``seed``, ``max-client-weight`` and the server-optimiser knobs are read.
+    max_train_weight : float (default: inf)
+        Cap on a training reply's weight when ``max-client-weight`` is 0 (the
+        server passes the dataset's size: no partition can hold more).
+    max_evaluate_weight : float (default: inf)
+        Cap on an evaluation reply's weight (number of users).
+    num_items : int (default: 0)
+        Catalogue size: length of the ``item-counts`` list with row-wise items.
+    """
+    key = "num-users" if cfg.weight_key == "users" else "num-examples"
+    common: dict[str, Any] = {
+        "fraction_train": cfg.fraction_train,
+        "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes,
+        "min_available_nodes": cfg.min_nodes,
+        "weighted_by_key": key,
+        "train_metrics_aggr_fn": exact_metric_aggregation,
+        "evaluate_metrics_aggr_fn": exact_metric_aggregation,
+    }
+    lr = cfg.server_learning_rate
+    inner: Strategy
     if cfg.strategy == "fedavg":
-        return WeightedFedAvg(
-            fraction_train=cfg.fraction_train,
-            min_train_nodes=cfg.min_nodes,
-            min_evaluate_nodes=cfg.min_nodes,
-            min_available_nodes=cfg.min_nodes,
+        inner = WeightedFedAvg(**common, rowwise_items=cfg.item_aggregation == "rowwise")
+    elif cfg.strategy == "fedadam":
+        inner = FedAdam(**common, eta=lr or 0.1)
+    elif cfg.strategy == "fedyogi":
+        inner = FedYogi(**common, eta=lr or 0.01)
+    elif cfg.strategy == "fedavgm":
+        inner = FedAvgM(
+            **common, server_learning_rate=lr or 1.0, server_momentum=cfg.server_momentum
         )
-    raise AssertionError(f"unhandled strategy {cfg.strategy!r}")  # RunConfig rejects it
+    elif cfg.strategy == "krum":
+        inner = Krum(**common, num_malicious_nodes=cfg.num_malicious_nodes)
+    elif cfg.strategy == "fedmedian":
+        inner = FedMedian(**common)
+    elif cfg.strategy == "fedtrimmedavg":
+        inner = FedTrimmedAvg(**common, beta=cfg.trimmed_beta)
+    else:
+        raise AssertionError(f"unhandled strategy {cfg.strategy!r}")  # RunConfig rejects it
+    rowwise = cfg.item_aggregation == "rowwise"
+    train_limits = ReplyLimits(
+        weight_key=key,
+        max_weight=cfg.max_client_weight or max_train_weight,
+        list_lengths={ITEM_COUNTS_KEY: num_items} if rowwise else {},
+    )
+    evaluate_limits = ReplyLimits(weight_key=key, max_weight=max_evaluate_weight)
+    return ValidatedStrategy(
+        inner,
+        train_limits,
+        evaluate_limits,
+        uniform_weights=cfg.weight_key == "uniform",
+        seed=cfg.seed,
+    )
 
 
 def initial_arrays(cfg: RunConfig, num_items: int) -> ArrayRecord:
@@ -72,7 +139,16 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     prepared = prepare_data(cfg.data_options())
     log(INFO, "fedrec-flwr: results will be written to %s", out_dir)
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
-    strategy = build_strategy(cfg)
+    stats = prepared.stats()
+    strategy = build_strategy(
+        cfg,
+        # No partition can hold more than the whole dataset.
+        max_train_weight=stats[
+            "num-users" if cfg.weight_key == "users" else "num-train-interactions"
+        ],
+        max_evaluate_weight=prepared.num_users,
+        num_items=prepared.num_items,
+    )
     t0 = time.perf_counter()
     result = strategy.start(
         grid=metered,
@@ -101,7 +177,10 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         model_state={k: v.numpy() for k, v in result.arrays.items()},
         extra={
             "run-id": run_id,
-            "strategy": type(strategy).__name__,
+            "strategy": type(strategy.strategy).__name__,
+            "dropped-replies": [
+                {"round": r, "node": n, "reason": why} for r, n, why in strategy.dropped
+            ],
             "num-clients": len(list(grid.get_node_ids())),
             "rounds-with-failures": failed,
             "arrays-received": sorted(metered.array_names_received),
@@ -138,19 +217,22 @@ def _round_entries(result: Result, metered: MeteredGrid, t_end: float) -> list[d
         nxt = metered.rounds[starts[i + 1]].started if i + 1 < len(starts) else t_end
         train = dict(result.train_metrics_clientapp.get(rnd, {}))
         evaluate = dict(result.evaluate_metrics_clientapp.get(rnd, {}))
-        entries.append(
-            {
-                "round": rnd,
-                "train-loss": train.get("train-loss"),
-                "val": _split(evaluate, "val-"),
-                "test": _split(evaluate, "test-"),
-                "val-loss": evaluate.get("loss"),
-                "wall-seconds": nxt - traffic.started,
-                "bytes-sent": traffic.bytes_sent,
-                "bytes-received": traffic.bytes_received,
-                "replies": traffic.replies,
-                "failures": traffic.failures,
-                "failure-reasons": metered.failure_reasons.get(rnd, []),
-            }
-        )
+        entry = {
+            "round": rnd,
+            "train-loss": train.get("train-loss"),
+            "val": _split(evaluate, "val-"),
+            "test": _split(evaluate, "test-"),
+            "val-loss": evaluate.get("loss"),
+            "wall-seconds": nxt - traffic.started,
+            "bytes-sent": traffic.bytes_sent,
+            "bytes-received": traffic.bytes_received,
+            "replies": traffic.replies,
+            "failures": traffic.failures,
+            "failure-reasons": metered.failure_reasons.get(rnd, []),
+        }
+        if any(k.startswith("global-val-") for k in evaluate):
+            # Personalised evaluation: val/test are personalised, these the global model's.
+            entry["global-val"] = _split(evaluate, "global-val-")
+            entry["global-test"] = _split(evaluate, "global-test-")
+        entries.append(entry)
     return entries

@@ -6,7 +6,7 @@ centralised baseline (every user), so the two are directly comparable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,8 @@ def train_epochs(
     optimizer: torch.optim.Optimizer,
     num_negatives: int,
     rng: np.random.Generator,
+    proximal_mu: float = 0.0,
+    anchor: Mapping[str, torch.Tensor] | None = None,
 ) -> float:
     """Train on implicit positives plus fresh negatives each epoch.
 
@@ -51,6 +53,11 @@ def train_epochs(
         Negatives per positive, redrawn every epoch.
     rng : numpy.random.Generator
         Source of all randomness here (negatives, shuffling): same seed, same run.
+    proximal_mu : float (default: 0.0)
+        FedProx: adds ``mu/2 * ||w - anchor||^2`` to each batch's mean loss.
+    anchor : mapping of str to torch.Tensor, optional (default: None)
+        Parameter name -> value the proximal term pulls towards (the global
+        model); parameters not named here (user embeddings) are not pulled.
 
     Returns
     -------
@@ -65,6 +72,12 @@ def train_epochs(
     labels = torch.cat([torch.ones(n_pos), torch.zeros(n_pos * num_negatives)])
     all_users = torch.cat([pos_users, pos_users.repeat_interleave(num_negatives)])
     mean_loss = float("nan")
+    params = dict(model.named_parameters())
+    pulled = (
+        [(params[name], value.detach()) for name, value in anchor.items()]
+        if proximal_mu > 0 and anchor
+        else []
+    )
     for _ in range(epochs):
         negatives = sample_train_negatives(rng, users, exclude, num_negatives)
         all_items = torch.cat([pos_items, torch.from_numpy(negatives.reshape(-1))])
@@ -74,7 +87,11 @@ def train_epochs(
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(all_users[idx], all_items[idx]), labels[idx])
-            (loss / len(idx)).backward()
+            objective = loss / len(idx)
+            if pulled:
+                prox = sum(((p - a) ** 2).sum() for p, a in pulled)
+                objective = objective + 0.5 * proximal_mu * prox
+            objective.backward()
             optimizer.step()
             total += float(loss.detach())
         mean_loss = total / len(labels)

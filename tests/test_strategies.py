@@ -2,13 +2,15 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec_flwr.strategies import (
     WeightedFedAvg,
     exact_metric_aggregation,
     order_replies,
+    rowwise_average,
+    weighted_average,
 )
 
 
@@ -89,3 +91,71 @@ def test_reply_order_does_not_change_a_bit():
     assert [r.metadata.src_node_id for r in order_replies(replies[::-1])] == [
         900 - k for k in range(6)
     ]
+
+
+# --- pure aggregation functions ---------------------------------------------------
+
+
+def test_weighted_average_matches_np_average_including_0d():
+    arrays = [np.array(1.0), np.array(4.0), np.array(-2.0)]
+    weights = [1, 2, 1]
+    # (1*1 + 4*2 - 2*1) / 4 = 7/4, by hand
+    assert weighted_average(arrays, weights) == pytest.approx(1.75)
+    assert weighted_average(arrays, weights).shape == ()
+    tables = [np.arange(6.0).reshape(2, 3) * k for k in (1, 2, 3)]
+    np.testing.assert_allclose(
+        weighted_average(tables, [3, 1, 1]), np.average(tables, axis=0, weights=[3, 1, 1])
+    )
+    with pytest.raises(ValueError, match="do not sum to a positive finite number"):
+        weighted_average(tables, [0, 0, 0])
+
+
+def test_weighted_average_is_flowers_fedavg_to_the_bit():
+    rng = np.random.default_rng(3)
+    arrays = [{"w": rng.normal(size=(7, 5)).astype(np.float32)} for _ in range(4)]
+    weights = [13, 2, 40, 7]
+    replies = [
+        _reply(10 + k, a, {"num-examples": w, "partition-id": k})
+        for k, (a, w) in enumerate(zip(arrays, weights, strict=True))
+    ]
+    agg, _ = WeightedFedAvg().aggregate_train(1, replies)
+    mine = weighted_average([a["w"] for a in arrays], weights)
+    assert agg["w"].numpy().tobytes() == mine.tobytes()
+
+
+def test_rowwise_average_by_hand():
+    previous = np.array([[9.0, 9.0], [9.0, 9.0], [9.0, 9.0]])
+    a = np.array([[1.0, 1.0], [2.0, 2.0], [5.0, 5.0]])
+    b = np.array([[3.0, 3.0], [6.0, 6.0], [7.0, 7.0]])
+    counts = [np.array([1, 3, 0]), np.array([3, 1, 0])]
+    out = rowwise_average([a, b], counts, previous)
+    # row 0: (1*1 + 3*3)/4 = 2.5; row 1: (3*2 + 1*6)/4 = 3; row 2: nobody -> previous
+    np.testing.assert_allclose(out, [[2.5, 2.5], [3.0, 3.0], [9.0, 9.0]])
+    np.testing.assert_allclose(out[0], np.average([a[0], b[0]], axis=0, weights=[1, 3]))
+    with pytest.raises(ValueError, match="counts must be finite, >= 0"):
+        rowwise_average([a, b], [np.array([1, -1, 0]), counts[1]], previous)
+
+
+def test_rowwise_fedavg_keeps_untrained_items_and_averages_the_rest_densely():
+    class _Grid:
+        def get_node_ids(self):
+            return [1, 2]
+
+    glob = {"item_gmf.weight": np.zeros((3, 2), np.float32), "output.bias": np.array(0.0)}
+    strategy = WeightedFedAvg(rowwise_items=True)
+    messages = list(
+        strategy.configure_train(
+            1, ArrayRecord({k: Array(v) for k, v in glob.items()}), ConfigRecord(), _Grid()
+        )
+    )
+    assert messages[0].content["config"]["item-counts"] is True  # clients are asked
+    a = {"item_gmf.weight": np.full((3, 2), 1.0, np.float32), "output.bias": np.array(1.0)}
+    b = {"item_gmf.weight": np.full((3, 2), 4.0, np.float32), "output.bias": np.array(4.0)}
+    replies = [
+        _reply(1, a, {"num-examples": 1, "partition-id": 0, "item-counts": [2, 1, 0]}),
+        _reply(2, b, {"num-examples": 3, "partition-id": 1, "item-counts": [0, 1, 0]}),
+    ]
+    agg, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(agg["item_gmf.weight"].numpy()[:, 0], [1.0, 2.5, 0.0])
+    assert agg["item_gmf.weight"].numpy().dtype == np.float32
+    assert float(agg["output.bias"].numpy()) == pytest.approx(np.average([1, 4], weights=[1, 3]))

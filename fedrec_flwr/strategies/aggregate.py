@@ -7,14 +7,25 @@ so they are tested against hand-computed values directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
-__all__ = ["ORDER_KEY", "SUM_SUFFIX", "exact_metric_aggregation", "order_replies"]
+__all__ = [
+    "COUNT_KEYS",
+    "ORDER_KEY",
+    "SUM_SUFFIX",
+    "exact_metric_aggregation",
+    "order_replies",
+    "rowwise_average",
+    "weighted_average",
+]
 
 SUM_SUFFIX = "-sum"
 ORDER_KEY = "partition-id"
+# Client sizes, not metrics: never averaged into results.
+COUNT_KEYS = frozenset({"num-examples", "num-users"})
 
 
 def exact_metric_aggregation(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
@@ -24,7 +35,8 @@ def exact_metric_aggregation(records: list[RecordDict], weighting_metric_name: s
       total weight: with the number of users as weight this is the global mean
       over users, not a mean of per-client means.
     - Other numeric keys become the weighted mean ``sum_k w_k v_k / sum_k w_k``.
-    - The weight key and ``partition-id`` are dropped.
+    - The weight key, ``partition-id``, ``num-examples`` and ``num-users`` are
+      dropped; list values (e.g. ``item-counts``) are skipped.
 
     ``math.fsum`` makes the result independent of the order of ``records``.
 
@@ -47,7 +59,7 @@ def exact_metric_aggregation(records: list[RecordDict], weighting_metric_name: s
         raise ValueError(f"weights {weights!r} do not sum to a positive finite number")
     out = MetricRecord()
     for key in metrics[0]:
-        if key in (weighting_metric_name, ORDER_KEY):
+        if key in (weighting_metric_name, ORDER_KEY) or key in COUNT_KEYS:
             continue
         values = [m[key] for m in metrics]
         if any(isinstance(v, list) for v in values):
@@ -77,3 +89,61 @@ def order_replies(replies: Iterable[Message]) -> list[Message]:
         return (0, order, msg.metadata.src_node_id)
 
     return sorted(replies, key=key)
+
+
+def weighted_average(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``sum_k w_k / sum(w) * a_k``, summed in the given order.
+
+    The same operations, in the same order, as Flower's FedAvg, so the two agree
+    to the bit; works for 0-d arrays.
+
+    Raises
+    ------
+    ValueError
+        If there are no arrays or the weights do not sum to a positive finite number.
+    """
+    if not arrays:
+        raise ValueError("nothing to average")
+    total = sum(weights)
+    if not (math.isfinite(total) and total > 0):
+        raise ValueError(f"weights {list(weights)!r} do not sum to a positive finite number")
+    out = np.asarray(arrays[0]) * (weights[0] / total)
+    for array, weight in zip(arrays[1:], weights[1:], strict=True):
+        out = out + np.asarray(array) * (weight / total)
+    return np.asarray(out)
+
+
+def rowwise_average(
+    tables: Sequence[np.ndarray], counts: Sequence[np.ndarray], previous: np.ndarray
+) -> np.ndarray:
+    """Average each row over the clients that trained it, weighted by their counts.
+
+    Row ``r`` becomes ``sum_k c_kr t_kr / sum_k c_kr`` where ``c_kr`` is client
+    ``k``'s count for row ``r`` (its training interactions with item ``r``); a
+    row no client counted keeps its ``previous`` value instead of being pulled
+    towards the clients' unchanged copies.
+
+    Parameters
+    ----------
+    tables : sequence of numpy.ndarray
+        Each client's ``(rows, dim)`` table.
+    counts : sequence of numpy.ndarray
+        Each client's ``(rows,)`` non-negative counts.
+    previous : numpy.ndarray
+        The global ``(rows, dim)`` table sent this round.
+    """
+    if len(tables) != len(counts) or not tables:
+        raise ValueError(f"{len(tables)} tables for {len(counts)} count vectors")
+    c = np.stack([np.asarray(v, dtype=np.float64) for v in counts])
+    if c.shape[1] != previous.shape[0] or (c < 0).any() or not np.isfinite(c).all():
+        raise ValueError(f"counts must be finite, >= 0, one per row ({previous.shape[0]})")
+    total = c.sum(axis=0)
+    summed = np.zeros(previous.shape, dtype=np.float64)
+    for table, weight in zip(tables, c, strict=True):
+        summed += weight.reshape(-1, *([1] * (previous.ndim - 1))) * table
+    out = np.array(previous, copy=True)
+    seen = total > 0
+    out[seen] = (summed[seen] / total[seen].reshape(-1, *([1] * (previous.ndim - 1)))).astype(
+        previous.dtype
+    )
+    return out

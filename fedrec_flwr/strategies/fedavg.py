@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from .aggregate import exact_metric_aggregation, order_replies
+from .aggregate import exact_metric_aggregation, order_replies, rowwise_average, weighted_average
+
+ITEM_COUNTS_KEY = "item-counts"
 
 __all__ = ["WeightedFedAvg"]
 
@@ -23,8 +27,18 @@ class WeightedFedAvg(FedAvg):
       exact global means over users).
 
     With :class:`fedrec_flwr.client.NCFClient`, ``n_k`` (``num-examples``) is the
-    client's number of training interactions. Only the arrays clients send are
-    averaged: private user embeddings never reach the server.
+    client's number of training interactions (``weighted_by_key="num-users"``:
+    its number of users). Only the arrays clients send are averaged: private
+    user embeddings never reach the server.
+
+    Row-wise item aggregation (``rowwise_items=True``, opt-in): the train config
+    asks clients for ``item-counts`` (their training interactions per item) and
+    each row of an item table (``item_*``) becomes
+    ``sum_k c_kr w_kr / sum_k c_kr`` over the clients that trained item ``r``
+    (:func:`~fedrec_flwr.strategies.aggregate.rowwise_average`); an item nobody
+    trained keeps its value. Other arrays are averaged as in FedAvg. Privacy
+    cost: the counts tell the server which items each group interacted with,
+    and how often, which plain FedAvg hides (it only sees dense updated tables).
 
     Parameters
     ----------
@@ -48,6 +62,10 @@ class WeightedFedAvg(FedAvg):
         ``(list[RecordDict], str) -> MetricRecord`` for training metrics.
     evaluate_metrics_aggr_fn : callable, optional (default: exact_metric_aggregation)
         ``(list[RecordDict], str) -> MetricRecord`` for evaluation metrics.
+    rowwise_items : bool (default: False)
+        Aggregate item-embedding rows over the clients that trained them.
+    item_prefix : str (default: "item_")
+        Names of the arrays aggregated row-wise start with this.
     """
 
     def __init__(
@@ -62,6 +80,8 @@ class WeightedFedAvg(FedAvg):
         configrecord_key: str = "config",
         train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        rowwise_items: bool = False,
+        item_prefix: str = "item_",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -75,12 +95,44 @@ class WeightedFedAvg(FedAvg):
             train_metrics_aggr_fn=train_metrics_aggr_fn or exact_metric_aggregation,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn or exact_metric_aggregation,
         )
+        self.rowwise_items = rowwise_items
+        self.item_prefix = item_prefix
+        self.current_arrays: ArrayRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """As FedAvg; with row-wise items, keep the global arrays and ask for counts."""
+        if self.rowwise_items:
+            self.current_arrays = arrays
+            config[ITEM_COUNTS_KEY] = True
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate training replies in a fixed order (see class docstring)."""
-        return super().aggregate_train(server_round, order_replies(replies))
+        if not self.rowwise_items:
+            return super().aggregate_train(server_round, order_replies(replies))
+        valid, _ = self._check_and_log_replies(order_replies(replies), is_train=True)
+        if not valid:
+            return None, None
+        if self.current_arrays is None:
+            raise RuntimeError("configure_train must run before aggregate_train")
+        contents = [msg.content for msg in valid]
+        metrics = [next(iter(c.metric_records.values())) for c in contents]
+        arrays = [next(iter(c.array_records.values())) for c in contents]
+        weights = [float(m[self.weighted_by_key]) for m in metrics]  # type: ignore[arg-type]
+        counts = [np.asarray(m[ITEM_COUNTS_KEY], dtype=np.float64) for m in metrics]
+        out = ArrayRecord()
+        for name in arrays[0]:
+            tables = [a[name].numpy() for a in arrays]
+            if name.startswith(self.item_prefix):
+                value = rowwise_average(tables, counts, self.current_arrays[name].numpy())
+            else:
+                value = weighted_average(tables, weights)
+            out[name] = Array(np.asarray(value))
+        return out, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
