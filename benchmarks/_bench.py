@@ -209,8 +209,16 @@ def flwr_simulation(
     items = {**run_config, "output-dir": str(out)}
     rc = " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
     federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
-    cmd = ["flwr", "run", str(REPO), "--stream", "--federation-config", federation,
-           "--run-config", rc]
+    cmd = [
+        "flwr",
+        "run",
+        str(REPO),
+        "--stream",
+        "--federation-config",
+        federation,
+        "--run-config",
+        rc,
+    ]
     neutral = work_dir / "cwd"  # Ray puts the caller's cwd on sys.path
     neutral.mkdir(exist_ok=True)
     log_path = work_dir / "flwr-run.log"

@@ -39,7 +39,12 @@ ROWS: list[tuple[str, str, dict[str, Any], int]] = [
     ("Fine-tuned · by occupation", "fed", {"finetune-epochs": 1, "partitioner": "attribute"}, 21),
     ("centralised NeuMF · leaky pool", "central", {"negative-pool": "history"}, 1),
     ("FedAvg · 10 groups · leaky pool", "fed", {"negative-pool": "history"}, 10),
-    ("Fine-tuned · 10 groups · leaky pool", "fed", {"finetune-epochs": 1, "negative-pool": "history"}, 10),
+    (
+        "Fine-tuned · 10 groups · leaky pool",
+        "fed",
+        {"finetune-epochs": 1, "negative-pool": "history"},
+        10,
+    ),
 ]
 QUICK_ROWS = ("centralised NeuMF", "FedAvg · 10 groups", "FedAvg · one user per client")
 
@@ -108,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ML-100K quality, test at the validation-selected round ({_bench.stamp()})\n")
     print(_bench.markdown_table(("run", "HR@10", "NDCG@10", "selected", "seeds"), table))
     print()
-    print(_bench.markdown_table(("published anchor", "HR@10", "NDCG@10"), [
-        (name, f"{hr:.3f}", f"{nd:.3f}") for name, (hr, nd) in ANCHORS.items()
-    ]))
+    print(
+        _bench.markdown_table(
+            ("published anchor", "HR@10", "NDCG@10"),
+            [(name, f"{hr:.3f}", f"{nd:.3f}") for name, (hr, nd) in ANCHORS.items()],
+        )
+    )
     (out / "quality.json").write_text(json.dumps(summary, indent=2))
     _plot(summary, out / "quality.png")
     print(f"\nwrote {out / 'quality.json'} and {out / 'quality.png'}")
@@ -125,10 +133,20 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(summary) + 1.5))
     ys = range(len(summary))
-    ax.barh([y + 0.2 for y in ys], [s["hr"][0] for s in summary], 0.4,
-            xerr=[s["hr"][1] for s in summary], label="HR@10")
-    ax.barh([y - 0.2 for y in ys], [s["ndcg"][0] for s in summary], 0.4,
-            xerr=[s["ndcg"][1] for s in summary], label="NDCG@10")
+    ax.barh(
+        [y + 0.2 for y in ys],
+        [s["hr"][0] for s in summary],
+        0.4,
+        xerr=[s["hr"][1] for s in summary],
+        label="HR@10",
+    )
+    ax.barh(
+        [y - 0.2 for y in ys],
+        [s["ndcg"][0] for s in summary],
+        0.4,
+        xerr=[s["ndcg"][1] for s in summary],
+        label="NDCG@10",
+    )
     ax.set_yticks(list(ys), [s["label"] for s in summary])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ConfigError, RunConfig
+from .config import LEAKY_POOL_WARNING, ConfigError, RunConfig
 from .datasets import client_data_from, prepare_data
 from .metrics import finalize_sums
 from .model import NCF
@@ -51,6 +51,9 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
+    exclude = data.negative_pool(cfg.negative_pool)
+    if cfg.negative_pool != "train" and log:
+        print(LEAKY_POOL_WARNING, file=sys.stderr)
     local = np.arange(data.num_users)
     rounds = []
     for epoch in range(1, cfg.num_server_rounds + 1):
@@ -59,7 +62,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
             model,
             data.train_users,
             data.train_items,
-            data.train_set,
+            exclude,
             epochs=1,
             batch_size=cfg.batch_size,
             optimizer=optimizer,

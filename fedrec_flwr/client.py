@@ -26,6 +26,7 @@ them per round, else from the run config):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,9 @@ from flwr.compat.client.numpy_client import NumPyClient
 
 from .config import RunConfig
 from .datasets.prepare import ClientData
+from .metering import COMPUTE_SECONDS_KEY
 from .model import NCF, is_private, load_arrays, private_arrays, shared_arrays
+from .peruser import train_users_independently
 from .training import evaluate_ranking, train_epochs
 
 __all__ = ["ITEM_COUNTS_KEY", "PERSONAL_STATE_KEY", "PRIVATE_STATE_KEY", "NCFClient"]
@@ -78,8 +81,23 @@ class NCFClient(NumPyClient):
         if PRIVATE_STATE_KEY in state.array_records:
             record = state.array_records[PRIVATE_STATE_KEY]
             load_arrays(self.model, {k: v.numpy() for k, v in record.items()}, private=True)
+        elif config.client_mode == "per-user":
+            self._reset_private_per_user()
         else:
             self.model.reset_private(_seed(config.seed, data.partition_id, 0))
+        # Which training interactions negatives avoid (see RunConfig.negative_pool).
+        self.exclude = data.negative_pool(config.negative_pool)
+
+    def _reset_private_per_user(self) -> None:
+        """Each user's rows from its own seed, drawn as a one-user client would
+        draw them (``NCF.reset_private`` with the user's code as partition id),
+        so per-user mode starts where one-user-per-client FedAvg starts."""
+        with torch.no_grad():
+            privates = [p for n, p in self.model.named_parameters() if is_private(n)]
+            for row, code in enumerate(self.data.users):
+                gen = torch.Generator().manual_seed(_seed(self.config.seed, int(code), 0))
+                for param in privates:
+                    param[row : row + 1].normal_(0.0, 0.01, generator=gen)
 
     def _knob(self, config: dict[str, Any], key: str) -> Any:
         """A strategy knob: the message's config wins over the run config."""
@@ -134,7 +152,10 @@ class NCFClient(NumPyClient):
         (the FedAvg weight) and ``train-loss`` plus ``partition-id`` (used by the
         server to order replies deterministically).
         """
+        started = time.perf_counter()
         self._set_shared(parameters)
+        if self.config.client_mode == "per-user":
+            return self._fit_per_user(parameters, config, started)
         personal = self._personal_names(config)
         self._load_personal(personal)
         server_round = int(config.get("server-round", 0))
@@ -159,7 +180,7 @@ class NCFClient(NumPyClient):
             self.model,
             data.train_users,
             data.train_items,
-            data.train_set,
+            self.exclude,
             epochs=cfg.local_epochs,
             batch_size=cfg.batch_size,
             optimizer=optimizer,
@@ -186,7 +207,45 @@ class NCFClient(NumPyClient):
         if config.get(ITEM_COUNTS_KEY):
             counts = np.bincount(data.train_items, minlength=data.num_items)
             metrics[ITEM_COUNTS_KEY] = [int(c) for c in counts]
+        metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
         return list(updated.values()), self.data.num_train, metrics
+
+    def _fit_per_user(
+        self, parameters: list[np.ndarray], config: dict[str, Any], started: float
+    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """Every user trains alone from the global model; return their mean.
+
+        Each user draws from the seed a one-user client with the user's code as
+        partition id would use, so the server's FedAvg over nodes equals FedAvg
+        over one-user clients (tested against exactly that).
+        """
+        cfg, data = self.config, self.data
+        server_round = int(config.get("server-round", 0))
+        update = train_users_independently(
+            shared_arrays(self.model),
+            private_arrays(self.model),
+            data.train_users,
+            data.train_items,
+            self.exclude,
+            [_seed(cfg.seed, int(code), server_round) for code in data.users],
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            num_negatives=cfg.num_negatives,
+            weight_decay=cfg.weight_decay,
+        )
+        load_arrays(self.model, update.private, private=True)
+        self.state[PRIVATE_STATE_KEY] = ArrayRecord(
+            {k: Array(v) for k, v in private_arrays(self.model).items()}
+        )
+        metrics: dict[str, Any] = {
+            "train-loss": update.loss,
+            "partition-id": data.partition_id,
+            "num-users": data.num_users,
+            COMPUTE_SECONDS_KEY: time.perf_counter() - started,
+        }
+        names = self.array_names()
+        return [update.shared[n] for n in names], update.weight, metrics
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
@@ -199,6 +258,7 @@ class NCFClient(NumPyClient):
         ``private-layers``), ``val-``/``test-`` are the personalised model's and
         ``global-val-``/``global-test-`` the global model's.
         """
+        started = time.perf_counter()
         self._set_shared(parameters)
         metrics: dict[str, Any] = {
             "partition-id": self.data.partition_id,
@@ -208,6 +268,7 @@ class NCFClient(NumPyClient):
         epochs = int(self._knob(config, "finetune-epochs"))
         if not personal and epochs <= 0:
             loss = self._rank_into(metrics, "")
+            metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
             return loss, self.data.num_users, metrics
         self._rank_into(metrics, "global-")
         self._load_personal(personal)
@@ -230,7 +291,7 @@ class NCFClient(NumPyClient):
                 self.model,
                 data.train_users,
                 data.train_items,
-                data.train_set,
+                self.exclude,
                 epochs=epochs,
                 batch_size=cfg.batch_size,
                 optimizer=optimizer,
@@ -240,6 +301,7 @@ class NCFClient(NumPyClient):
         # Nothing of the fine-tuned copy is stored: the next message rebuilds the
         # model from the global arrays and the stored private state.
         loss = self._rank_into(metrics, "")
+        metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
         return loss, self.data.num_users, metrics
 
     def _rank_into(self, metrics: dict[str, Any], prefix: str) -> float:

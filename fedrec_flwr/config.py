@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .datasets.options import DataOptions
-from .datasets.prepare import DATASETS
+from .datasets.prepare import DATASETS, NEGATIVE_POOLS
 from .model import ARCHITECTURES
 
 __all__ = [
+    "CLIENT_MODES",
     "FINETUNE_SCOPES",
     "ITEM_AGGREGATIONS",
+    "LEAKY_POOL_WARNING",
     "STRATEGIES",
     "WEIGHT_KEYS",
     "ConfigError",
@@ -39,6 +41,13 @@ STRATEGIES = (
 WEIGHT_KEYS = ("interactions", "users", "uniform")
 ITEM_AGGREGATIONS = ("dense", "rowwise")
 FINETUNE_SCOPES = ("all", "private")
+CLIENT_MODES = ("group", "per-user")
+LEAKY_POOL_WARNING = (
+    "negative-pool='history' excludes held-out validation and test items from "
+    "training negatives: the held-out item becomes the one item never drawn as a "
+    "negative, which leaks it. Use only to reproduce published numbers; the honest "
+    "protocol is negative-pool='train'."
+)
 
 
 class ConfigError(ValueError):
@@ -161,6 +170,17 @@ class RunConfig:
         fedtrimmedavg: fraction cut at each end, in [0, 0.5).
     num_malicious_nodes : int (default: 0) [num-malicious-nodes]
         krum: assumed number of Byzantine clients ``f``.
+    client_mode : str (default: "group") [client-mode]
+        ``group``: a node trains its user group as one client. ``per-user``:
+        every user of the group trains its own update from the global model
+        and the node returns their interaction-weighted mean, so FedAvg over
+        nodes equals FedAvg with one user per client (see
+        :mod:`fedrec_flwr.peruser`) at the cost of one message per group.
+    negative_pool : str (default: "train") [negative-pool]
+        Items excluded from a user's *training* negatives: ``train`` (its
+        training interactions; the honest protocol) or ``history`` (also its
+        held-out items). ``history`` leaks the answer and exists only to
+        reproduce published federated code; a warning is logged.
     """
 
     num_server_rounds: int = 25
@@ -203,6 +223,9 @@ class RunConfig:
     server_momentum: float = 0.9
     trimmed_beta: float = 0.2
     num_malicious_nodes: int = 0
+    # issue 6 (benchmarks): per-user clients at group cost; the leaky pool on request.
+    client_mode: str = "group"
+    negative_pool: str = "train"
 
     def __post_init__(self) -> None:
         positive = (
@@ -231,6 +254,8 @@ class RunConfig:
             "weight_key": WEIGHT_KEYS,
             "item_aggregation": ITEM_AGGREGATIONS,
             "finetune_scope": FINETUNE_SCOPES,
+            "client_mode": CLIENT_MODES,
+            "negative_pool": NEGATIVE_POOLS,
         }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
@@ -268,6 +293,19 @@ class RunConfig:
                 raise ConfigError(f"{_key(name)}={value}: must be a finite number >= 0")
         if not 0 <= self.trimmed_beta < 0.5:
             raise ConfigError(f"trimmed-beta={self.trimmed_beta}: must be in [0, 0.5)")
+        if self.client_mode == "per-user":
+            clashes = {
+                "proximal-mu": self.proximal_mu != 0,
+                "private-layers": bool(self.private_layers.strip()),
+                "item-aggregation": self.item_aggregation != "dense",
+                "weight-key": self.weight_key != "interactions",
+            }
+            bad = [key for key, clash in clashes.items() if clash]
+            if bad:
+                raise ConfigError(
+                    f"client-mode='per-user' supports plain FedAvg-style local training "
+                    f"weighted by interactions; reset {', '.join(bad)} to the default"
+                )
         if self.item_aggregation == "rowwise" and self.strategy != "fedavg":
             raise ConfigError(
                 f"item-aggregation='rowwise' with strategy={self.strategy!r}: row-wise "

@@ -135,9 +135,9 @@ class MeteredGrid(Grid):
                 for metrics in reply.content.metric_records.values():
                     seconds = metrics.get(COMPUTE_SECONDS_KEY)
                     if isinstance(seconds, (int, float)) and seconds >= 0:
-                        traffic.client_seconds[kind] = (
-                            traffic.client_seconds.get(kind, 0.0) + float(seconds)
-                        )
+                        traffic.client_seconds[kind] = traffic.client_seconds.get(
+                            kind, 0.0
+                        ) + float(seconds)
         missing = len(messages) - len(replies)
         if missing:
             traffic.failures += missing

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from .config import RunConfig
+from .config import LEAKY_POOL_WARNING, RunConfig
 from .datasets import prepare_data
 from .metering import MeteredGrid
 from .model import NCF, shared_arrays
@@ -138,6 +138,8 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     # The server reads only the item catalogue and sizes; user rows stay with clients.
     prepared = prepare_data(cfg.data_options())
     log(INFO, "fedrec-flwr: results will be written to %s", out_dir)
+    if cfg.negative_pool != "train":
+        log(WARNING, "fedrec-flwr: %s", LEAKY_POOL_WARNING)
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
     stats = prepared.stats()
     strategy = build_strategy(
@@ -224,6 +226,10 @@ def _round_entries(result: Result, metered: MeteredGrid, t_end: float) -> list[d
             "test": _split(evaluate, "test-"),
             "val-loss": evaluate.get("loss"),
             "wall-seconds": nxt - traffic.started,
+            # Summed compute time the clients reported: with clients run one at a
+            # time, wall-seconds minus these is the engine's own cost.
+            "client-train-seconds": traffic.client_seconds.get("train", 0.0),
+            "client-eval-seconds": traffic.client_seconds.get("evaluate", 0.0),
             "bytes-sent": traffic.bytes_sent,
             "bytes-received": traffic.bytes_received,
             "replies": traffic.replies,

@@ -100,3 +100,24 @@ def test_centralized_cli_bad_input_is_one_line(tmp_path, capsys):
     assert err == "error: model='bpr': unknown; accepted: gmf, mlp, neumf"
     assert centralized_main(["--data-dir", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"proximal-mu": 0.1}, "proximal-mu"),
+        ({"private-layers": "output"}, "private-layers"),
+        ({"item-aggregation": "rowwise"}, "item-aggregation"),
+        ({"weight-key": "users"}, "weight-key"),
+    ],
+)
+def test_per_user_mode_refuses_knobs_it_cannot_honour(extra, named):
+    with pytest.raises(ConfigError, match=f"client-mode='per-user'.*reset {named}"):
+        RunConfig.from_mapping({"client-mode": "per-user", **extra})
+
+
+def test_modes_and_pools_are_named():
+    with pytest.raises(ConfigError, match="client-mode='solo': unknown; accepted: group, per-user"):
+        RunConfig.from_mapping({"client-mode": "solo"})
+    with pytest.raises(ConfigError, match="negative-pool='x': unknown; accepted: train, history"):
+        RunConfig.from_mapping({"negative-pool": "x"})

@@ -10,7 +10,7 @@ given enough epochs of draws).
 import numpy as np
 import pytest
 
-from fedrec_flwr.datasets import InteractionSet, prepare_dataset, sample_train_negatives
+from fedrec_flwr.datasets import client_data_from, prepare_dataset, sample_train_negatives
 from fedrec_flwr.metrics import rank_of_positive
 
 
@@ -29,21 +29,21 @@ def _oracle_hr10(prepared, exclude, epochs=30, num_negatives=4):
 
 
 @pytest.fixture(scope="module")
-def prepared(ml100k_dir):
-    return prepare_dataset("ml-100k", str(ml100k_dir), 42, 99)
+def everyone(ml100k_dir):
+    """All users as one client: the pools below are the ones clients train with."""
+    return client_data_from(prepare_dataset("ml-100k", str(ml100k_dir), 42, 99), 0, 1, 42)
 
 
-def test_oracle_on_our_training_negatives_is_at_chance(prepared):
-    train_only = InteractionSet(prepared.train_users, prepared.train_items, prepared.num_items)
-    hr = _oracle_hr10(prepared, train_only)
+def test_oracle_on_our_training_negatives_is_at_chance(everyone):
+    hr = _oracle_hr10(everyone, everyone.negative_pool("train"))
     assert abs(hr - 10 / 100) < 0.035, hr  # chance: 10 of 100 candidates
 
 
-def test_oracle_exposes_a_pool_that_excludes_held_out_items(prepared):
-    u = np.arange(prepared.num_users)
-    everything = InteractionSet(
-        np.concatenate([prepared.train_users, u, u]),
-        np.concatenate([prepared.train_items, prepared.val_items, prepared.test_items]),
-        prepared.num_items,
-    )
-    assert _oracle_hr10(prepared, everything) > 0.8  # vs 0.10 by chance
+def test_oracle_exposes_the_leaky_history_pool(everyone):
+    # negative-pool=history, offered only to reproduce published numbers.
+    assert _oracle_hr10(everyone, everyone.negative_pool("history")) > 0.8  # chance: 0.10
+
+
+def test_unknown_pool_is_named(everyone):
+    with pytest.raises(ValueError, match="negative-pool='all': unknown; accepted: train, history"):
+        everyone.negative_pool("all")

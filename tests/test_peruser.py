@@ -134,3 +134,68 @@ def test_seed_count_must_match_users() -> None:
             learning_rate=0.01,
             num_negatives=2,
         )
+
+
+def _random_log(num_users: int = 12, num_items: int = 40, seed: int = 5):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(num_users):
+        k = int(rng.integers(6, 20))
+        for t, i in enumerate(rng.choice(num_items, size=k, replace=False)):
+            rows.append((u + 1, int(i) + 1, 4, 1_000 + t))
+    return rows
+
+
+def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path):
+    """3 nodes in per-user mode give the model and metrics of 12 one-user nodes.
+
+    This is the equivalence the speed benchmark relies on: the same FedAvg,
+    with one message per group instead of one per user.
+    """
+    import json
+    import logging
+
+    from conftest import write_u_data
+
+    from fedrec_flwr.client_app import app as client_app
+    from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.inprocess import InProcessGrid
+    from fedrec_flwr.server_app import run_federated
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    data_dir = write_u_data(tmp_path / "log", _random_log())
+    base = {
+        "data-dir": str(data_dir),
+        "num-server-rounds": 2,
+        "local-epochs": 2,
+        "batch-size": 16,
+        "learning-rate": 0.01,
+        "factors": 8,
+        "mlp-layers": "16,8",
+        "num-eval-negatives": 10,
+        "top-k": "5",
+        "min-nodes": 1,
+    }
+
+    def run(rc, nodes, out):
+        grid = InProcessGrid(
+            client_app,
+            [{"partition-id": p, "num-partitions": nodes} for p in range(nodes)],
+            rc,
+        )
+        path = run_federated(grid, RunConfig.from_mapping(rc), out)
+        return json.loads(path.read_text()), torch.load(out / "model.pt")["state_dict"]
+
+    one_each, model_a = run({**base, "partitioner": "natural"}, 12, tmp_path / "natural")
+    grouped, model_b = run({**base, "client-mode": "per-user"}, 3, tmp_path / "per-user")
+    assert one_each["num-clients"] == 12 and grouped["num-clients"] == 3
+    for name, value in model_a.items():
+        torch.testing.assert_close(model_b[name], value, rtol=0, atol=1e-5, msg=name)
+    for a, b in zip(one_each["rounds"], grouped["rounds"], strict=True):
+        for part in ("val", "test"):
+            for k, v in a[part].items():
+                assert b[part][k] == pytest.approx(v, abs=1e-9), (part, k)
+    # A group trained as one client is a different computation: the check above
+    # is not met by any two runs.
+    as_groups, model_c = run(base, 3, tmp_path / "groups")
+    assert max(float((model_c[k] - model_a[k]).abs().max()) for k in model_a) > 1e-3

@@ -60,9 +60,9 @@ from .validation import DROP_KINDS, DUPLICATE_POLICIES, ValidationReport, apply_
 
 __all__ = [
     "DATASETS",
-    "NEGATIVE_POOLS",
     "DROP_KINDS",
     "DUPLICATE_POLICIES",
+    "NEGATIVE_POOLS",
     "PARTITIONERS",
     "RELEASES",
     "SPLITS",
