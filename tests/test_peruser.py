@@ -197,5 +197,5 @@ def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path):
                 assert b[part][k] == pytest.approx(v, abs=1e-9), (part, k)
     # A group trained as one client is a different computation: the check above
     # is not met by any two runs.
-    as_groups, model_c = run(base, 3, tmp_path / "groups")
+    _, model_c = run(base, 3, tmp_path / "groups")
     assert max(float((model_c[k] - model_a[k]).abs().max()) for k in model_a) > 1e-3
