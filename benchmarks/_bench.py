@@ -35,14 +35,6 @@ def quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
-def num_partitions_for(run_config: Mapping[str, Any], default: int) -> int:
-    """How many nodes a partitioner needs (attribute groups fix their own count)."""
-    from fedrec_flwr.config import RunConfig
-    from fedrec_flwr.datasets import partition_count
-
-    return int(partition_count(RunConfig.from_mapping(run_config), default))
-
-
 def run_federated_inprocess(
     run_config: Mapping[str, Any], num_partitions: int, out_dir: Path
 ) -> dict[str, Any]:
@@ -61,8 +53,12 @@ def run_federated_inprocess(
 
 def run_centralized_inprocess(run_config: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     """One centralised run in this process; returns its ``results.json``."""
+    import torch
+
     from fedrec_flwr.centralized import run_centralized
     from fedrec_flwr.config import RunConfig
+
+    torch.set_num_threads(1)  # as each federated client: comparable, reproducible
 
     rc = {**run_config, "output-dir": str(out_dir)}
     path, _ = run_centralized(RunConfig.from_mapping(rc), log=False)

@@ -158,7 +158,7 @@ def train_users_independently(
     learning_rate: float,
     num_negatives: int,
     weight_decay: float = 0.0,
-    chunk_users: int = 128,
+    chunk_users: int = 16,
 ) -> PerUserUpdate:
     """Train each user of a group as its own FedAvg client; return the mean.
 
@@ -186,7 +186,7 @@ def train_users_independently(
     weight_decay : float (default: 0.0)
         Adam's L2 penalty. With a penalty every item row moves, so each user
         then carries the whole catalogue (slower, still exact).
-    chunk_users : int (default: 128)
+    chunk_users : int (default: 16)
         Users trained side by side; bounds memory.
 
     Returns
