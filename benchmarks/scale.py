@@ -45,9 +45,9 @@ def _one(log: Path, clients: int, out: Path) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     rnd = results["rounds"][0]
     return {
-        "interactions": results["dataset"]["interactions"],
-        "users": results["dataset"]["users"],
-        "items": results["dataset"]["items"],
+        "interactions": results["dataset"]["num-interactions"],
+        "users": results["dataset"]["num-users"],
+        "items": results["dataset"]["num-items"],
         "clients": clients,
         "round-seconds": rnd["wall-seconds"],
         "train-seconds": rnd.get("client-train-seconds"),
