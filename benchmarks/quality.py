@@ -35,14 +35,14 @@ ROWS: list[tuple[str, str, dict[str, Any], int]] = [
     ("FedAvg · 10 groups", "fed", {}, 10),
     ("FedAvg · by occupation", "fed", {"partitioner": "attribute"}, 21),
     ("FedAvg · one user per client", "fed", {"client-mode": "per-user"}, 10),
-    ("Fine-tuned · 10 groups", "fed", {"finetune-epochs": 1}, 10),
-    ("Fine-tuned · by occupation", "fed", {"finetune-epochs": 1, "partitioner": "attribute"}, 21),
+    ("Fine-tuned · 10 groups", "fed", {"finetune-epochs": 2}, 10),
+    ("Fine-tuned · by occupation", "fed", {"finetune-epochs": 2, "partitioner": "attribute"}, 21),
     ("centralised NeuMF · leaky pool", "central", {"negative-pool": "history"}, 1),
     ("FedAvg · 10 groups · leaky pool", "fed", {"negative-pool": "history"}, 10),
     (
         "Fine-tuned · 10 groups · leaky pool",
         "fed",
-        {"finetune-epochs": 1, "negative-pool": "history"},
+        {"finetune-epochs": 2, "negative-pool": "history"},
         10,
     ),
 ]
