@@ -164,8 +164,8 @@ class RunConfig:
     server_learning_rate : float (default: 0.0) [server-learning-rate]
         Server step for fedadam/fedyogi (``eta``) and fedavgm; 0 = Flower's
         default (0.1, 0.01, 1.0).
-    server_momentum : float (default: 0.9) [server-momentum]
-        fedavgm server momentum.
+    server_momentum : float (default: 0.5) [server-momentum]
+        fedavgm server momentum (0.9 diverged on ML-100K, see strategies/README.md).
     trimmed_beta : float (default: 0.2) [trimmed-beta]
         fedtrimmedavg: fraction cut at each end, in [0, 0.5).
     num_malicious_nodes : int (default: 0) [num-malicious-nodes]
@@ -220,7 +220,7 @@ class RunConfig:
     finetune_scope: str = "private"
     max_client_weight: float = 0.0
     server_learning_rate: float = 0.0
-    server_momentum: float = 0.9
+    server_momentum: float = 0.5
     trimmed_beta: float = 0.2
     num_malicious_nodes: int = 0
     # issue 6 (benchmarks): per-user clients at group cost; the leaky pool on request.

@@ -138,7 +138,8 @@ class ValidatedStrategy(Strategy):
         ]
 
     def _pids(self, nodes: list[int]) -> list[str]:
-        return sorted(str(self.partitions.get(n, f"node {n}")) for n in nodes)
+        known = sorted(self.partitions[n] for n in nodes if n in self.partitions)
+        return [str(p) for p in known] + [f"node {n}" for n in nodes if n not in self.partitions]
 
     def _rank(self, server_round: int, node: int) -> tuple[int, int]:
         pid = self.partitions.get(node)
