@@ -74,7 +74,8 @@ def _summarise(label: str, results: dict[str, Any], peak_mib: float) -> dict[str
     wall = statistics.fmean(r["wall-seconds"] for r in steady)
     train = statistics.fmean(r["client-train-seconds"] for r in steady)
     evaluate = statistics.fmean(r["client-eval-seconds"] for r in steady)
-    samples = results["dataset"]["num-train-interactions"] * (1 + results["config"]["num-negatives"])
+    positives = results["dataset"]["num-train-interactions"]
+    samples = positives * (1 + results["config"]["num-negatives"])
     return {
         "label": label,
         "clients": results["num-clients"],

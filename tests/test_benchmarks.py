@@ -1,0 +1,67 @@
+"""The benchmark scripts run from a clean clone (their ``--quick`` sizes).
+
+Numbers are not asserted against targets here (those are read off the full
+runs); these tests keep the scripts working and their outputs well formed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.flower  # speed.py starts real `flwr run` simulations
+
+
+def _run(script: str, out, *extra: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(out), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc.stdout
+
+
+def test_quality_quick(tmp_path, ml100k_dir):
+    text = _run("quality.py", tmp_path, "--data-dir", str(ml100k_dir))
+    assert "| centralised NeuMF |" in text and "| FedAvg · one user per client |" in text
+    summary = json.loads((tmp_path / "quality.json").read_text())
+    assert [s["label"] for s in summary] == [
+        "centralised NeuMF",
+        "FedAvg · 10 groups",
+        "FedAvg · one user per client",
+    ]
+    for row in summary:
+        assert 0 < row["hr"][0] <= 1 and 0 < row["ndcg"][0] <= row["hr"][0]
+    assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_speed_quick(tmp_path, ml100k_dir):
+    text = _run("speed.py", tmp_path, "--data-dir", str(ml100k_dir))
+    assert "centralised epoch" in text and "| 10 groups |" in text
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert result["central-epoch"] > 0
+    per_user = result["rows"][1]
+    assert per_user["clients"] == 10 and per_user["bytes-up"] > 0
+    for row in result["rows"]:
+        assert row["train-seconds"] > 0 and math.isfinite(row["overhead-share"])
+    assert (tmp_path / "speed.png").stat().st_size > 0
+
+
+def test_scale_quick(tmp_path):
+    text = _run("scale.py", tmp_path)
+    assert "| interactions |" in text
+    points = json.loads((tmp_path / "scale.json").read_text())
+    assert sorted({p["clients"] for p in points}) == [10, 100]
+    assert all(p["round-seconds"] > 0 and p["peak-rss-gib"] > 0 for p in points)
+    assert (tmp_path / "scale.png").stat().st_size > 0
