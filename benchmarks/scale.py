@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 raise RuntimeError(f"scale point {n} x {k} failed:\n{proc.stderr[-3000:]}")
             points.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"point: {json.dumps(points[-1])}", file=sys.stderr, flush=True)
     table = [
         (
             f"{p['interactions']:,}",
