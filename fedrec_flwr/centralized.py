@@ -22,7 +22,7 @@ from .config import LEAKY_POOL_WARNING, ConfigError, RunConfig
 from .datasets import client_data_from, prepare_data
 from .metrics import finalize_sums
 from .model import NCF
-from .results import resolve_output_dir, select_by_validation, write_run
+from .results import resolve_output_dir, select_by_validation, with_negative_pool, write_run
 from .training import evaluate_ranking, train_epochs
 
 __all__ = ["main", "run_centralized"]
@@ -101,7 +101,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         out_dir,
         mode="centralized",
         config=cfg.to_dict(),
-        protocol=prepared.protocol(),
+        protocol=with_negative_pool(prepared.protocol(), cfg.negative_pool),
         dataset=prepared.stats(),
         rounds=rounds,
         model_state=state,

@@ -181,6 +181,11 @@ class RunConfig:
         training interactions; the honest protocol) or ``history`` (also its
         held-out items). ``history`` leaks the answer and exists only to
         reproduce published federated code; a warning is logged.
+    item_catalogue : str (default: "") [item-catalogue]
+        Absolute path of the shared item catalogue on the *server* machine, for
+        deployments whose SuperNodes read their own logs (node-config
+        ``data-file`` + ``item-catalogue``): the server then sizes the model from
+        it and reads no interaction data. Empty = the server prepares ``dataset``.
     """
 
     num_server_rounds: int = 25
@@ -226,6 +231,7 @@ class RunConfig:
     # issue 6 (benchmarks): per-user clients at group cost; the leaky pool on request.
     client_mode: str = "group"
     negative_pool: str = "train"
+    item_catalogue: str = ""
 
     def __post_init__(self) -> None:
         positive = (

@@ -25,6 +25,7 @@ __all__ = [
     "plot_metrics",
     "resolve_output_dir",
     "select_by_validation",
+    "with_negative_pool",
     "write_run",
 ]
 
@@ -53,6 +54,17 @@ def select_by_validation(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] 
         "val": best["val"],
         "test": best["test"],
     }
+
+
+def with_negative_pool(protocol: Mapping[str, Any], pool: str) -> dict[str, Any]:
+    """``protocol`` plus which training-negative pool was used; the leaky one is
+    flagged in the record itself, so no number from it passes as honest."""
+    from .config import LEAKY_POOL_WARNING
+
+    out = {**protocol, "negative-pool": pool}
+    if pool != "train":
+        out["train-negatives"] = f"LEAKY: {LEAKY_POOL_WARNING}"
+    return out
 
 
 def plot_metrics(rounds: Sequence[Mapping[str, Any]], path: Path, *, xlabel: str) -> None:

@@ -23,10 +23,11 @@ from flwr.serverapp.strategy import (
 )
 
 from .config import LEAKY_POOL_WARNING, RunConfig
-from .datasets import prepare_data
+from .datasets import prepare_data, protocol_without_data, read_catalogue
 from .metering import MeteredGrid
 from .model import NCF, shared_arrays
-from .results import resolve_output_dir, write_run
+from .paths import resolve_user_path
+from .results import resolve_output_dir, with_negative_pool, write_run
 from .strategies import ReplyLimits, ValidatedStrategy, WeightedFedAvg, exact_metric_aggregation
 from .strategies.fedavg import ITEM_COUNTS_KEY
 
@@ -135,26 +136,33 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     RuntimeError
         If no round produced an aggregate (every client failed).
     """
-    # The server reads only the item catalogue and sizes; user rows stay with clients.
-    prepared = prepare_data(cfg.data_options())
     log(INFO, "fedrec-flwr: results will be written to %s", out_dir)
     if cfg.negative_pool != "train":
         log(WARNING, "fedrec-flwr: %s", LEAKY_POOL_WARNING)
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
-    stats = prepared.stats()
-    strategy = build_strategy(
-        cfg,
+    if cfg.item_catalogue:
+        # Nodes hold their own logs (node-config data-file): the server sees only
+        # the shared catalogue, so it cannot bound a reply's weight by the data.
+        num_items = len(read_catalogue(resolve_user_path(cfg.item_catalogue, key="item-catalogue")))
+        stats: dict[str, Any] = {"item-catalogue": cfg.item_catalogue, "num-items": num_items}
+        protocol = with_negative_pool(protocol_without_data(cfg.data_options()), cfg.negative_pool)
+        max_train, max_evaluate = math.inf, math.inf
+    else:
+        # The server reads only the item catalogue and sizes; user rows stay with clients.
+        prepared = prepare_data(cfg.data_options())
+        num_items = prepared.num_items
+        stats = prepared.stats()
+        protocol = with_negative_pool(prepared.protocol(), cfg.negative_pool)
         # No partition can hold more than the whole dataset.
-        max_train_weight=stats[
-            "num-users" if cfg.weight_key == "users" else "num-train-interactions"
-        ],
-        max_evaluate_weight=prepared.num_users,
-        num_items=prepared.num_items,
+        max_train = stats["num-users" if cfg.weight_key == "users" else "num-train-interactions"]
+        max_evaluate = prepared.num_users
+    strategy = build_strategy(
+        cfg, max_train_weight=max_train, max_evaluate_weight=max_evaluate, num_items=num_items
     )
     t0 = time.perf_counter()
     result = strategy.start(
         grid=metered,
-        initial_arrays=initial_arrays(cfg, prepared.num_items),
+        initial_arrays=initial_arrays(cfg, num_items),
         num_rounds=cfg.num_server_rounds,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
@@ -173,8 +181,8 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         out_dir,
         mode="federated",
         config=cfg.to_dict(),
-        protocol=prepared.protocol(),
-        dataset=prepared.stats(),
+        protocol=protocol,
+        dataset=stats,
         rounds=rounds,
         model_state={k: v.numpy() for k, v in result.arrays.items()},
         extra={

@@ -235,3 +235,50 @@ def test_custom_log_partitioned_by_one_of_its_columns(tmp_path):
     assert [p.num_users for p in parts] == [10, 10, 10]
     meta = read_cache_meta(build_partition_cache(options, 3))
     assert meta["labels"] == ["east", "north", "south"]
+
+
+def test_server_with_only_the_catalogue(ml100k_dir, tmp_path, monkeypatch):
+    """Deployment with node-local logs: the server reads the catalogue, no data."""
+    import json
+    import logging
+
+    from fedrec_flwr import server_app
+    from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.inprocess import InProcessGrid
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    prepared = prepare_data(DataOptions(data_dir=str(ml100k_dir)))
+    catalogue = tmp_path / "cat.txt"
+    catalogue.write_text("".join(f"{i}\n" for i in prepared.item_ids))
+    sites = [
+        _site_log(tmp_path / f"site{k}.csv", prepared, users=list(range(k, 40, 2))) for k in (0, 1)
+    ]
+    nodes = [
+        {
+            "partition-id": k,
+            "num-partitions": 2,
+            "data-file": str(site),
+            "item-catalogue": str(catalogue),
+        }
+        for k, site in enumerate(sites)
+    ]
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the server must not read interaction data")
+
+    monkeypatch.setattr(server_app, "prepare_data", no_data)
+    rc = {"item-catalogue": str(catalogue), "num-server-rounds": 1, "local-epochs": 1}
+    path = server_app.run_federated(
+        InProcessGrid(client_app.app, nodes, rc), RunConfig.from_mapping(rc), tmp_path / "out"
+    )
+    results = json.loads(path.read_text())
+    assert results["dataset"] == {"item-catalogue": str(catalogue), "num-items": 1682}
+    assert results["protocol"]["negative-pool"] == "train"
+    assert results["rounds"][0]["replies"] == 4 and results["rounds"][0]["failures"] == 0
+    assert 0 < results["rounds"][0]["test"]["hr@10"] <= 1
+    with pytest.raises(ValueError, match="item-catalogue='cat.txt' is a relative path"):
+        server_app.run_federated(
+            InProcessGrid(client_app.app, nodes, rc),
+            RunConfig.from_mapping({**rc, "item-catalogue": "cat.txt"}),
+            tmp_path / "out2",
+        )

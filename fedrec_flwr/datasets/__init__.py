@@ -44,6 +44,7 @@ from .prepare import (
     prepare_data,
     prepare_dataset,
     prepare_interactions,
+    protocol_without_data,
     to_implicit,
 )
 from .split import (
@@ -105,6 +106,7 @@ __all__ = [
     "prepare_data",
     "prepare_dataset",
     "prepare_interactions",
+    "protocol_without_data",
     "random_ratio_split",
     "read_atomic",
     "read_atomic_inter",

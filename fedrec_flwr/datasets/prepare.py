@@ -8,6 +8,7 @@ the raw log between rounds.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "prepare_dataset",
     "prepare_interactions",
     "prepare_loaded",
+    "protocol_without_data",
     "to_implicit",
 ]
 
@@ -104,35 +106,46 @@ class PreparedData:
 
     def protocol(self) -> dict[str, Any]:
         """The evaluation protocol, recorded verbatim in results files."""
-        prep = self.preparation or {}
-        threshold = prep.get("implicit-threshold", 0.0)
-        feedback = (
-            f"implicit: ratings >= {threshold:g} are positives, the rest dropped"
-            if threshold > 0
-            else "implicit: every rating is a positive"
-        )
-        extra = {"k-core": prep["k-core"]} if prep.get("k-core") else {}
-        return {
-            "feedback": feedback,
-            **extra,
-            "split": "temporal leave-one-out with validation",
-            "tie-rule": TIE_RULE,
-            "eval-negatives": (
-                f"{self.eval_negatives.shape[1]} per user, drawn once with the run "
-                "seed, uniformly without replacement from items the user never "
-                "interacted with; the same candidates serve validation and test"
-            ),
-            "train-negatives": (
-                "drawn each epoch uniformly with replacement from items outside the "
-                "user's training interactions (held-out items stay eligible)"
-            ),
-            "metrics": (
-                "HR@K and NDCG@K over 1 held-out positive + the negatives; ties count "
-                "against the positive (rank = number of negatives scoring >= it); "
-                "federated values are exact global sums over users"
-            ),
-            "model-selection": "round/epoch with the best validation HR@10",
-        }
+        return _protocol(self.preparation or {}, int(self.eval_negatives.shape[1]))
+
+
+def _protocol(prep: Mapping[str, Any], num_eval_negatives: int) -> dict[str, Any]:
+    """The protocol record, from what preparation did and the candidates per user."""
+    threshold = prep.get("implicit-threshold", 0.0)
+    feedback = (
+        f"implicit: ratings >= {threshold:g} are positives, the rest dropped"
+        if threshold > 0
+        else "implicit: every rating is a positive"
+    )
+    extra = {"k-core": prep["k-core"]} if prep.get("k-core") else {}
+    return {
+        "feedback": feedback,
+        **extra,
+        "split": "temporal leave-one-out with validation",
+        "tie-rule": TIE_RULE,
+        "eval-negatives": (
+            f"{num_eval_negatives} per user, drawn once with the run "
+            "seed, uniformly without replacement from items the user never "
+            "interacted with; the same candidates serve validation and test"
+        ),
+        "train-negatives": (
+            "drawn each epoch uniformly with replacement from items outside the "
+            "user's training interactions (held-out items stay eligible)"
+        ),
+        "metrics": (
+            "HR@K and NDCG@K over 1 held-out positive + the negatives; ties count "
+            "against the positive (rank = number of negatives scoring >= it); "
+            "federated values are exact global sums over users"
+        ),
+        "model-selection": "round/epoch with the best validation HR@10",
+    }
+
+
+def protocol_without_data(options: DataOptions) -> dict[str, Any]:
+    """The protocol record for a server that holds no interaction data (nodes
+    read their own files): what the options ask for, not what was measured."""
+    prep = {"implicit-threshold": options.implicit_threshold, "k-core": options.k_core}
+    return _protocol(prep, options.num_eval_negatives)
 
 
 def _aligned(table: pd.DataFrame | None, key: str, ids: np.ndarray) -> pd.DataFrame | None:
