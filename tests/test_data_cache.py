@@ -276,7 +276,7 @@ def test_server_with_only_the_catalogue(ml100k_dir, tmp_path, monkeypatch):
     assert results["protocol"]["negative-pool"] == "train"
     assert results["rounds"][0]["replies"] == 4 and results["rounds"][0]["failures"] == 0
     assert 0 < results["rounds"][0]["test"]["hr@10"] <= 1
-    with pytest.raises(ValueError, match="item-catalogue='cat.txt' is a relative path"):
+    with pytest.raises(ValueError, match=r"item-catalogue='cat\.txt' is a relative path"):
         server_app.run_federated(
             InProcessGrid(client_app.app, nodes, rc),
             RunConfig.from_mapping({**rc, "item-catalogue": "cat.txt"}),
