@@ -19,6 +19,9 @@ them per round, else from the run config):
 - ``finetune-scope``: ``private`` (default) fine-tunes only the user embeddings
   and personal layers, re-aligning them to the new global item embeddings
   without moving those; ``all`` fine-tunes every parameter.
+- ``client-mode`` (run config): ``per-user`` trains every user of the group as
+  its own FedAvg client and returns their interaction-weighted mean (see
+  :mod:`fedrec_flwr.peruser`); ``negative-pool`` picks the training-negative pool.
 - ``item-counts`` (message config only): when true, ``fit`` also reports
   ``item-counts``, the group's training interactions per item, for row-wise
   item aggregation.
