@@ -250,6 +250,10 @@ def train_users_independently(
             rows[j, : len(plan.rows)] = plan.rows
         steps = torch.tensor([plan.steps for plan in chunk])
         rows_t = torch.from_numpy(rows)
+        # Padding rows (beyond a user's own) carry no update.
+        valid = (
+            torch.arange(max_rows)[None, :] < torch.tensor([len(p.rows) for p in chunk])[:, None]
+        )
         ids = torch.tensor([plan.user for plan in chunk])
 
         params: dict[str, torch.Tensor] = {}
@@ -288,9 +292,6 @@ def train_users_independently(
                 delta = (params[name].double() - global_t[name][rows_t].double()) * weights[
                     :, None, None
                 ]
-                valid = torch.zeros(rows.shape, dtype=torch.bool)
-                for j, plan in enumerate(chunk):
-                    valid[j, : len(plan.rows)] = True
                 flat = torch.zeros(acc[name].shape, dtype=torch.float64)
                 flat.index_add_(0, rows_t[valid], delta[valid])
                 acc[name] += flat.numpy()
