@@ -6,6 +6,7 @@ epoch) chosen by validation HR@10; mean ± std over seeds.
 
     python benchmarks/quality.py            # full: 3 seeds, ~40 min on 2 cores
     python benchmarks/quality.py --quick    # CI: 1 seed, 2 rounds, a few rows
+    python benchmarks/quality.py --reuse    # re-run only rows whose saved runs are missing
 
 Prints a markdown table and writes ``quality.png`` and ``quality.json`` to
 ``--out`` (default ``$FEDREC_FLWR_HOME/benchmarks/quality``).
@@ -49,10 +50,13 @@ ROWS: list[tuple[str, str, dict[str, Any], int]] = [
 QUICK_ROWS = ("centralised NeuMF", "FedAvg · 10 groups", "FedAvg · one user per client")
 
 
-def _job(job: tuple[str, str, dict[str, Any], int, int, str]) -> dict[str, Any]:
-    label, kind, rc, nodes, seed, out = job
+def _job(job: tuple[str, str, dict[str, Any], int, int, str, bool]) -> dict[str, Any]:
+    label, kind, rc, nodes, seed, out, reuse = job
     out_dir = Path(out) / f"{label.replace(' ', '').replace('·', '-')}-seed{seed}"
-    if kind == "central":
+    saved = out_dir / "results.json"
+    if reuse and saved.is_file() and _same_config(json.loads(saved.read_text()), rc):
+        results = json.loads(saved.read_text())
+    elif kind == "central":
         results = _bench.run_centralized_inprocess(rc, out_dir)
     else:
         results = _bench.run_federated_inprocess(rc, nodes, out_dir)
@@ -68,6 +72,12 @@ def _job(job: tuple[str, str, dict[str, Any], int, int, str]) -> dict[str, Any]:
     }
 
 
+def _same_config(results: dict[str, Any], rc: dict[str, Any]) -> bool:
+    """A saved run counts only if it was made with these run-config values."""
+    config = results.get("config", {})
+    return all(config.get(key) == value for key, value in rc.items() if key != "data-dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI size: 1 seed, 2 rounds")
@@ -77,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=_bench.default_data_dir())
     parser.add_argument("--out", default="")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take a run already in --out when its saved config matches (add rows cheaply)",
+    )
     args = parser.parse_args(argv)
     from fedrec_flwr.paths import runs_home
 
@@ -93,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             n = epochs if kind == "central" else rounds
             rc = {"data-dir": args.data_dir, "seed": seed, "num-server-rounds": n, **overrides}
-            jobs.append((label, kind, rc, nodes, seed, str(out)))
+            jobs.append((label, kind, rc, nodes, seed, str(out), args.reuse))
     done = _bench.parallel_map(_job, jobs, args.workers)
     table = []
     summary = []

@@ -9,6 +9,11 @@ process so its peak RSS is its own.
 
     python benchmarks/scale.py            # 1M and 20M interactions x 100 and 1,000 clients
     python benchmarks/scale.py --quick    # CI: 20k and 100k interactions x 10 and 100 clients
+    python benchmarks/scale.py --sizes 20000000 --clients 1000 --reuse   # add one point
+
+Each point is also saved as ``run-<interactions>-<clients>/point.json``; ``--reuse``
+takes a point from there instead of re-running it, so the slow 20M points can be
+measured one at a time and the table and plot still cover every point in ``--out``.
 
 Prints a markdown table and writes ``scale.png`` and ``scale.json`` to ``--out``.
 """
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="")
     parser.add_argument("--clients", default="")
     parser.add_argument("--out", default="")
+    parser.add_argument(
+        "--reuse", action="store_true", help="take points already measured in --out"
+    )
     parser.add_argument("--one", nargs=3, metavar=("LOG", "CLIENTS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -85,9 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     points = []
     for n in sizes:
         log = out / f"synthetic-{n}.csv"
-        if not log.is_file():
+        if not log.is_file() and not (
+            args.reuse and all((out / f"run-{n}-{k}" / "point.json").is_file() for k in clients)
+        ):
             generate(log, n)
         for k in clients:
+            saved = out / f"run-{n}-{k}" / "point.json"
+            if args.reuse and saved.is_file():
+                points.append(json.loads(saved.read_text()))
+                continue
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", str(log), str(k), str(out / f"run-{n}-{k}")],
                 capture_output=True,
@@ -97,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 raise RuntimeError(f"scale point {n} x {k} failed:\n{proc.stderr[-3000:]}")
             points.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            saved.write_text(json.dumps(points[-1], indent=2))
             print(f"point: {json.dumps(points[-1])}", file=sys.stderr, flush=True)
+    if args.reuse:  # every point measured in --out, not only this call's
+        points = [json.loads(f.read_text()) for f in out.glob("run-*-*/point.json")]
+        points.sort(key=lambda p: (p["interactions"], p["clients"]))
     table = [
         (
             f"{p['interactions']:,}",

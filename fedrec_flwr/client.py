@@ -19,9 +19,13 @@ them per round, else from the run config):
 - ``finetune-scope``: ``private`` (default) fine-tunes only the user embeddings
   and personal layers, re-aligning them to the new global item embeddings
   without moving those; ``all`` fine-tunes every parameter.
+- ``finetune-unit`` (run config): ``user`` fine-tunes a copy per user, each on
+  its own interactions alone (as a one-user client would), instead of one copy
+  for the whole group.
 - ``client-mode`` (run config): ``per-user`` trains every user of the group as
   its own FedAvg client and returns their interaction-weighted mean (see
-  :mod:`fedrec_flwr.peruser`); ``negative-pool`` picks the training-negative pool.
+  :mod:`fedrec_flwr.peruser`); fine-tuning is then per user too.
+  ``negative-pool`` picks the training-negative pool.
 - ``item-counts`` (message config only): when true, ``fit`` also reports
   ``item-counts``, the group's training interactions per item, for row-wise
   item aggregation.
@@ -41,8 +45,9 @@ from flwr.compat.client.numpy_client import NumPyClient
 from .config import RunConfig
 from .datasets.prepare import ClientData
 from .metering import COMPUTE_SECONDS_KEY
+from .metrics import rank_of_positive, ranking_sums
 from .model import NCF, is_private, load_arrays, private_arrays, shared_arrays
-from .peruser import train_users_independently
+from .peruser import finetune_users_and_score, train_users_independently
 from .training import evaluate_ranking, train_epochs
 
 __all__ = ["ITEM_COUNTS_KEY", "PERSONAL_STATE_KEY", "PRIVATE_STATE_KEY", "NCFClient"]
@@ -274,6 +279,10 @@ class NCFClient(NumPyClient):
             metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
             return loss, self.data.num_users, metrics
         self._rank_into(metrics, "global-")
+        if self.config.finetunes_per_user and epochs > 0:
+            loss = self._finetune_per_user(metrics, epochs, config)
+            metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
+            return loss, self.data.num_users, metrics
         self._load_personal(personal)
         if epochs > 0:
             server_round = int(config.get("server-round", 0))
@@ -287,9 +296,7 @@ class NCFClient(NumPyClient):
                 for n, p in self.model.named_parameters()
                 if scope == "all" or is_private(n) or n in personal
             ]
-            optimizer = torch.optim.Adam(
-                params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-            )
+            optimizer = torch.optim.Adam(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
             train_epochs(
                 self.model,
                 data.train_users,
@@ -306,6 +313,52 @@ class NCFClient(NumPyClient):
         loss = self._rank_into(metrics, "")
         metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
         return loss, self.data.num_users, metrics
+
+    def _finetune_per_user(
+        self, metrics: dict[str, Any], epochs: int, config: dict[str, Any]
+    ) -> float:
+        """Per-user personalisation: each user fine-tunes its own copy alone.
+
+        The copy a one-user client would fine-tune (same seed: the user's code
+        as partition id), scored on the user's validation and test candidates,
+        then discarded. Adds ``val-*-sum``/``test-*-sum``; returns the val loss.
+        """
+        cfg, data = self.config, self.data
+        server_round = int(config.get("server-round", 0))
+        # One fine-tuning serves both parts: columns 0/1 are the val/test items.
+        candidates = np.concatenate(
+            [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1
+        )
+        scores = finetune_users_and_score(
+            shared_arrays(self.model),
+            private_arrays(self.model),
+            data.train_users,
+            data.train_items,
+            self.exclude,
+            [_seed(cfg.seed, int(code), server_round, _FINETUNE) for code in data.users],
+            candidates,
+            scope=str(self._knob(config, "finetune-scope")),
+            epochs=epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.finetune_lr,
+            num_negatives=cfg.num_negatives,
+            weight_decay=cfg.weight_decay,
+        )
+        loss = float("nan")
+        for part, column in (("val", 0), ("test", 1)):
+            part_scores = np.concatenate([scores[:, column : column + 1], scores[:, 2:]], axis=1)
+            ranks = rank_of_positive(part_scores)
+            sums = ranking_sums(ranks, cfg.ks)
+            metrics.update({f"{part}-{k}-sum": v for k, v in sums.items()})
+            if part == "val":
+                labels = np.zeros_like(part_scores)
+                labels[:, 0] = 1.0
+                loss = float(
+                    torch.nn.functional.binary_cross_entropy_with_logits(
+                        torch.from_numpy(part_scores), torch.from_numpy(labels)
+                    )
+                )
+        return loss
 
     def _rank_into(self, metrics: dict[str, Any], prefix: str) -> float:
         """Add ``{prefix}val-*-sum`` and ``{prefix}test-*-sum``; return the val loss."""

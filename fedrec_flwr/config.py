@@ -42,6 +42,7 @@ WEIGHT_KEYS = ("interactions", "users", "uniform")
 ITEM_AGGREGATIONS = ("dense", "rowwise")
 FINETUNE_SCOPES = ("all", "private")
 CLIENT_MODES = ("group", "per-user")
+FINETUNE_UNITS = ("client", "user")
 LEAKY_POOL_WARNING = (
     "negative-pool='history' excludes held-out validation and test items from "
     "training negatives: the held-out item becomes the one item never drawn as a "
@@ -151,13 +152,21 @@ class RunConfig:
         local training; 0 = off.
     finetune_epochs : int (default: 0) [finetune-epochs]
         Personalised evaluation: before evaluating, each client fine-tunes the
-        global model on its own data for this many epochs; 0 = off.
+        global model on its own data for this many epochs; 0 = off. With
+        ``client-mode=per-user`` each *user* fine-tunes its own copy alone.
     private_layers : str (default: "") [private-layers]
         Comma-separated shared-parameter prefixes (e.g. ``"output"``) that each
         client keeps private across rounds (FedPer-style personal layers).
     finetune_scope : str (default: "private") [finetune-scope]
         What fine-tuning trains: ``all`` parameters, or only the ``private``
         ones (user embeddings and ``private-layers``).
+    finetune_unit : str (default: "client") [finetune-unit]
+        Who fine-tunes a copy: the ``client`` (its whole user group together)
+        or each ``user`` alone, on its own interactions only, as a one-user
+        client would (PFedRec-style personalisation inside a group node).
+        ``client-mode=per-user`` always fine-tunes per user.
+    finetune_learning_rate : float (default: 0.0) [finetune-learning-rate]
+        Adam's learning rate for fine-tuning; 0 = ``learning-rate``.
     max_client_weight : float (default: 0.0) [max-client-weight]
         Replies claiming a larger weight are dropped; 0 = the dataset's size
         (training interactions, or users with ``weight-key=users``).
@@ -232,6 +241,8 @@ class RunConfig:
     client_mode: str = "group"
     negative_pool: str = "train"
     item_catalogue: str = ""
+    finetune_unit: str = "client"
+    finetune_learning_rate: float = 0.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -261,6 +272,7 @@ class RunConfig:
             "item_aggregation": ITEM_AGGREGATIONS,
             "finetune_scope": FINETUNE_SCOPES,
             "client_mode": CLIENT_MODES,
+            "finetune_unit": FINETUNE_UNITS,
             "negative_pool": NEGATIVE_POOLS,
         }
         for name, accepted in choices.items():
@@ -290,6 +302,7 @@ class RunConfig:
             "finetune_epochs",
             "max_client_weight",
             "server_learning_rate",
+            "finetune_learning_rate",
             "server_momentum",
             "num_malicious_nodes",
         )
@@ -312,11 +325,27 @@ class RunConfig:
                     f"client-mode='per-user' supports plain FedAvg-style local training "
                     f"weighted by interactions; reset {', '.join(bad)} to the default"
                 )
+        if self.finetunes_per_user and self.private_layers.strip():
+            raise ConfigError(
+                f"private-layers={self.private_layers!r} with per-user fine-tuning: personal "
+                "layers belong to a client, not to each user; set finetune-unit='client' "
+                "or private-layers=''"
+            )
         if self.item_aggregation == "rowwise" and self.strategy != "fedavg":
             raise ConfigError(
                 f"item-aggregation='rowwise' with strategy={self.strategy!r}: row-wise "
                 "item aggregation is a fedavg option; use strategy='fedavg'"
             )
+
+    @property
+    def finetune_lr(self) -> float:
+        """Fine-tuning's learning rate (``finetune-learning-rate``, else ``learning-rate``)."""
+        return self.finetune_learning_rate or self.learning_rate
+
+    @property
+    def finetunes_per_user(self) -> bool:
+        """Fine-tuning personalises each user alone (per-user mode implies it)."""
+        return self.finetune_unit == "user" or self.client_mode == "per-user"
 
     @property
     def private_layer_prefixes(self) -> tuple[str, ...]:

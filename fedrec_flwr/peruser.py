@@ -27,7 +27,7 @@ matrix products; a user whose batches are exhausted is masked out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,7 @@ from torch.nn import functional
 
 from .datasets.negatives import InteractionSet, sample_train_negatives
 
-__all__ = ["PerUserUpdate", "train_users_independently"]
+__all__ = ["PerUserUpdate", "finetune_users_and_score", "train_users_independently"]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
 
@@ -86,6 +86,7 @@ def _plan_user(
     batch_size: int,
     num_negatives: int,
     all_rows: bool,
+    extra_rows: np.ndarray | None = None,
 ) -> _UserPlan:
     # Same draws, in the same order, as training.train_epochs on this user alone.
     n_pos = len(items)
@@ -111,14 +112,16 @@ def _plan_user(
             wts[lo : lo + len(chunk)] = 1.0 / len(chunk)
         if epoch == epochs - 1:
             last[base : base + slots] = wts[base : base + slots] > 0
-    touched = np.unique(seq[wts > 0])
-    rows = np.arange(exclude.num_items) if all_rows else touched
+    touched = seq[wts > 0]
+    if extra_rows is not None:
+        touched = np.concatenate([touched, np.asarray(extra_rows, dtype=np.int64)])
+    rows = np.arange(exclude.num_items) if all_rows else np.unique(touched)
     local = np.searchsorted(rows, seq)
     local[wts == 0] = 0
     return _UserPlan(user, rows, local, lab, wts, last, epochs * per_epoch)
 
 
-def _tower_names(shared: Mapping[str, np.ndarray]) -> list[str]:
+def _tower_names(shared: Iterable[str]) -> list[str]:
     """``mlp.<i>`` prefixes of the tower's linear layers, in order."""
     prefixes = {name.rsplit(".", 1)[0] for name in shared if name.startswith("mlp.")}
     return sorted(prefixes, key=lambda p: int(p.split(".")[1]))
@@ -196,6 +199,190 @@ def train_users_independently(
         the users' trained private rows, the total weight and the mean loss.
     """
     users = np.asarray(users, dtype=np.int64)
+    num_users = next(iter(private.values())).shape[0]
+    counts = np.bincount(users, minlength=num_users)
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("no user of the group has a training interaction")
+    item_tables = [name for name in shared if name.startswith("item_")]
+    dense = [name for name in shared if name not in item_tables]
+    global_t = _as_tensors(shared)
+    acc = {k: np.zeros(v.shape, dtype=np.float64) for k, v in shared.items()}
+    out_private = {k: np.array(v, dtype=np.float32, copy=True) for k, v in private.items()}
+    loss_sum, loss_n = 0.0, 0.0
+    for chunk in _train_chunks(
+        global_t,
+        private,
+        users,
+        items,
+        exclude,
+        user_seeds,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        num_negatives=num_negatives,
+        weight_decay=weight_decay,
+        chunk_users=chunk_users,
+        frozen=frozenset(),
+        with_empty=False,
+    ):
+        loss_sum += chunk.loss_sum
+        loss_n += chunk.loss_n
+        with torch.no_grad():
+            weights = torch.from_numpy(counts[chunk.ids].astype(np.float64))
+            for name in item_tables:
+                # Rows a user never touched equal the global rows: only deltas move.
+                base = global_t[name][chunk.rows].double()
+                delta = (chunk.params[name].double() - base) * weights[:, None, None]
+                flat = torch.zeros(acc[name].shape, dtype=torch.float64)
+                flat.index_add_(0, chunk.rows[chunk.valid], delta[chunk.valid])
+                acc[name] += flat.numpy()
+            for name in dense:
+                acc[name] += torch.einsum(
+                    "u,u...->...", weights, chunk.params[name].double()
+                ).numpy()
+            for name in out_private:
+                out_private[name][chunk.ids] = chunk.params[name].detach().numpy()
+
+    mean: dict[str, np.ndarray] = {}
+    for name, value in shared.items():
+        if name in item_tables:
+            mean[name] = (np.asarray(value, dtype=np.float64) + acc[name] / total).astype(
+                np.float32
+            )
+        else:
+            mean[name] = (acc[name] / total).astype(np.float32)
+    loss = loss_sum / loss_n if loss_n else float("nan")
+    return PerUserUpdate(shared=mean, private=out_private, weight=total, loss=loss)
+
+
+def finetune_users_and_score(
+    shared: Mapping[str, np.ndarray],
+    private: Mapping[str, np.ndarray],
+    users: np.ndarray,
+    items: np.ndarray,
+    exclude: InteractionSet,
+    user_seeds: Sequence[int],
+    candidates: np.ndarray,
+    *,
+    scope: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    num_negatives: int,
+    weight_decay: float = 0.0,
+    chunk_users: int = 16,
+) -> np.ndarray:
+    """Personalise the global model for each user alone; score its candidates.
+
+    Each user fine-tunes its own copy of the model (global shared arrays plus
+    its own ``private`` rows) on its own training interactions, exactly as
+    :func:`train_users_independently` trains it, then scores its own row of
+    ``candidates`` with that copy. The copies are discarded: nothing leaves
+    the function but the scores.
+
+    Parameters
+    ----------
+    shared, private, users, items, exclude, user_seeds
+        As for :func:`train_users_independently`.
+    candidates : numpy.ndarray
+        ``(num_users, C)`` catalogue item codes to score for each user.
+    scope : {"private", "all"}
+        ``private`` fine-tunes only the user's embedding rows (the shared
+        arrays stay global); ``all`` fine-tunes every parameter, so each user
+        ends with its own item embeddings and tower.
+    epochs, batch_size, learning_rate, num_negatives, weight_decay, chunk_users
+        As for :func:`train_users_independently`; ``epochs`` = fine-tuning epochs.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(num_users, C)`` logits. A user with no training interaction is scored
+        by the global model with its current private rows.
+    """
+    if scope not in ("private", "all"):
+        raise ValueError(f"scope={scope!r}: expected 'private' or 'all'")
+    candidates = np.asarray(candidates, dtype=np.int64)
+    num_users = next(iter(private.values())).shape[0]
+    if candidates.shape[0] != num_users:
+        raise ValueError(f"{candidates.shape[0]} candidate rows for {num_users} users")
+    global_t = _as_tensors(shared)
+    tower = _tower_names(shared)
+    frozen = frozenset(shared) if scope == "private" else frozenset()
+    scores = np.zeros(candidates.shape, dtype=np.float32)
+    for chunk in _train_chunks(
+        global_t,
+        private,
+        np.asarray(users, dtype=np.int64),
+        items,
+        exclude,
+        user_seeds,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        num_negatives=num_negatives,
+        weight_decay=weight_decay,
+        chunk_users=chunk_users,
+        frozen=frozen,
+        with_empty=True,
+        extra_rows=candidates,
+    ):
+        rows = chunk.rows.numpy()
+        local = np.stack(
+            [
+                np.searchsorted(rows[j, : chunk.num_rows[j]], candidates[u])
+                for j, u in enumerate(chunk.ids)
+            ]
+        )
+        with torch.no_grad():
+            logits = _forward(chunk.params, tower, torch.from_numpy(local))
+        scores[chunk.ids] = logits.numpy()
+    return scores
+
+
+def _as_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
+
+
+@dataclass
+class _TrainedChunk:
+    """Users trained side by side: their stacked parameters after training."""
+
+    ids: np.ndarray  # group-local user index per stacked row
+    rows: torch.Tensor  # (U, R) catalogue item per local item row, padded
+    num_rows: np.ndarray  # real rows per user
+    valid: torch.Tensor  # (U, R) row is real, not padding
+    params: dict[str, torch.Tensor]
+    loss_sum: float
+    loss_n: float
+
+
+def _train_chunks(
+    global_t: Mapping[str, torch.Tensor],
+    private: Mapping[str, np.ndarray],
+    users: np.ndarray,
+    items: np.ndarray,
+    exclude: InteractionSet,
+    user_seeds: Sequence[int],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    num_negatives: int,
+    weight_decay: float,
+    chunk_users: int,
+    frozen: frozenset[str],
+    with_empty: bool,
+    extra_rows: np.ndarray | None = None,
+) -> Iterator[_TrainedChunk]:
+    """Train every user independently, ``chunk_users`` at a time; yield chunks.
+
+    ``frozen`` names shared arrays that are not trained (their rows still take
+    part in the forward pass). ``extra_rows[u]`` are item rows added to user
+    ``u``'s local table without being trained on (an untouched row gets no
+    gradient, and Adam leaves it exactly where it was). Users without training
+    interactions are skipped unless ``with_empty``.
+    """
     items = np.asarray(items, dtype=np.int64)
     num_users = next(iter(private.values())).shape[0]
     if len(user_seeds) != num_users:
@@ -211,23 +398,15 @@ def train_users_independently(
             epochs=epochs,
             batch_size=batch_size,
             num_negatives=num_negatives,
-            all_rows=weight_decay > 0,
+            all_rows=weight_decay > 0 and set(global_t) - frozen != set(),
+            extra_rows=None if extra_rows is None else extra_rows[u],
         )
         for u in range(num_users)
-        if bounds[u + 1] > bounds[u]
+        if with_empty or bounds[u + 1] > bounds[u]
     ]
-    counts = {plan.user: int(bounds[plan.user + 1] - bounds[plan.user]) for plan in plans}
-    total = sum(counts.values())
-    if total == 0:
-        raise ValueError("no user of the group has a training interaction")
-
-    tower = _tower_names(shared)
-    item_tables = [name for name in shared if name.startswith("item_")]
-    dense = [name for name in shared if name not in item_tables]
-    global_t = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in shared.items()}
-    acc = {k: np.zeros(v.shape, dtype=np.float64) for k, v in shared.items()}
-    out_private = {k: np.array(v, dtype=np.float32, copy=True) for k, v in private.items()}
-    loss_sum, loss_n = 0.0, 0.0
+    tower = _tower_names(global_t)
+    item_tables = [name for name in global_t if name.startswith("item_")]
+    dense = [name for name in global_t if name not in item_tables]
 
     # Users with similar step counts together: less padding per chunk.
     plans.sort(key=lambda plan: (plan.steps, len(plan.rows)))
@@ -250,66 +429,42 @@ def train_users_independently(
             rows[j, : len(plan.rows)] = plan.rows
         steps = torch.tensor([plan.steps for plan in chunk])
         rows_t = torch.from_numpy(rows)
+        num_rows = np.array([len(plan.rows) for plan in chunk])
         # Padding rows (beyond a user's own) carry no update.
-        valid = (
-            torch.arange(max_rows)[None, :] < torch.tensor([len(p.rows) for p in chunk])[:, None]
-        )
-        ids = torch.tensor([plan.user for plan in chunk])
+        valid = torch.arange(max_rows)[None, :] < torch.from_numpy(num_rows)[:, None]
+        ids = np.array([plan.user for plan in chunk], dtype=np.int64)
 
         params: dict[str, torch.Tensor] = {}
         for name in item_tables:
             params[name] = global_t[name][rows_t].clone()
         for name in dense:
             params[name] = global_t[name].expand(n_u, *global_t[name].shape).clone()
-        for name, table in out_private.items():
-            params[name] = torch.from_numpy(table[ids.numpy()]).clone()
-        for tensor in params.values():
+        for name, table in private.items():
+            params[name] = torch.from_numpy(np.asarray(table, dtype=np.float32)[ids]).clone()
+        trained = {k: v for k, v in params.items() if k not in frozen}
+        for tensor in trained.values():
             tensor.requires_grad_(True)
-        exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
-        exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
+        exp_avg = {k: torch.zeros_like(v) for k, v in trained.items()}
+        exp_avg_sq = {k: torch.zeros_like(v) for k, v in trained.items()}
 
         seq_t, lab_t, wts_t = torch.from_numpy(seq), torch.from_numpy(lab), torch.from_numpy(wts)
         last_t = torch.from_numpy(last)
+        loss_sum, loss_n = 0.0, 0.0
         for step in range(max_steps):
             cut = slice(step * batch_size, (step + 1) * batch_size)
             logits = _forward(params, tower, seq_t[:, cut])
             per_sample = functional.binary_cross_entropy_with_logits(
                 logits, lab_t[:, cut], reduction="none"
             )
-            for p in params.values():
+            for p in trained.values():
                 p.grad = None
             (per_sample * wts_t[:, cut]).sum().backward()
             in_last = last_t[:, cut]
             loss_sum += float(per_sample.detach()[in_last].double().sum())
             loss_n += float(in_last.sum())
             active = steps > step
-            _adam_step(params, exp_avg, exp_avg_sq, active, step + 1, learning_rate, weight_decay)
-
-        with torch.no_grad():
-            weights = torch.tensor([counts[plan.user] for plan in chunk], dtype=torch.float64)
-            for name in item_tables:
-                # Rows a user never touched equal the global rows: only deltas move.
-                delta = (params[name].double() - global_t[name][rows_t].double()) * weights[
-                    :, None, None
-                ]
-                flat = torch.zeros(acc[name].shape, dtype=torch.float64)
-                flat.index_add_(0, rows_t[valid], delta[valid])
-                acc[name] += flat.numpy()
-            for name in dense:
-                acc[name] += torch.einsum("u,u...->...", weights, params[name].double()).numpy()
-            for name in out_private:
-                out_private[name][ids.numpy()] = params[name].detach().numpy()
-
-    mean: dict[str, np.ndarray] = {}
-    for name, value in shared.items():
-        if name in item_tables:
-            mean[name] = (np.asarray(value, dtype=np.float64) + acc[name] / total).astype(
-                np.float32
-            )
-        else:
-            mean[name] = (acc[name] / total).astype(np.float32)
-    loss = loss_sum / loss_n if loss_n else float("nan")
-    return PerUserUpdate(shared=mean, private=out_private, weight=total, loss=loss)
+            _adam_step(trained, exp_avg, exp_avg_sq, active, step + 1, learning_rate, weight_decay)
+        yield _TrainedChunk(ids, rows_t, num_rows, valid, params, loss_sum, loss_n)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 
 from fedrec_flwr.datasets.negatives import InteractionSet
 from fedrec_flwr.model import NCF, load_arrays, private_arrays, shared_arrays
-from fedrec_flwr.peruser import train_users_independently
+from fedrec_flwr.peruser import finetune_users_and_score, train_users_independently
 from fedrec_flwr.training import train_epochs
 
 NUM_ITEMS = 40
@@ -146,16 +146,23 @@ def _random_log(num_users: int = 12, num_items: int = 40, seed: int = 5):
     return rows
 
 
-def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path):
-    """3 nodes in per-user mode give the model and metrics of 12 one-user nodes.
+_BASE = {
+    "num-server-rounds": 2,
+    "local-epochs": 2,
+    "batch-size": 16,
+    "learning-rate": 0.01,
+    "factors": 8,
+    "mlp-layers": "16,8",
+    "num-eval-negatives": 10,
+    "top-k": "5",
+    "min-nodes": 1,
+}
 
-    This is the equivalence the speed benchmark relies on: the same FedAvg,
-    with one message per group instead of one per user.
-    """
+
+def _run_grid(rc, nodes, out):
+    """A federated run in process; its results.json and final model."""
     import json
     import logging
-
-    from conftest import write_u_data
 
     from fedrec_flwr.client_app import app as client_app
     from fedrec_flwr.config import RunConfig
@@ -163,39 +170,124 @@ def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path):
     from fedrec_flwr.server_app import run_federated
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    data_dir = write_u_data(tmp_path / "log", _random_log())
-    base = {
-        "data-dir": str(data_dir),
-        "num-server-rounds": 2,
-        "local-epochs": 2,
-        "batch-size": 16,
-        "learning-rate": 0.01,
-        "factors": 8,
-        "mlp-layers": "16,8",
-        "num-eval-negatives": 10,
-        "top-k": "5",
-        "min-nodes": 1,
-    }
+    grid = InProcessGrid(
+        client_app, [{"partition-id": p, "num-partitions": nodes} for p in range(nodes)], rc
+    )
+    path = run_federated(grid, RunConfig.from_mapping(rc), out)
+    return json.loads(path.read_text()), torch.load(out / "model.pt")["state_dict"]
 
-    def run(rc, nodes, out):
-        grid = InProcessGrid(
-            client_app,
-            [{"partition-id": p, "num-partitions": nodes} for p in range(nodes)],
-            rc,
-        )
-        path = run_federated(grid, RunConfig.from_mapping(rc), out)
-        return json.loads(path.read_text()), torch.load(out / "model.pt")["state_dict"]
 
-    one_each, model_a = run({**base, "partitioner": "natural"}, 12, tmp_path / "natural")
-    grouped, model_b = run({**base, "client-mode": "per-user"}, 3, tmp_path / "per-user")
+def _assert_same_metrics(a, b):
+    for x, y in zip(a["rounds"], b["rounds"], strict=True):
+        for part in ("val", "test"):
+            for k, v in x[part].items():
+                assert y[part][k] == pytest.approx(v, abs=1e-9), (part, k)
+        assert y["val-loss"] == pytest.approx(x["val-loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "finetune",
+    [
+        {},
+        {"finetune-epochs": 2, "finetune-scope": "all"},
+        {"finetune-epochs": 1, "finetune-scope": "private"},
+    ],
+    ids=["fedavg", "finetune-all", "finetune-private"],
+)
+def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path, finetune):
+    """3 nodes in per-user mode give the model and metrics of 12 one-user nodes.
+
+    This is the equivalence the speed benchmark relies on: the same FedAvg,
+    with one message per group instead of one per user. With fine-tuning, the
+    personalised metrics are those of 12 one-user clients each fine-tuning
+    its own copy.
+    """
+    from conftest import write_u_data
+
+    base = {**_BASE, "data-dir": str(write_u_data(tmp_path / "log", _random_log())), **finetune}
+    one_each, model_a = _run_grid({**base, "partitioner": "natural"}, 12, tmp_path / "natural")
+    grouped, model_b = _run_grid({**base, "client-mode": "per-user"}, 3, tmp_path / "per-user")
     assert one_each["num-clients"] == 12 and grouped["num-clients"] == 3
     for name, value in model_a.items():
         torch.testing.assert_close(model_b[name], value, rtol=0, atol=1e-5, msg=name)
-    for a, b in zip(one_each["rounds"], grouped["rounds"], strict=True):
-        for part in ("val", "test"):
-            for k, v in a[part].items():
-                assert b[part][k] == pytest.approx(v, abs=1e-9), (part, k)
+    _assert_same_metrics(one_each, grouped)
+    if finetune:
+        # The global model's metrics come along, and are those of the same run
+        # without fine-tuning, whose val loss differs: fine-tuning did move it.
+        plain, _ = _run_grid(
+            {**base, "finetune-epochs": 0, "client-mode": "per-user"}, 3, tmp_path / "g"
+        )
+        for a, b in zip(plain["rounds"], grouped["rounds"], strict=True):
+            assert b["global-test"] == pytest.approx(a["test"], abs=1e-9)
+            assert abs(b["val-loss"] - a["val-loss"]) > 1e-4
     # A group trained as one client is a different computation: the check above
     # is not met by any two runs.
-    _, model_c = run(base, 3, tmp_path / "groups")
+    _, model_c = _run_grid(base, 3, tmp_path / "groups")
     assert max(float((model_c[k] - model_a[k]).abs().max()) for k in model_a) > 1e-3
+
+
+def test_finetune_unit_user_personalises_each_user_of_a_group(tmp_path):
+    """``finetune-unit=user`` in group mode: each user fine-tunes alone.
+
+    With one user per client the two units are the same computation (the
+    user's seed is the one-user client's), so the batched per-user path is
+    checked against ``train_epochs`` on a one-user model; on groups the units
+    differ while the global model, and so its metrics, are the same.
+    """
+    from conftest import write_u_data
+
+    base = {
+        **_BASE,
+        "data-dir": str(write_u_data(tmp_path / "log", _random_log())),
+        "finetune-epochs": 2,
+        "finetune-scope": "all",
+    }
+    natural = {**base, "partitioner": "natural"}
+    as_client, _ = _run_grid(natural, 12, tmp_path / "nc")
+    as_user, _ = _run_grid({**natural, "finetune-unit": "user"}, 12, tmp_path / "nu")
+    _assert_same_metrics(as_client, as_user)
+
+    groups_client, model_a = _run_grid(base, 3, tmp_path / "gc")
+    groups_user, model_b = _run_grid({**base, "finetune-unit": "user"}, 3, tmp_path / "gu")
+    for name, value in model_a.items():
+        torch.testing.assert_close(model_b[name], value, rtol=0, atol=0, msg=name)
+    for a, b in zip(groups_client["rounds"], groups_user["rounds"], strict=True):
+        assert b["global-test"] == a["global-test"]
+        assert abs(b["val-loss"] - a["val-loss"]) > 1e-4
+
+    # finetune-learning-rate: 0 means learning-rate; another value moves only
+    # the personalised copies.
+    user = {**base, "finetune-unit": "user"}
+    same, _ = _run_grid({**user, "finetune-learning-rate": 0.01}, 3, tmp_path / "lr1")
+    _assert_same_metrics(groups_user, same)
+    faster, _ = _run_grid({**user, "finetune-learning-rate": 0.05}, 3, tmp_path / "lr5")
+    for a, b in zip(groups_user["rounds"], faster["rounds"], strict=True):
+        assert b["global-test"] == a["global-test"]
+        assert abs(b["val-loss"] - a["val-loss"]) > 1e-4
+
+
+def test_per_user_finetuning_refuses_personal_layers() -> None:
+    from fedrec_flwr.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="personal layers belong to a client"):
+        RunConfig.from_mapping({"finetune-unit": "user", "private-layers": "output"})
+
+
+def test_finetune_scope_must_be_known() -> None:
+    users, items = _log()
+    model = NCF(11, NUM_ITEMS, "gmf", 8, (16, 8))
+    with pytest.raises(ValueError, match="scope='rows': expected 'private' or 'all'"):
+        finetune_users_and_score(
+            shared_arrays(model),
+            private_arrays(model),
+            users,
+            items,
+            InteractionSet(users, items, NUM_ITEMS),
+            list(range(11)),
+            np.zeros((11, 3), dtype=np.int64),
+            scope="rows",
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.01,
+            num_negatives=2,
+        )
