@@ -139,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _slope(xs: list[float], ys: list[float]) -> str:
+    """Log-log slope over the points (cost ~ interactions^slope), as a label suffix."""
+    if len(xs) < 2:
+        return ""
+    import numpy as np
+
+    slope = np.polyfit(np.log(xs), np.log(ys), 1)[0]
+    return f", slope {slope:.2f}"
+
+
 def _plot(points: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -149,8 +159,10 @@ def _plot(points: list[dict[str, Any]], path: Path) -> None:
     for k in sorted({p["clients"] for p in points}):
         pts = sorted((p for p in points if p["clients"] == k), key=lambda p: p["interactions"])
         xs = [p["interactions"] for p in pts]
-        ax1.loglog(xs, [p["round-seconds"] for p in pts], "o-", label=f"{k} clients")
-        ax2.loglog(xs, [p["peak-rss-gib"] for p in pts], "o-", label=f"{k} clients")
+        secs = [p["round-seconds"] for p in pts]
+        gib = [p["peak-rss-gib"] for p in pts]
+        ax1.loglog(xs, secs, "o-", label=f"{k} clients{_slope(xs, secs)}")
+        ax2.loglog(xs, gib, "o-", label=f"{k} clients{_slope(xs, gib)}")
     ax1.set_xlabel("interactions")
     ax1.set_ylabel("seconds per round")
     ax2.set_xlabel("interactions")

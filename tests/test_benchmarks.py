@@ -65,3 +65,8 @@ def test_scale_quick(tmp_path):
     assert sorted({p["clients"] for p in points}) == [10, 100]
     assert all(p["round-seconds"] > 0 and p["peak-rss-gib"] > 0 for p in points)
     assert (tmp_path / "scale.png").stat().st_size > 0
+    # --reuse takes the saved points instead of measuring again: timings are
+    # never reproduced to the last digit, so equal points prove nothing re-ran.
+    (tmp_path / "scale.json").unlink()
+    _run("scale.py", tmp_path, "--reuse")
+    assert json.loads((tmp_path / "scale.json").read_text()) == points
