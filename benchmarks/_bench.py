@@ -105,29 +105,6 @@ def stamp() -> str:
 # --- `flwr run` simulations, as a user runs them ---------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) for every process we can read."""
-    table = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        table[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
-    return table
-
-
 def _rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -136,41 +113,6 @@ def _rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def _tree(table: Mapping[int, tuple[int, str]], roots: Iterable[int]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _ours(marker: str, *extra_roots: int) -> list[int]:
-    """Every process whose command line mentions ``marker`` (our private
-    FLWR_HOME), the ``extra_roots``, and all their descendants: the detached
-    SuperLink and everything it started."""
-    table = _proc_table()
-    roots = [pid for pid, (_, cmd) in table.items() if marker in cmd and pid != os.getpid()]
-    return sorted(set(_tree(table, [*roots, *extra_roots])))
-
-
-def _stop(marker: str) -> None:
-    import contextlib
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _ours(marker)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.time() + 10
-        while time.time() < deadline and _ours(marker):
-            time.sleep(0.2)
 
 
 def flwr_simulation(
@@ -189,19 +131,16 @@ def flwr_simulation(
     """
     import subprocess
 
+    from fedrec_flwr.processes import flower_env, free_port, processes_mentioning, stop_processes
+
     work_dir.mkdir(parents=True, exist_ok=True)
     home = work_dir / "flwr-home"
     out = work_dir / "results"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    ports = {
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
+    env = flower_env(home, ports)
     items = {**run_config, "output-dir": str(out)}
     rc = " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
     federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
@@ -227,11 +166,12 @@ def flwr_simulation(
                 if time.time() > deadline:
                     proc.kill()
                     raise TimeoutError(f"flwr run exceeded {timeout:.0f}s; log: {log_path}")
-                peak = max(peak, sum(_rss_kib(p) for p in _ours(str(home), proc.pid)))
+                run = processes_mentioning(str(home), proc.pid)
+                peak = max(peak, sum(_rss_kib(p) for p in run))
                 time.sleep(0.2)
         if proc.returncode != 0 or not (out / "results.json").is_file():
             tail = log_path.read_text()[-3000:]
             raise RuntimeError(f"flwr run failed ({proc.returncode}); log tail:\n{tail}")
     finally:
-        _stop(str(home))
+        stop_processes(lambda: processes_mentioning(str(home)))
     return json.loads((out / "results.json").read_text()), peak / 1024

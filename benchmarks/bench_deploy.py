@@ -18,11 +18,8 @@ Every Flower process it starts is stopped by pid before it exits.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,44 +29,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedrec_flwr.deploy import FLOWER_ENV, down, up  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pids_with_home(home: Path) -> list[int]:
-    marker = f"FLWR_HOME={home}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            env = (proc / "environ").read_bytes().split(b"\0")
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if stat[0] != "Z" and any(e == marker or e.startswith(marker + b"/") for e in env):
-                pids.append(int(proc.name))
-    return pids
-
-
-def _stop_home(home: Path) -> None:
-    """Stop every process running with FLWR_HOME under ``home`` (the detached
-    simulation SuperLink and its Ray workers)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _pids_with_home(home):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.time() + 10
-        while _pids_with_home(home) and time.time() < deadline:
-            time.sleep(0.2)
+from fedrec_flwr.deploy import down, up  # noqa: E402
+from fedrec_flwr.processes import (  # noqa: E402
+    FLOWER_ENV,
+    flower_env,
+    free_port,
+    processes_with_home,
+    stop_processes,
+)
 
 
 def _flwr_run(args: list[str], home: Path, extra_env: dict[str, str], cwd: Path) -> float:
-    env = {**os.environ, **FLOWER_ENV, **extra_env, "FLWR_HOME": str(home)}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = flower_env(home, extra_env)
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["flwr", "run", str(REPO), *args, "--stream"],
@@ -154,13 +125,13 @@ def main() -> None:
                     ],
                     home,
                     {
-                        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-                        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+                        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+                        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
                     },
                     tmp / "cwd",
                 )
             finally:
-                _stop_home(home)
+                stop_processes(lambda: processes_with_home(home))
             got["simulation"] = _summary("simulation", out, wall)
         if "deployment" in engines:
             state = tmp / "deploy"

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .paths import fedrec_home
+from .processes import FLOWER_ENV, flower_env, free_port
 
 __all__ = [
     "DEFAULT_CONNECTION",
@@ -47,17 +48,6 @@ __all__ = [
 
 DEFAULT_CONNECTION = "local-deploy"
 STATE_FILE = "deploy.json"
-
-#: Set for every process started here (and for ``flwr run`` in the tests).
-FLOWER_ENV: Mapping[str, str] = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    # SuperExec looks for new ClientApp tasks every second by default; each
-    # round has two (train, evaluate), so a 0.1 s poll saves ~0.9 s per round
-    # on average, for ~1.6% of a core per idle SuperExec.
-    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-}
 
 
 @dataclass
@@ -129,12 +119,6 @@ def default_state_dir(connection: str = DEFAULT_CONNECTION) -> Path:
     return fedrec_home() / "deploy" / connection
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _executable(name: str) -> str:
     # Prefer the one installed beside this interpreter (the same environment).
     beside = Path(sys.executable).parent / name
@@ -161,13 +145,6 @@ def _alive(pid: int, start_time: object) -> bool:
     return state != "Z" and (start_time is None or now == start_time)
 
 
-def _env(home: Path, extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = {**os.environ, **FLOWER_ENV, **(extra or {})}
-    env["FLWR_HOME"] = str(home)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 def _spawn(
     name: str, cmd: Sequence[str], state_dir: Path, env: Mapping[str, str] | None
 ) -> dict[str, object]:
@@ -180,7 +157,7 @@ def _spawn(
         proc = subprocess.Popen(
             list(cmd),
             cwd=home,
-            env=_env(home, env),
+            env=flower_env(home, env),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -283,7 +260,7 @@ def up(
                 f"{state_dir}: a deployment is running ({old.address}); stop it with "
                 f"`python -m fedrec_flwr.deploy down --state-dir {state_dir}`"
             )
-    port = port or _free_port(host)
+    port = port or free_port(host)
     home = Path(flwr_home or os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
     dep = Deployment(
         state_dir=str(state_dir),
@@ -313,7 +290,7 @@ def up(
         dep.save()  # from here on `down` can stop what we started
         _wait_for("the SuperLink", lambda: _port_open(host, port), deadline, dep.processes)
         for i in range(num_supernodes):
-            runtime_port = _free_port(host)
+            runtime_port = free_port(host)
             config = node_config(i, num_supernodes, extra_node_config)
             dep.processes[f"supernode-{i}"] = {
                 **_spawn(

@@ -7,12 +7,10 @@ the tests check that nothing started from that directory is left.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +22,10 @@ from conftest import REPO, write_u_data
 from fedrec_flwr.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import prepare_dataset
-from fedrec_flwr.deploy import FLOWER_ENV, Deployment, down, up
+from fedrec_flwr.deploy import Deployment, down, up
 from fedrec_flwr.inprocess import InProcessGrid
 from fedrec_flwr.model import NCF, is_private
+from fedrec_flwr.processes import flower_env, processes_with_home
 from fedrec_flwr.server_app import run_federated
 
 pytestmark = pytest.mark.deployment
@@ -46,20 +45,6 @@ def ml100k_slice(tmp_path_factory: pytest.TempPathFactory, ml100k_dir: Path) -> 
     return write_u_data(tmp_path_factory.mktemp("ml100k-slice"), rows)
 
 
-def _processes_under(state_dir: Path) -> list[int]:
-    """Pids whose FLWR_HOME lies in ``state_dir`` (all that `up` starts, children too)."""
-    marker = f"FLWR_HOME={state_dir}/".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if stat[0] != "Z" and marker in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-    return found
-
-
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     state_dir = (tmp_path / "deploy").resolve()
@@ -69,14 +54,13 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         if (state_dir / "deploy.json").is_file():
             down(state_dir)
     deadline = time.time() + 10
-    while _processes_under(state_dir) and time.time() < deadline:
+    while processes_with_home(state_dir) and time.time() < deadline:
         time.sleep(0.2)
-    assert _processes_under(state_dir) == []  # nothing we started is left
+    assert processes_with_home(state_dir) == []  # nothing we started is left
 
 
 def _flwr_run(dep: Deployment, run_config: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": dep.flwr_home}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = flower_env(dep.flwr_home)
     cmd = ["flwr", "run", str(REPO), dep.connection, "--stream", "--run-config", run_config]
     neutral = log.parent / "cwd"
     neutral.mkdir(exist_ok=True)

@@ -5,15 +5,8 @@ gives it its own FLWR_HOME and ports, and stops it and every child by pid in a
 `finally`, so no Flower process outlives the test.
 """
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,76 +15,20 @@ from conftest import REPO
 from fedrec_flwr.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.inprocess import InProcessGrid
+from fedrec_flwr.processes import flower_env, free_port, processes_mentioning, stop_processes
 from fedrec_flwr.server_app import run_federated
 
 pytestmark = pytest.mark.flower
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(proc.name))
-    return found
-
-
-def _stop_tree(pids: list[int]) -> None:
-    tree, todo = [], list(pids)
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(_children(pid))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.time() + 10
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in tree):
-            for pid in tree:  # reap our own zombies, if any
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.2)
-
-
 def test_flwr_run_trains_and_writes_results(tmp_path, ml100k_dir):
     flwr_home = tmp_path / "flwr-home"
     out = tmp_path / "results"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    ports = {
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
+    env = flower_env(flwr_home, ports)
     run_config = f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}'"
     cmd = [
         "flwr",
@@ -119,8 +56,8 @@ def test_flwr_run_trains_and_writes_results(tmp_path, ml100k_dir):
         assert proc.returncode == 0, log[-3000:]
         assert (out / "results.json").is_file(), log[-3000:]
     finally:
-        _stop_tree(_pids_mentioning(str(flwr_home)))
-    assert _pids_mentioning(str(flwr_home)) == []  # nothing left running
+        stop_processes(lambda: processes_mentioning(str(flwr_home)))
+    assert processes_mentioning(str(flwr_home)) == []  # nothing left running
     results = json.loads((out / "results.json").read_text())
     assert results["num-clients"] == 2 and [r["round"] for r in results["rounds"]] == [
         1,
