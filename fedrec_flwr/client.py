@@ -45,10 +45,9 @@ from flwr.compat.client.numpy_client import NumPyClient
 from .config import RunConfig
 from .datasets.prepare import ClientData
 from .metering import COMPUTE_SECONDS_KEY
-from .metrics import rank_of_positive, ranking_sums
 from .model import NCF, is_private, load_arrays, private_arrays, shared_arrays
 from .peruser import finetune_users_and_score, train_users_independently
-from .training import evaluate_ranking, train_epochs
+from .training import evaluate_ranking, rank_logits, train_epochs
 
 __all__ = ["ITEM_COUNTS_KEY", "PERSONAL_STATE_KEY", "PRIVATE_STATE_KEY", "NCFClient"]
 
@@ -280,6 +279,11 @@ class NCFClient(NumPyClient):
             return loss, self.data.num_users, metrics
         self._rank_into(metrics, "global-")
         if self.config.finetunes_per_user and epochs > 0:
+            if personal:  # a server may send private-layers per round
+                raise ValueError(
+                    "private-layers with per-user fine-tuning: personal layers belong to "
+                    "a client, not to each user"
+                )
             loss = self._finetune_per_user(metrics, epochs, config)
             metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
             return loss, self.data.num_users, metrics
@@ -344,21 +348,16 @@ class NCFClient(NumPyClient):
             num_negatives=cfg.num_negatives,
             weight_decay=cfg.weight_decay,
         )
-        loss = float("nan")
-        for part, column in (("val", 0), ("test", 1)):
-            part_scores = np.concatenate([scores[:, column : column + 1], scores[:, 2:]], axis=1)
-            ranks = rank_of_positive(part_scores)
-            sums = ranking_sums(ranks, cfg.ks)
-            metrics.update({f"{part}-{k}-sum": v for k, v in sums.items()})
-            if part == "val":
-                labels = np.zeros_like(part_scores)
-                labels[:, 0] = 1.0
-                loss = float(
-                    torch.nn.functional.binary_cross_entropy_with_logits(
-                        torch.from_numpy(part_scores), torch.from_numpy(labels)
-                    )
-                )
-        return loss
+        results = {
+            part: rank_logits(
+                torch.from_numpy(np.concatenate([scores[:, [column]], scores[:, 2:]], axis=1)),
+                cfg.ks,
+            )
+            for part, column in (("val", 0), ("test", 1))
+        }
+        for part, result in results.items():
+            metrics.update({f"{part}-{k}-sum": v for k, v in result.sums.items()})
+        return results["val"].loss
 
     def _rank_into(self, metrics: dict[str, Any], prefix: str) -> float:
         """Add ``{prefix}val-*-sum`` and ``{prefix}test-*-sum``; return the val loss."""

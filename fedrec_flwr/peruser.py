@@ -17,6 +17,10 @@ weighted by ``n_g = sum of n_u`` equals the mean over all users::
 so a federation of user groups in this mode reproduces one-user-per-client
 FedAvg while paying Flower's per-message cost once per group.
 
+:func:`finetune_users_and_score` uses the same machinery for per-user
+personalisation: each user fine-tunes its own copy alone and scores its own
+candidates with it, as a one-user client would.
+
 How it stays cheap: users are trained side by side, each with its own stacked
 copy of the dense layers and of only the item-embedding rows it touches this
 round (rows it never touches receive no gradient and, with Adam and no weight

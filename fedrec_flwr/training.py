@@ -16,7 +16,7 @@ from torch import nn
 from .datasets.negatives import InteractionSet, sample_train_negatives
 from .metrics import rank_of_positive, ranking_sums
 
-__all__ = ["EvalResult", "evaluate_ranking", "train_epochs"]
+__all__ = ["EvalResult", "evaluate_ranking", "rank_logits", "train_epochs"]
 
 
 def train_epochs(
@@ -136,9 +136,14 @@ def evaluate_ranking(
     n_users, width = candidates.shape
     u = torch.from_numpy(np.repeat(np.asarray(users, dtype=np.int64), width))
     i = torch.from_numpy(candidates.reshape(-1).astype(np.int64))
-    logits = model(u, i).reshape(n_users, width)
+    return rank_logits(model(u, i).reshape(n_users, width), ks)
+
+
+def rank_logits(logits: torch.Tensor, ks: Sequence[int]) -> EvalResult:
+    """Metric sums and mean BCE of ``(num_users, 1 + negatives)`` logits whose
+    column 0 is each user's held-out positive."""
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1.0
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
     ranks = rank_of_positive(logits.numpy())
-    return EvalResult(num_users=n_users, sums=ranking_sums(ranks, ks), loss=loss)
+    return EvalResult(num_users=logits.shape[0], sums=ranking_sums(ranks, ks), loss=loss)
