@@ -131,16 +131,17 @@ def flwr_simulation(
     """
     import subprocess
 
-    from fedrec_flwr.processes import flower_env, free_port, processes_mentioning, stop_processes
+    from fedrec_flwr.processes import (
+        flower_env,
+        local_superlink_ports,
+        processes_mentioning,
+        stop_processes,
+    )
 
     work_dir.mkdir(parents=True, exist_ok=True)
     home = work_dir / "flwr-home"
     out = work_dir / "results"
-    ports = {
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-    }
-    env = flower_env(home, ports)
+    env = flower_env(home, local_superlink_ports())
     items = {**run_config, "output-dir": str(out)}
     rc = " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
     federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"

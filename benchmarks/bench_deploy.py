@@ -33,7 +33,7 @@ from fedrec_flwr.deploy import down, up  # noqa: E402
 from fedrec_flwr.processes import (  # noqa: E402
     FLOWER_ENV,
     flower_env,
-    free_port,
+    local_superlink_ports,
     processes_with_home,
     stop_processes,
 )
@@ -124,10 +124,7 @@ def main() -> None:
                         f"{rc} output-dir='{out}'",
                     ],
                     home,
-                    {
-                        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-                        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-                    },
+                    local_superlink_ports(),
                     tmp / "cwd",
                 )
             finally:

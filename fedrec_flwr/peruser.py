@@ -221,12 +221,7 @@ def train_users_independently(
         items,
         exclude,
         user_seeds,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        num_negatives=num_negatives,
-        weight_decay=weight_decay,
-        chunk_users=chunk_users,
+        _Local(epochs, batch_size, learning_rate, num_negatives, weight_decay, chunk_users),
         frozen=frozenset(),
         with_empty=False,
     ):
@@ -321,12 +316,7 @@ def finetune_users_and_score(
         items,
         exclude,
         user_seeds,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        num_negatives=num_negatives,
-        weight_decay=weight_decay,
-        chunk_users=chunk_users,
+        _Local(epochs, batch_size, learning_rate, num_negatives, weight_decay, chunk_users),
         frozen=frozen,
         with_empty=True,
         extra_rows=candidates,
@@ -346,6 +336,18 @@ def finetune_users_and_score(
 
 def _as_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
+
+
+@dataclass(frozen=True)
+class _Local:
+    """Local training settings, as the public functions take them."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    num_negatives: int
+    weight_decay: float
+    chunk_users: int
 
 
 @dataclass
@@ -368,18 +370,13 @@ def _train_chunks(
     items: np.ndarray,
     exclude: InteractionSet,
     user_seeds: Sequence[int],
+    local: _Local,
     *,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    num_negatives: int,
-    weight_decay: float,
-    chunk_users: int,
     frozen: frozenset[str],
     with_empty: bool,
     extra_rows: np.ndarray | None = None,
 ) -> Iterator[_TrainedChunk]:
-    """Train every user independently, ``chunk_users`` at a time; yield chunks.
+    """Train every user independently, ``local.chunk_users`` at a time; yield chunks.
 
     ``frozen`` names shared arrays that are not trained (their rows still take
     part in the forward pass). ``extra_rows[u]`` are item rows added to user
@@ -399,10 +396,10 @@ def _train_chunks(
             items[order[bounds[u] : bounds[u + 1]]],
             exclude,
             np.random.default_rng(user_seeds[u]),
-            epochs=epochs,
-            batch_size=batch_size,
-            num_negatives=num_negatives,
-            all_rows=weight_decay > 0 and set(global_t) - frozen != set(),
+            epochs=local.epochs,
+            batch_size=local.batch_size,
+            num_negatives=local.num_negatives,
+            all_rows=local.weight_decay > 0 and set(global_t) - frozen != set(),
             extra_rows=None if extra_rows is None else extra_rows[u],
         )
         for u in range(num_users)
@@ -414,11 +411,12 @@ def _train_chunks(
 
     # Users with similar step counts together: less padding per chunk.
     plans.sort(key=lambda plan: (plan.steps, len(plan.rows)))
-    for start in range(0, len(plans), chunk_users):
-        chunk = plans[start : start + chunk_users]
+    for start in range(0, len(plans), local.chunk_users):
+        chunk = plans[start : start + local.chunk_users]
         n_u = len(chunk)
         max_steps = max(plan.steps for plan in chunk)
         max_rows = max(len(plan.rows) for plan in chunk)
+        batch_size = local.batch_size
         slots = max_steps * batch_size
         seq = np.zeros((n_u, slots), dtype=np.int64)
         lab = np.zeros((n_u, slots), dtype=np.float32)
@@ -467,7 +465,15 @@ def _train_chunks(
             loss_sum += float(per_sample.detach()[in_last].double().sum())
             loss_n += float(in_last.sum())
             active = steps > step
-            _adam_step(trained, exp_avg, exp_avg_sq, active, step + 1, learning_rate, weight_decay)
+            _adam_step(
+                trained,
+                exp_avg,
+                exp_avg_sq,
+                active,
+                step + 1,
+                local.learning_rate,
+                local.weight_decay,
+            )
         yield _TrainedChunk(ids, rows_t, num_rows, valid, params, loss_sum, loss_n)
 
 

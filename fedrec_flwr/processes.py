@@ -24,6 +24,7 @@ __all__ = [
     "descendants",
     "flower_env",
     "free_port",
+    "local_superlink_ports",
     "processes_mentioning",
     "processes_with_home",
     "stop_processes",
@@ -50,6 +51,15 @@ def flower_env(home: Path | str, extra: Mapping[str, str] | None = None) -> dict
     env["FLWR_HOME"] = str(home)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def local_superlink_ports() -> dict[str, str]:
+    """Fresh ports for the ``:local:`` SuperLink that ``flwr run`` starts, as
+    environment variables, so that runs side by side do not share one."""
+    return {
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+    }
 
 
 def free_port(host: str = "127.0.0.1") -> int:

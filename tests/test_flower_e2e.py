@@ -15,7 +15,12 @@ from conftest import REPO
 from fedrec_flwr.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.inprocess import InProcessGrid
-from fedrec_flwr.processes import flower_env, free_port, processes_mentioning, stop_processes
+from fedrec_flwr.processes import (
+    flower_env,
+    local_superlink_ports,
+    processes_mentioning,
+    stop_processes,
+)
 from fedrec_flwr.server_app import run_federated
 
 pytestmark = pytest.mark.flower
@@ -24,11 +29,7 @@ pytestmark = pytest.mark.flower
 def test_flwr_run_trains_and_writes_results(tmp_path, ml100k_dir):
     flwr_home = tmp_path / "flwr-home"
     out = tmp_path / "results"
-    ports = {
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-    }
-    env = flower_env(flwr_home, ports)
+    env = flower_env(flwr_home, local_superlink_ports())
     run_config = f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}'"
     cmd = [
         "flwr",
