@@ -7,6 +7,7 @@ epoch) chosen by validation HR@10; mean ± std over seeds.
     python benchmarks/quality.py            # full: 3 seeds, ~90 min on 2 cores
     python benchmarks/quality.py --quick    # CI: 1 seed, 2 rounds, a few rows
     python benchmarks/quality.py --reuse    # re-run only rows whose saved runs are missing
+    python benchmarks/quality.py --rows centralisedNeuMF --seeds 42,1,2,3,4,5,6,7,8,9
 
 Prints a markdown table and writes ``quality.png`` and ``quality.json`` to
 ``--out`` (default ``$FEDREC_FLWR_HOME/benchmarks/quality``).
@@ -72,9 +73,35 @@ ROWS: list[tuple[str, str, dict[str, Any], int]] = [
 QUICK_ROWS = ("centralised NeuMF", "FedAvg · 10 groups", "FedAvg · one user per client")
 
 
+def _slug(label: str) -> str:
+    """A row's name without spaces, as in its run directories: ``centralisedNeuMF-leakypool``."""
+    return label.replace(" ", "").replace("·", "-")
+
+
+def select_rows(
+    rows: list[tuple[str, str, dict[str, Any], int]], spec: str
+) -> list[tuple[str, str, dict[str, Any], int]]:
+    """The rows named in ``spec`` (comma-separated labels or slugs), in table order.
+
+    Raises
+    ------
+    ValueError
+        For a name that is no row's, listing the accepted slugs.
+    """
+    wanted = {name.strip() for name in spec.split(",") if name.strip()}
+    known = {row[0] for row in rows} | {_slug(row[0]) for row in rows}
+    unknown = sorted(wanted - known)
+    if unknown or not wanted:
+        raise ValueError(
+            f"--rows {spec!r}: unknown row(s) {', '.join(unknown) or '(none given)'}; "
+            f"accepted: {', '.join(_slug(row[0]) for row in rows)}"
+        )
+    return [row for row in rows if row[0] in wanted or _slug(row[0]) in wanted]
+
+
 def _job(job: tuple[str, str, dict[str, Any], int, int, str, bool]) -> dict[str, Any]:
     label, kind, rc, nodes, seed, out, reuse = job
-    out_dir = Path(out) / f"{label.replace(' ', '').replace('·', '-')}-seed{seed}"
+    out_dir = Path(out) / f"{_slug(label)}-seed{seed}"
     saved = out_dir / "results.json"
     if reuse and saved.is_file() and _same_config(json.loads(saved.read_text()), rc):
         results = json.loads(saved.read_text())
@@ -114,8 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="take a run already in --out when its saved config matches (add rows cheaply)",
     )
+    parser.add_argument(
+        "--rows",
+        default="",
+        help="only these rows (comma-separated slugs, e.g. centralisedNeuMF); "
+        "writes quality-rows.json/png so the full table's files stay",
+    )
     args = parser.parse_args(argv)
     from fedrec_flwr.paths import runs_home
+
+    try:
+        picked = select_rows(ROWS, args.rows) if args.rows else None
+    except ValueError as exc:
+        parser.error(str(exc))
 
     out = Path(args.out) if args.out else runs_home().parent / "benchmarks" / "quality"
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         seeds, rounds, epochs = seeds[:1], 2, 2
         rows = [row for row in ROWS if row[0] in QUICK_ROWS]
+    if picked is not None:
+        rows = picked
     jobs = []
     for label, kind, overrides, nodes in rows:
         for seed in seeds:
@@ -156,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             [(name, f"{hr:.3f}", f"{nd:.3f}") for name, (hr, nd) in ANCHORS.items()],
         )
     )
-    (out / "quality.json").write_text(json.dumps(summary, indent=2))
-    _plot(summary, out / "quality.png")
-    print(f"\nwrote {out / 'quality.json'} and {out / 'quality.png'}")
+    stem = "quality-rows" if picked is not None else "quality"
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    _plot(summary, out / f"{stem}.png")
+    print(f"\nwrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
     return 0
 
 
