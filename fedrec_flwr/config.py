@@ -195,6 +195,21 @@ class RunConfig:
         deployments whose SuperNodes read their own logs (node-config
         ``data-file`` + ``item-catalogue``): the server then sizes the model from
         it and reads no interaction data. Empty = the server prepares ``dataset``.
+    max_update_norm : float (default: 0.0) [max-update-norm]
+        Training replies whose update ``||w_k - w||_2`` (over every shared
+        array, against the global model sent) exceeds this are dropped with a
+        reason; 0 = off (exact FedAvg accepts any finite update).
+    node_weight_caps : str (default: "") [node-weight-caps]
+        Absolute path of a TOML file, on the server, declaring each node's
+        largest weight by ``partition-id`` (tables ``[num-examples]`` and
+        ``[num-users]``, e.g. ``0 = 9800``); replies claiming more are dropped.
+    weight_clip_multiple : float (default: 4.0) [weight-clip-multiple]
+        A reply whose weight has no declared or data-derived cap is clipped to
+        this multiple of the round's median weight (logged and recorded), so no
+        single node can dominate the aggregate; 0 = off.
+    num_threads : int (default: 0) [num-threads]
+        torch intra-op threads for training and evaluation; 0 = chosen from the
+        CPUs available to the process (recorded in ``results.json``).
     """
 
     num_server_rounds: int = 25
@@ -243,6 +258,10 @@ class RunConfig:
     item_catalogue: str = ""
     finetune_unit: str = "client"
     finetune_learning_rate: float = 0.0
+    max_update_norm: float = 0.0
+    node_weight_caps: str = ""
+    weight_clip_multiple: float = 4.0
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -305,6 +324,9 @@ class RunConfig:
             "finetune_learning_rate",
             "server_momentum",
             "num_malicious_nodes",
+            "max_update_norm",
+            "weight_clip_multiple",
+            "num_threads",
         )
         for name in nonneg:
             value = getattr(self, name)
