@@ -22,7 +22,8 @@ from .config import LEAKY_POOL_WARNING, ConfigError, RunConfig
 from .datasets import client_data_from, prepare_data
 from .metrics import finalize_sums
 from .model import NCF
-from .results import resolve_output_dir, select_by_validation, with_negative_pool, write_run
+from .results import check_run_paths, select_by_validation, with_negative_pool, write_run
+from .threads import apply_num_threads
 from .training import evaluate_ranking, train_epochs
 
 __all__ = ["main", "run_centralized"]
@@ -31,11 +32,26 @@ __all__ = ["main", "run_centralized"]
 def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str, Any]]:
     """Train on every user's training interactions; evaluate after each epoch.
 
+    Every path is checked first (:func:`~fedrec_flwr.results.check_run_paths`),
+    so a bad ``output-dir`` fails before training, not after the last epoch.
+    ``num-threads`` is applied here (``torch.set_num_threads``, process-wide).
+
     Returns
     -------
     tuple
         Path of ``results.json`` and the validation-selected entry.
+
+    Raises
+    ------
+    ValueError
+        A path key is bad (one line naming it), or the data cannot be prepared.
     """
+    paths = check_run_paths(
+        cfg, f"centralized-{cfg.model}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if paths.data_dir is not None and str(paths.data_dir) != cfg.data_dir:
+        cfg = dataclasses.replace(cfg, data_dir=str(paths.data_dir))  # ~ and $VARS expanded
+    num_threads = apply_num_threads(cfg.num_threads)
     prepared = prepare_data(cfg.data_options())
     data = client_data_from(prepared, 0, 1, cfg.seed)  # everybody in one group
     model = NCF(
@@ -92,19 +108,16 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
                 f"({entry['wall-seconds']:.1f}s)",
                 flush=True,
             )
-    out_dir = resolve_output_dir(
-        cfg.output_dir,
-        f"centralized-{cfg.model}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}",
-    )
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     path = write_run(
-        out_dir,
+        paths.output_dir,
         mode="centralized",
         config=cfg.to_dict(),
         protocol=with_negative_pool(prepared.protocol(), cfg.negative_pool),
         dataset=prepared.stats(),
         rounds=rounds,
         model_state=state,
+        extra={"num-threads": num_threads},
     )
     selected = select_by_validation(rounds)
     assert selected is not None  # every epoch is evaluated
@@ -134,6 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         path, selected = run_centralized(cfg)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        # torch's allocator message names no key; these are the ones that size memory.
+        print(
+            "error: out of memory building or training the model; lower factors, "
+            "mlp-layers, batch-size or num-negatives",
+            file=sys.stderr,
+        )
         return 2
     print(
         f"selected epoch {selected['round']} (best validation HR@10): "

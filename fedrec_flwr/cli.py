@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from collections.abc import Sequence
@@ -64,6 +65,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# As RunConfig: Flower carries run-config integers as 64-bit.
+_MAX_INT = 2**63 - 1
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse out-of-range number flags with one line naming the key, before any
+    work (numpy would say only "expected non-negative integer" for a seed of -1)."""
+    if args.seed < 0:
+        raise ValueError(f"seed={args.seed}: must be a non-negative integer")
+    lowest = {"seed": 0, "num-eval-negatives": 1, "k-core": 0, "num-partitions": 1}
+    if args.action == "stats":
+        lowest["max-rows"] = 0
+    for key, low in lowest.items():
+        value = getattr(args, key.replace("-", "_"))
+        if value is None:  # num-partitions: decided by the data
+            continue
+        if value < low:
+            raise ValueError(f"{key}={value}: must be >= {low}")
+        if value > _MAX_INT:
+            raise ValueError(f"{key}={value}: must be at most {_MAX_INT} (64-bit integers)")
+    for key in ("implicit-threshold", "dirichlet-alpha", "power-law-exponent"):
+        value = getattr(args, key.replace("-", "_"))
+        if not math.isfinite(value):
+            raise ValueError(f"{key}={value}: must be a finite number")
+
+
 def _options(args: argparse.Namespace) -> DataOptions:
     return DataOptions(
         dataset=args.dataset,
@@ -105,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedrec`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
+        _check_numbers(args)
         options = _options(args)
         k = args.num_partitions
         if k is None and options.partitioner not in DATA_DECIDED:

@@ -11,17 +11,24 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from . import __version__
-from .paths import resolve_user_path, runs_home
+from .paths import HOME_ENV_VAR, check_input_path, check_output_dir, resolve_user_path, runs_home
+from .threads import CLIENT_DEFAULT_THREADS, resolve_num_threads
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 __all__ = [
     "SELECTION_METRIC",
+    "RunPaths",
+    "check_run_paths",
     "plot_metrics",
     "resolve_output_dir",
     "select_by_validation",
@@ -33,10 +40,98 @@ SELECTION_METRIC = "hr@10"
 
 
 def resolve_output_dir(output_dir: str, run_name: str) -> Path:
-    """``output-dir`` if given (must be absolute), else ``runs_home()/run_name``."""
+    """``output-dir`` if given (must be absolute), else ``runs_home()/run_name``.
+
+    The folder must exist and be writable or be creatable (see
+    :func:`~fedrec_flwr.paths.check_output_dir`), so a bad ``output-dir`` fails
+    here, before training, and not when the results are written.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``output-dir`` and the fix.
+    """
     if output_dir:
-        return resolve_user_path(output_dir, key="output-dir")
-    return runs_home() / run_name
+        path = resolve_user_path(output_dir, key="output-dir")
+        return check_output_dir(path, label=f"output-dir={output_dir!r}")
+    path = runs_home() / run_name
+    return check_output_dir(
+        path, label=f"output-dir='' (default {path}; set output-dir or ${HOME_ENV_VAR})"
+    )
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path of a run, absolute and checked (None = key empty or not read)."""
+
+    output_dir: Path
+    data_dir: Path | None
+    item_catalogue: Path | None
+    node_weight_caps: Path | None
+
+
+def check_run_paths(cfg: RunConfig, run_name: str, *, reads_data: bool = True) -> RunPaths:
+    """Check every path key of ``cfg`` before any work is done.
+
+    ``output-dir`` must be a writable folder or creatable; ``data-dir`` (when
+    set and read by this process), ``item-catalogue`` and ``node-weight-caps``
+    (when set) must be absolute and exist, as folder or file as the key needs.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The run's configuration.
+    run_name : str
+        Folder name under the runs directory when ``output-dir`` is empty.
+    reads_data : bool (default: True)
+        Whether this process reads ``data-dir``. The centralised baseline does;
+        a ServerApp with ``item-catalogue`` set does not (``data-dir`` then
+        names files on the SuperNodes), so it passes ``not cfg.item_catalogue``.
+
+    Returns
+    -------
+    RunPaths
+        The resolved paths (``~`` and ``$VARS`` expanded).
+
+    Raises
+    ------
+    ValueError
+        One line naming the first bad key and the fix.
+    """
+    from .datasets.options import MOVIELENS
+
+    data_dir = None
+    if cfg.data_dir and reads_data:
+        if cfg.dataset in MOVIELENS:
+            kind = "directory"
+            what = f"the folder holding the {cfg.dataset} files, or '' to download them"
+        elif cfg.dataset == "atomic":
+            kind, what = "file or directory", "the RecBole .inter file or its folder"
+        else:
+            kind, what = "file", "the CSV/TSV/Parquet interaction log"
+        data_dir = check_input_path(cfg.data_dir, key="data-dir", kind=kind, what=what)
+    item_catalogue = None
+    if cfg.item_catalogue:
+        item_catalogue = check_input_path(
+            cfg.item_catalogue,
+            key="item-catalogue",
+            kind="file",
+            what="the item catalogue (write it with `fedrec data catalogue`)",
+        )
+    caps = None
+    if cfg.node_weight_caps:
+        caps = check_input_path(
+            cfg.node_weight_caps,
+            key="node-weight-caps",
+            kind="file",
+            what="the TOML file of per-node weight caps",
+        )
+    return RunPaths(
+        output_dir=resolve_output_dir(cfg.output_dir, run_name),
+        data_dir=data_dir,
+        item_catalogue=item_catalogue,
+        node_weight_caps=caps,
+    )
 
 
 def select_by_validation(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -123,7 +218,10 @@ def write_run(
     model_state : mapping of str to numpy.ndarray
         Final model parameters by name (federated: shared parameters only).
     extra : mapping, optional
-        More top-level fields.
+        More top-level fields. Without ``num-threads`` in it, the torch thread
+        count is recorded from ``config``'s ``num-threads``: a federated run's
+        per-client count (resolved as each client resolves it), a centralised
+        run's the one this process runs with.
 
     Returns
     -------
@@ -131,6 +229,14 @@ def write_run(
         Path of ``results.json``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    extras = dict(extra or {})
+    if "num-threads" not in extras:
+        requested = int(config.get("num-threads", 0))
+        extras["num-threads"] = (
+            resolve_num_threads(requested, default=CLIENT_DEFAULT_THREADS)
+            if mode == "federated"
+            else torch.get_num_threads()
+        )
     results: dict[str, Any] = {
         "fedrec-flwr": __version__,
         "mode": mode,
@@ -138,7 +244,7 @@ def write_run(
         "config": dict(config),
         "protocol": dict(protocol),
         "dataset": dict(dataset),
-        **dict(extra or {}),
+        **extras,
         "rounds": list(rounds),
         "selected": select_by_validation(rounds),
         "final": dict(rounds[-1]) if rounds else None,
