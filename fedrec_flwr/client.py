@@ -47,6 +47,8 @@ from .datasets.prepare import ClientData
 from .metering import COMPUTE_SECONDS_KEY
 from .model import NCF, is_private, load_arrays, private_arrays, shared_arrays
 from .peruser import finetune_users_and_score, train_users_independently
+from .strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
+from .threads import CLIENT_DEFAULT_THREADS, apply_num_threads
 from .training import evaluate_ranking, rank_logits, train_epochs
 
 __all__ = ["ITEM_COUNTS_KEY", "PERSONAL_STATE_KEY", "PRIVATE_STATE_KEY", "NCFClient"]
@@ -74,9 +76,9 @@ class NCFClient(NumPyClient):
         self.data = data
         self.config = config
         self.state = state
-        # One thread per client: simulation runs one client per CPU, and a
-        # fixed thread count keeps float reductions bit-reproducible.
-        torch.set_num_threads(1)
+        # One thread per client unless num-threads says otherwise: simulation
+        # runs several clients side by side on one machine's CPUs.
+        apply_num_threads(config.num_threads, default=CLIENT_DEFAULT_THREADS)
         self.model = NCF(
             data.num_users,
             data.num_items,
@@ -157,7 +159,8 @@ class NCFClient(NumPyClient):
 
         Returns the updated shared arrays, the number of training interactions
         (the FedAvg weight) and ``train-loss`` plus ``partition-id`` (used by the
-        server to order replies deterministically).
+        server to order replies deterministically) and ``num-partitions`` (the
+        server checks that every node cut the same number of groups).
         """
         started = time.perf_counter()
         self._set_shared(parameters)
@@ -208,7 +211,8 @@ class NCFClient(NumPyClient):
                 updated[name] = np.array(received[name], copy=True)
         metrics: dict[str, Any] = {
             "train-loss": loss,
-            "partition-id": self.data.partition_id,
+            ORDER_KEY: self.data.partition_id,
+            NUM_PARTITIONS_KEY: self.data.num_partitions,
             "num-users": self.data.num_users,
         }
         if config.get(ITEM_COUNTS_KEY):
@@ -247,7 +251,8 @@ class NCFClient(NumPyClient):
         )
         metrics: dict[str, Any] = {
             "train-loss": update.loss,
-            "partition-id": data.partition_id,
+            ORDER_KEY: data.partition_id,
+            NUM_PARTITIONS_KEY: data.num_partitions,
             "num-users": data.num_users,
             COMPUTE_SECONDS_KEY: time.perf_counter() - started,
         }
@@ -268,7 +273,8 @@ class NCFClient(NumPyClient):
         started = time.perf_counter()
         self._set_shared(parameters)
         metrics: dict[str, Any] = {
-            "partition-id": self.data.partition_id,
+            ORDER_KEY: self.data.partition_id,
+            NUM_PARTITIONS_KEY: self.data.num_partitions,
             "num-users": self.data.num_users,
         }
         personal = self._personal_names(config)

@@ -15,6 +15,7 @@ from .client import NCFClient
 from .config import ConfigError, RunConfig
 from .datasets import load_client_data
 from .datasets.local import load_local_client_data
+from .strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
 
 __all__ = ["app", "client_fn", "legacy_app", "partition_query"]
 
@@ -79,7 +80,7 @@ def partition_query(msg: Message, context: Context) -> Message:
     ids are random per run); only these two node-config integers are sent.
     """
     record = MetricRecord()
-    for key in ("partition-id", "num-partitions"):
+    for key in (ORDER_KEY, NUM_PARTITIONS_KEY):
         value = context.node_config.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             record[key] = value

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Flower 1.42 itself needs 3.11)
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
@@ -22,16 +29,38 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from .config import LEAKY_POOL_WARNING, RunConfig
-from .datasets import prepare_data, protocol_without_data, read_catalogue
+from .config import LEAKY_POOL_WARNING, ConfigError, RunConfig
+from .datasets import (
+    DataOptions,
+    build_partition_cache,
+    prepare_data,
+    protocol_without_data,
+    read_cache_meta,
+    read_catalogue,
+)
 from .metering import MeteredGrid
 from .model import NCF, shared_arrays
 from .paths import resolve_user_path
 from .results import resolve_output_dir, with_negative_pool, write_run
-from .strategies import ReplyLimits, ValidatedStrategy, WeightedFedAvg, exact_metric_aggregation
+from .strategies import (
+    PartitionSizes,
+    ReplyLimits,
+    ValidatedStrategy,
+    WeightedFedAvg,
+    exact_metric_aggregation,
+)
+from .strategies.aggregate import NUM_EXAMPLES_KEY, NUM_USERS_KEY
 from .strategies.fedavg import ITEM_COUNTS_KEY
 
-__all__ = ["app", "build_strategy", "initial_arrays", "main", "run_federated"]
+__all__ = [
+    "app",
+    "build_strategy",
+    "initial_arrays",
+    "main",
+    "partition_sizes",
+    "read_node_weight_caps",
+    "run_federated",
+]
 
 app = ServerApp()
 
@@ -55,6 +84,7 @@ def build_strategy(
     max_train_weight: float = math.inf,
     max_evaluate_weight: float = math.inf,
     num_items: int = 0,
+    partition_sizes: Callable[[int], PartitionSizes] | None = None,
 ) -> ValidatedStrategy:
     """The strategy named by ``strategy``, inside the reply-validation layer.
 
@@ -62,16 +92,27 @@ def build_strategy(
     ----------
     cfg : RunConfig
         ``strategy``, ``weight-key``, ``item-aggregation``, ``fraction-train``,
-        ``seed``, ``max-client-weight`` and the server-optimiser knobs are read.
+        ``seed``, ``max-client-weight``, ``node-weight-caps``,
+        ``weight-clip-multiple``, ``max-update-norm`` and the server-optimiser
+        knobs are read.
     max_train_weight : float (default: inf)
         Cap on a training reply's weight when ``max-client-weight`` is 0 (the
         server passes the dataset's size: no partition can hold more).
     max_evaluate_weight : float (default: inf)
-        Cap on an evaluation reply's weight (number of users).
+        Cap on an evaluation reply's weight (number of users), and on any
+        reply's ``num-users``.
     num_items : int (default: 0)
         Catalogue size: length of the ``item-counts`` list with row-wise items.
+    partition_sizes : callable, optional (default: None)
+        ``num_partitions -> PartitionSizes`` when the server holds the data:
+        each partition's true size becomes its exact cap (no clipping then).
+
+    Raises
+    ------
+    ConfigError
+        If the ``node-weight-caps`` file is missing or malformed.
     """
-    key = "num-users" if cfg.weight_key == "users" else "num-examples"
+    key = NUM_USERS_KEY if cfg.weight_key == "users" else NUM_EXAMPLES_KEY
     common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "min_train_nodes": cfg.min_nodes,
@@ -102,18 +143,112 @@ def build_strategy(
     else:
         raise AssertionError(f"unhandled strategy {cfg.strategy!r}")  # RunConfig rejects it
     rowwise = cfg.item_aggregation == "rowwise"
+    declared = read_node_weight_caps(cfg.node_weight_caps) if cfg.node_weight_caps else {}
+    user_caps = declared.get(NUM_USERS_KEY, {})
     train_limits = ReplyLimits(
         weight_key=key,
         max_weight=cfg.max_client_weight or max_train_weight,
+        partition_caps=declared.get(key, {}),
         list_lengths={ITEM_COUNTS_KEY: num_items} if rowwise else {},
+        user_caps=user_caps,
+        max_users=max_evaluate_weight,
+        clip_multiple=cfg.weight_clip_multiple,
+        max_update_norm=cfg.max_update_norm or math.inf,
     )
-    evaluate_limits = ReplyLimits(weight_key=key, max_weight=max_evaluate_weight)
+    # An evaluation reply's weight is its number of users.
+    evaluate_limits = ReplyLimits(
+        weight_key=key,
+        max_weight=max_evaluate_weight,
+        partition_caps=user_caps,
+        user_caps=user_caps,
+        max_users=max_evaluate_weight,
+        clip_multiple=cfg.weight_clip_multiple,
+    )
     return ValidatedStrategy(
         inner,
         train_limits,
         evaluate_limits,
         uniform_weights=cfg.weight_key == "uniform",
         seed=cfg.seed,
+        partition_sizes=partition_sizes,
+    )
+
+
+_CAP_TABLES = (NUM_EXAMPLES_KEY, NUM_USERS_KEY)
+_CAPS_EXAMPLE = "e.g. [num-examples] 0 = 9800 (partition-id = largest weight)"
+
+
+def read_node_weight_caps(value: str) -> dict[str, dict[int, float]]:
+    """Read a ``node-weight-caps`` TOML file: table -> partition-id -> largest weight.
+
+    The file has tables ``[num-examples]`` (training interactions) and/or
+    ``[num-users]``, whose keys are partition ids and values the largest weight
+    that partition's node may claim, e.g. ``0 = 9800``.
+
+    Parameters
+    ----------
+    value : str
+        The run-config value: an absolute path on the server.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file, the offending key and the fix.
+    """
+    where = f"node-weight-caps={value!r}"
+    try:
+        path = resolve_user_path(value, key="node-weight-caps")
+    except ValueError as exc:  # names the key and the fix already
+        raise ConfigError(str(exc)) from None
+    try:
+        data = tomllib.loads(path.read_text())
+    except ValueError as exc:  # TOML syntax (TOMLDecodeError)
+        raise ConfigError(f"{where}: not valid TOML ({exc}); {_CAPS_EXAMPLE}") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror}); {_CAPS_EXAMPLE}") from None
+    caps: dict[str, dict[int, float]] = {}
+    for table, entries in data.items():
+        if table not in _CAP_TABLES or not isinstance(entries, dict):
+            raise ConfigError(
+                f"{where}: unexpected {table!r}; only the tables [num-examples] and "
+                f"[num-users] are read, {_CAPS_EXAMPLE}"
+            )
+        caps[table] = {}
+        for pid, cap in entries.items():
+            if not (pid.isdigit() and pid.isascii()):
+                raise ConfigError(
+                    f"{where}: [{table}] key {pid!r} is not a partition-id (an integer >= 0); "
+                    f"{_CAPS_EXAMPLE}"
+                )
+            number = isinstance(cap, (int, float)) and not isinstance(cap, bool)
+            if not (number and math.isfinite(cap) and cap > 0):
+                raise ConfigError(
+                    f"{where}: [{table}] {pid} = {cap!r} is not a positive finite number; "
+                    f"{_CAPS_EXAMPLE}"
+                )
+            caps[table][int(pid)] = float(cap)
+    return caps
+
+
+def partition_sizes(options: DataOptions, num_partitions: int) -> PartitionSizes:
+    """Each partition's training interactions and users, cut as the clients cut them.
+
+    Reads (building it first if needed) the same partition cache the clients
+    read (:func:`~fedrec_flwr.datasets.build_partition_cache`), so the sizes
+    are exactly what an honest node of each partition reports.
+
+    Parameters
+    ----------
+    options : DataOptions
+        The run's data options.
+    num_partitions : int
+        The nodes' agreed ``num-partitions``.
+    """
+    meta = read_cache_meta(build_partition_cache(options, num_partitions))
+    parts = meta["partition-stats"]["partitions"]
+    return PartitionSizes(
+        examples={int(p["id"]): int(p["interactions"]) for p in parts},
+        users={int(p["id"]): int(p["users"]) for p in parts},
     )
 
 
@@ -134,7 +269,11 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     Raises
     ------
     RuntimeError
-        If no round produced an aggregate (every client failed).
+        If no round produced an aggregate (every client failed), or the nodes
+        disagree on ``num-partitions``
+        (:class:`~fedrec_flwr.strategies.PartitionMismatchError`).
+    ConfigError
+        If the ``node-weight-caps`` file is malformed (before any round).
     """
     log(INFO, "fedrec-flwr: results will be written to %s", out_dir)
     if cfg.negative_pool != "train":
@@ -147,6 +286,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         stats: dict[str, Any] = {"item-catalogue": cfg.item_catalogue, "num-items": num_items}
         protocol = with_negative_pool(protocol_without_data(cfg.data_options()), cfg.negative_pool)
         max_train, max_evaluate = math.inf, math.inf
+        sizes = None
     else:
         # The server reads only the item catalogue and sizes; user rows stay with clients.
         prepared = prepare_data(cfg.data_options())
@@ -156,8 +296,14 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         # No partition can hold more than the whole dataset.
         max_train = stats["num-users" if cfg.weight_key == "users" else "num-train-interactions"]
         max_evaluate = prepared.num_users
+        # Exact per-partition caps, once the nodes tell how many partitions there are.
+        sizes = functools.partial(partition_sizes, cfg.data_options())
     strategy = build_strategy(
-        cfg, max_train_weight=max_train, max_evaluate_weight=max_evaluate, num_items=num_items
+        cfg,
+        max_train_weight=max_train,
+        max_evaluate_weight=max_evaluate,
+        num_items=num_items,
+        partition_sizes=sizes,
     )
     t0 = time.perf_counter()
     result = strategy.start(
@@ -177,6 +323,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     failed = [r["round"] for r in rounds if r["failures"]]
     if failed:
         log(WARNING, "fedrec-flwr: rounds with failed clients: %s", failed)
+    dropped_rounds = sorted({r for r, _, _ in strategy.dropped})
     path = write_run(
         out_dir,
         mode="federated",
@@ -193,6 +340,9 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             ],
             "num-clients": len(list(grid.get_node_ids())),
             "rounds-with-failures": failed,
+            "rounds-with-dropped-replies": dropped_rounds,
+            "clipped-weights": strategy.clipped,
+            "num-partitions": strategy.num_partitions,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
         },
@@ -200,9 +350,10 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     final = rounds[-1]["test"]
     log(
         INFO,
-        "fedrec-flwr: final test HR@10 %.4f NDCG@10 %.4f",
+        "fedrec-flwr: final test HR@10 %.4f NDCG@10 %.4f; rounds with dropped replies: %s",
         final.get("hr@10", float("nan")),
         final.get("ndcg@10", float("nan")),
+        dropped_rounds or "none",
     )
     log(INFO, "fedrec-flwr: wrote %s (results.json, model.pt, metrics.png)", out_dir)
     return path

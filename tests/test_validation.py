@@ -34,6 +34,7 @@ GLOBAL = {
     "output.bias": np.array(0.5, dtype=np.float32),  # a 0-d array
 }
 HONEST_WEIGHTS = [10, 20, 30, 40]
+NUM_PARTITIONS = 5
 WEIGHT_KEY = {0: "num-examples"}  # the weight key of the strategy under test
 
 
@@ -74,6 +75,7 @@ def _metrics(pid, weight):
         "num-users": 3,
         "train-loss": 0.1 * (pid + 1),
         "partition-id": pid,
+        "num-partitions": NUM_PARTITIONS,
         "item-counts": counts,
     }
 
@@ -137,6 +139,20 @@ HOSTILE = {
     "weight missing": (lambda: _with(weight=None), r"'num-(examples|users)' is missing"),
     "metric nan": (lambda: _with(**{"train-loss": math.nan}), r"'train-loss' has non-finite"),
     "partition taken": (lambda: _with(**{"partition-id": 0}), r"already belongs to node 100"),
+    "partition-id >= num-partitions": (
+        lambda: _with(**{"partition-id": NUM_PARTITIONS}),
+        r"partition-id 5 is not below num-partitions=5",
+    ),
+    "num-partitions missing": (
+        lambda: _with(**{"num-partitions": None}),
+        r"'num-partitions' is missing beside 'partition-id'",
+    ),
+    "num-users above the cap": (
+        lambda: _with(**{"num-users": 10**6}),
+        r"num-users'?=1000000 exceeds the cap (100|3000)",
+    ),
+    "weight beyond 2**53": (lambda: _with(weight=10**300), r"exceeds (the cap|2\*\*53)"),
+    "huge metric": (lambda: _with(**{"train-loss": 1e300}), r"'train-loss' has values beyond"),
 }
 
 SHIPPED = [*STRATEGIES, "fedavg-rowwise", "fedavg-users", "fedavg-uniform", "dp-fedavg"]
@@ -217,6 +233,7 @@ def test_hostile_evaluate_replies_are_dropped():
                 "num-examples": users,
                 "num-users": users,
                 "partition-id": pid,
+                "num-partitions": 5,
                 "val-hr@10-sum": hr_sum,
             },
         )
@@ -259,7 +276,11 @@ def test_check_weight(value, reason):
 
 def test_partition_cap_and_metric_lists():
     content = RecordDict(
-        {"m": MetricRecord({"num-examples": 50, "partition-id": 2, "item-counts": [1, -1]})}
+        {
+            "m": MetricRecord(
+                {"num-examples": 50, "partition-id": 2, "num-partitions": 3, "item-counts": [1, -1]}
+            )
+        }
     )
     capped = ReplyLimits(partition_caps={2: 40})
     assert "exceeds what partition 2 holds (40)" in check_reply(content, capped, None)

@@ -7,25 +7,35 @@ so they are tested against hand-computed values directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeGuard
 
 import numpy as np
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 __all__ = [
     "COUNT_KEYS",
+    "NUM_EXAMPLES_KEY",
+    "NUM_PARTITIONS_KEY",
+    "NUM_USERS_KEY",
     "ORDER_KEY",
     "SUM_SUFFIX",
     "exact_metric_aggregation",
     "order_replies",
+    "restore_dtypes",
     "rowwise_average",
     "weighted_average",
 ]
 
 SUM_SUFFIX = "-sum"
 ORDER_KEY = "partition-id"
+# Every NCF reply carries it beside partition-id, so the server can check that
+# all nodes cut the data into the same number of groups.
+NUM_PARTITIONS_KEY = "num-partitions"
+NUM_EXAMPLES_KEY = "num-examples"
+NUM_USERS_KEY = "num-users"
 # Client sizes, not metrics: never averaged into results.
-COUNT_KEYS = frozenset({"num-examples", "num-users"})
+COUNT_KEYS = frozenset({NUM_EXAMPLES_KEY, NUM_USERS_KEY, NUM_PARTITIONS_KEY})
 
 
 def exact_metric_aggregation(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
@@ -35,8 +45,8 @@ def exact_metric_aggregation(records: list[RecordDict], weighting_metric_name: s
       total weight: with the number of users as weight this is the global mean
       over users, not a mean of per-client means.
     - Other numeric keys become the weighted mean ``sum_k w_k v_k / sum_k w_k``.
-    - The weight key, ``partition-id``, ``num-examples`` and ``num-users`` are
-      dropped; list values (e.g. ``item-counts``) are skipped.
+    - The weight key, ``partition-id``, ``num-examples``, ``num-users`` and
+      ``num-partitions`` are dropped; list values (e.g. ``item-counts``) are skipped.
 
     ``math.fsum`` makes the result independent of the order of ``records``.
 
@@ -76,19 +86,85 @@ def order_replies(replies: Iterable[Message]) -> list[Message]:
 
     Float addition is not associative, and Flower returns replies in arrival
     order; ordering by the client's ``partition-id`` (then node id) makes the
-    aggregate bit-identical across runs with the same seed.
+    aggregate bit-identical across runs with the same seed. Error replies go
+    last.
+
+    The sort is stable and never compares what it cannot: a missing or
+    non-finite ``partition-id`` sorts after the others, and a node id that is
+    not an integer (Flower's own strategy tests build replies with ``Mock``
+    metadata) keeps the reply's arrival position among its ties.
+
+    Parameters
+    ----------
+    replies : iterable of flwr.app.Message
+        Replies, in arrival order.
+
+    Returns
+    -------
+    list of flwr.app.Message
+        The same replies, ordered.
     """
 
-    def key(msg: Message) -> tuple[int, float, int]:
+    def key(item: tuple[int, Message]) -> tuple[int, float, int, int]:
+        arrival, msg = item
+        node = getattr(msg.metadata, "src_node_id", None)
+        # (0, id) for real ids, (1, arrival) otherwise: both halves are ints.
+        known, tie = (0, int(node)) if _is_int(node) else (1, arrival)
         if msg.has_error():
-            return (1, 0.0, msg.metadata.src_node_id)
+            return (1, 0.0, known, tie)
         metric_records = msg.content.metric_records
         record = next(iter(metric_records.values())) if len(metric_records) == 1 else {}
-        order = record.get(ORDER_KEY, math.inf)
-        order = float(order) if isinstance(order, (int, float)) else math.inf
-        return (0, order, msg.metadata.src_node_id)
+        claimed = record.get(ORDER_KEY)
+        order = float(claimed) if _is_number(claimed) else math.inf  # type: ignore[arg-type]
+        return (0, order if math.isfinite(order) else math.inf, known, tie)
 
-    return sorted(replies, key=key)
+    return [msg for _, msg in sorted(enumerate(replies), key=key)]
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """An int or float (not bool) that ``float()`` can hold."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:  # an int beyond float range
+        return False
+    return True
+
+
+def restore_dtypes(arrays: ArrayRecord, dtypes: Mapping[str, str]) -> tuple[ArrayRecord, list[str]]:
+    """Cast each array back to the dtype the model was sent in.
+
+    Flower's FedAdam, FedYogi and FedAdagrad keep their state in float64 and
+    return float64 arrays whatever the clients sent; the next round's replies
+    (float32 from the model) would then no longer match. Arrays whose name is
+    not in ``dtypes`` or whose dtype already matches are kept as they are
+    (same object).
+
+    Parameters
+    ----------
+    arrays : flwr.app.ArrayRecord
+        An aggregate.
+    dtypes : mapping of str to str
+        Array name -> dtype name it was sent with.
+
+    Returns
+    -------
+    tuple of (flwr.app.ArrayRecord, list of str)
+        The record (a new one if anything was cast, in the same key order) and
+        the names that were cast.
+    """
+    cast = [n for n, a in arrays.items() if n in dtypes and str(a.dtype) != dtypes[n]]
+    if not cast:
+        return arrays, []
+    out = ArrayRecord()
+    for name, array in arrays.items():
+        out[name] = Array(array.numpy().astype(dtypes[name])) if name in cast else array
+    return out, cast
 
 
 def weighted_average(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
+from typing import Any, TypeGuard
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -12,10 +16,31 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .aggregate import ORDER_KEY, order_replies
-from .validation import ArraySpec, ReplyLimits, array_spec, check_reply
+from .aggregate import (
+    NUM_EXAMPLES_KEY,
+    NUM_PARTITIONS_KEY,
+    NUM_USERS_KEY,
+    ORDER_KEY,
+    SUM_SUFFIX,
+    order_replies,
+    restore_dtypes,
+)
+from .validation import (
+    MAX_MAGNITUDE,
+    ArraySpec,
+    PartitionSizes,
+    ReplyLimits,
+    array_spec,
+    check_reply,
+    clip_bound,
+    show,
+)
 
-__all__ = ["ValidatedStrategy"]
+__all__ = ["PartitionMismatchError", "ValidatedStrategy"]
+
+
+class PartitionMismatchError(RuntimeError):
+    """Nodes report different ``num-partitions``: their user groups overlap or leave users out."""
 
 
 class ValidatedStrategy(Strategy):
@@ -23,14 +48,46 @@ class ValidatedStrategy(Strategy):
 
     Every reply is checked by :func:`~fedrec_flwr.strategies.validation.
     check_reply` before ``strategy`` sees it: the arrays must match the names,
-    shapes and dtypes the server sent and be finite; the weight must be a finite
-    number in ``(0, cap]``; metrics must be finite. A failing reply is dropped
-    with a log line naming the node and the reason (also kept in
-    :attr:`dropped`), and the round goes on with the rest; replies whose metric
-    keys differ from the majority are dropped too (Flower would otherwise end
-    the run). If no reply survives, the wrapped strategy gets none and returns
-    ``None``, so Flower keeps the previous model. Surviving replies are passed
-    in a fixed order (by ``partition-id``, then node id).
+    shapes and dtypes the server sent and be finite (and, with
+    ``max_update_norm``, lie within that distance of what was sent); the weight
+    must be a finite number in ``(0, cap]``; metrics must be finite, per-user
+    sums within ``[0, num-users]``, ``partition-id``/``num-partitions``
+    consistent. A failing reply is dropped with a log line naming the node and
+    the reason (also kept in :attr:`dropped`), and the round goes on with the
+    rest; so are a node's second and later replies in one round (the first in
+    the fixed order counts) and replies whose record names or metric keys
+    differ from the majority's (Flower would otherwise end the run). If no
+    reply survives, the wrapped strategy gets none and returns ``None``, so
+    Flower keeps the previous model. Surviving replies are passed in a fixed order (by
+    ``partition-id``, then node id).
+
+    Without a prior ``configure_train`` (Flower's strategy tests call
+    ``aggregate_train`` directly) training replies are checked against the
+    array names, shapes and dtypes most replies share, instead of raising.
+
+    Dtypes: the aggregate is cast back to the dtypes the model was sent in
+    (FedAdam, FedYogi and FedAdagrad return float64 whatever they received,
+    which would get every later reply dropped as of the wrong dtype).
+
+    Weights: a reply whose partition has a cap (``partition_caps`` of the
+    limits: declared, or computed from the data by ``partition_sizes``) must
+    stay within it and is never clipped. Any other reply's weight is clipped to
+    ``clip_multiple`` times the round's lower median weight (logged, kept in
+    :attr:`clipped`); with ``K`` valid replies one node's share of the
+    aggregate is then at most ``m / (m + floor(K/2))`` while fewer than half of
+    the replies inflate their weights (see
+    :func:`~fedrec_flwr.strategies.validation.clip_bound`). In an evaluation
+    reply its ``-sum`` metrics are scaled by the same factor, so its per-user
+    means are kept and only its share shrinks.
+
+    Partitions: every NCF reply carries ``partition-id`` and ``num-partitions``.
+    The first replies (or query answers) that report ``num-partitions`` fix the
+    federation's value: if they disagree, :class:`PartitionMismatchError` is
+    raised (the run stops before any aggregate: with different counts the
+    nodes' user groups overlap and leave users out). Later replies with another
+    value, or a ``partition-id`` not below it, are dropped. Once agreed,
+    ``partition_sizes`` (if given) supplies each partition's true size as its
+    cap.
 
     Sampling: when ``strategy`` samples fewer nodes than are connected, the
     wrapper re-targets its messages to the same number of nodes ranked by a hash
@@ -51,23 +108,35 @@ class ValidatedStrategy(Strategy):
     strategy : flwr.serverapp.strategy.Strategy
         The strategy doing the aggregation (ours, Flower's, or a DP wrapper).
     train_limits : ReplyLimits (default: ReplyLimits())
-        Limits for training replies (weight key, caps, required metric lists).
+        Limits for training replies (weight key, caps, clipping, update norm,
+        required metric lists).
     evaluate_limits : ReplyLimits, optional (default: train_limits' weight key, no cap)
-        Limits for evaluation replies.
+        Limits for evaluation replies (their weight is the number of users).
     uniform_weights : bool (default: False)
         After validation, set every training reply's weight to 1 (plain mean
-        over clients) for whatever strategy is wrapped.
+        over clients) for whatever strategy is wrapped; no clipping then.
     seed : int (default: 0)
         Seeds the node sample.
     query_timeout : float (default: 60.0)
         Seconds to wait for partition-id answers.
+    partition_sizes : callable, optional (default: None)
+        ``num_partitions -> PartitionSizes``: each partition's true training
+        interactions and users, used as exact caps once the nodes agree on
+        ``num-partitions`` (the server holds the data). Training weights are
+        capped by ``examples`` (``users`` when the weight key is
+        ``num-users``), evaluation weights and ``num-users`` by ``users``.
 
     Attributes
     ----------
     dropped : list of tuple
         ``(server_round, node_id, reason)`` for every dropped reply.
+    clipped : list of dict
+        ``{"round", "kind", "node", "partition", "claimed", "used"}`` for every
+        clipped weight.
     partitions : dict of int to int
         Node id -> partition id, as learned.
+    num_partitions : int or None
+        The agreed ``num-partitions`` (``None`` until a node reported one).
     """
 
     def __init__(
@@ -79,6 +148,7 @@ class ValidatedStrategy(Strategy):
         uniform_weights: bool = False,
         seed: int = 0,
         query_timeout: float = 60.0,
+        partition_sizes: Callable[[int], PartitionSizes] | None = None,
     ) -> None:
         self.strategy = strategy
         self.train_limits = train_limits or ReplyLimits()
@@ -88,18 +158,47 @@ class ValidatedStrategy(Strategy):
         self.uniform_weights = uniform_weights
         self.seed = seed
         self.query_timeout = query_timeout
+        self.partition_sizes = partition_sizes
         self.dropped: list[tuple[int, int, str]] = []
+        self.clipped: list[dict[str, Any]] = []
         self.partitions: dict[int, int] = {}
+        self.num_partitions: int | None = None
         self._spec: ArraySpec | None = None
+        self._sent: dict[str, np.ndarray] | None = None
+        self._cast_logged = False
 
     def __repr__(self) -> str:
         return f"ValidatedStrategy({self.strategy!r})"
 
+    # Flower's strategy tests read and set the wrapped strategy's attributes
+    # (e.g. FedOpt's ``current_arrays``, ``eta``) on whatever they test: pass
+    # through what the wrapper does not define itself.
+
+    def __getattr__(self, name: str) -> Any:
+        """An attribute the wrapper lacks: the wrapped strategy's."""
+        inner = self.__dict__.get("strategy")
+        if inner is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set on the wrapped strategy what only it has; everything else here."""
+        inner = self.__dict__.get("strategy")
+        mine = name in _OWN or name in self.__dict__ or hasattr(type(self), name)
+        if inner is not None and not mine and hasattr(inner, name):
+            setattr(inner, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
     def summary(self) -> None:
         """Log the wrapper's limits, then the wrapped strategy's summary."""
+        limits = self.train_limits
         log(INFO, "\t├──> Reply validation (fedrec-flwr):")
-        log(INFO, "\t│\t├── weight key: %s", self.train_limits.weight_key)
-        log(INFO, "\t│\t├── weight cap (train): %s", self.train_limits.max_weight)
+        log(INFO, "\t│\t├── weight key: %s", limits.weight_key)
+        log(INFO, "\t│\t├── weight cap (train): %s", limits.max_weight)
+        log(INFO, "\t│\t├── declared partition caps (train): %d", len(limits.partition_caps))
+        log(INFO, "\t│\t├── weight clip multiple: %s", limits.clip_multiple or "off")
+        log(INFO, "\t│\t├── max update norm: %s", limits.max_update_norm)
         log(INFO, "\t│\t└── uniform weights: %s", self.uniform_weights)
         self.strategy.summary()
 
@@ -108,8 +207,10 @@ class ValidatedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate; remember the arrays' spec; re-target a partial sample."""
+        """Delegate; remember the arrays' spec (and values); re-target a partial sample."""
         self._spec = array_spec(arrays)
+        if math.isfinite(self.train_limits.max_update_norm):
+            self._sent = {name: a.numpy() for name, a in arrays.items()}
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         return self._resample(server_round, messages, grid)
 
@@ -149,7 +250,13 @@ class ValidatedStrategy(Strategy):
         return (0, int(digest[0]) << 32 | int(digest[1]))
 
     def _learn_partitions(self, server_round: int, nodes: list[int], grid: Grid) -> None:
-        """Ask unknown nodes for their ``partition-id`` (one small message each)."""
+        """Ask unknown nodes for ``partition-id`` and ``num-partitions`` (one small message each).
+
+        Raises
+        ------
+        PartitionMismatchError
+            If no value was agreed yet and the answers disagree (before training).
+        """
         if not nodes:
             return
         config = ConfigRecord({"server-round": server_round})
@@ -157,18 +264,23 @@ class ValidatedStrategy(Strategy):
             Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
             for n in nodes
         ]
+        reported: dict[int, tuple[object, int]] = {}
         for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
             node = reply.metadata.src_node_id
             if reply.has_error() or len(reply.content.metric_records) != 1:
                 continue
-            pid = next(iter(reply.content.metric_records.values())).get(ORDER_KEY)
-            if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
+            record = next(iter(reply.content.metric_records.values()))
+            pid, k = record.get(ORDER_KEY), record.get(NUM_PARTITIONS_KEY)
+            if _is_int(k) and 1 <= k <= MAX_MAGNITUDE:
+                reported[node] = (pid, k)
+            if _is_int(pid) and 0 <= pid <= MAX_MAGNITUDE and (not _is_int(k) or pid < k):
                 self._claim(node, pid)
+        self._agree(reported)
 
     def _claim(self, node: int, pid: object) -> str | None:
         """Bind node to partition on first claim; refuse changes and duplicates."""
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
-            return f"partition-id {pid!r} is not a non-negative integer"
+        if not _is_int(pid) or pid < 0:
+            return f"partition-id {show(pid)} is not a non-negative integer"
         known = self.partitions.get(node)
         if known is not None and known != pid:
             return f"partition-id changed from {known} to {pid}"
@@ -178,42 +290,117 @@ class ValidatedStrategy(Strategy):
         self.partitions[node] = pid
         return None
 
+    # --- num-partitions: agreed once, then enforced ----------------------------
+
+    def _agree(self, reported: Mapping[Any, tuple[object, int]]) -> None:
+        """Fix the federation's ``num-partitions`` from the first reports.
+
+        Raises
+        ------
+        PartitionMismatchError
+            If the reports disagree.
+        """
+        if self.num_partitions is not None or not reported:
+            return
+        values = {k for _, k in reported.values()}
+        if len(values) > 1:
+            who = ", ".join(
+                f"node {node} (partition-id {show(pid)}) says {show(k)}"
+                for node, (pid, k) in sorted(reported.items(), key=lambda item: str(item[0]))
+            )
+            raise PartitionMismatchError(
+                f"nodes disagree on {NUM_PARTITIONS_KEY}: {who}; start every SuperNode with "
+                f"the same --node-config {NUM_PARTITIONS_KEY} (one partition-id each, "
+                f"0 .. {NUM_PARTITIONS_KEY}-1)"
+            )
+        self._set_num_partitions(values.pop())
+
+    def _set_num_partitions(self, k: int) -> None:
+        self.num_partitions = k
+        train = dataclasses.replace(self.train_limits, num_partitions=k)
+        evaluate = dataclasses.replace(self.evaluate_limits, num_partitions=k)
+        if self.partition_sizes is not None:
+            sizes = self.partition_sizes(k)
+            by_key = {NUM_EXAMPLES_KEY: sizes.examples, NUM_USERS_KEY: sizes.users}
+            train = dataclasses.replace(
+                train,
+                partition_caps=_tightest(train.partition_caps, by_key.get(train.weight_key, {})),
+                user_caps=_tightest(train.user_caps, sizes.users),
+            )
+            # An evaluation reply's weight is its number of users.
+            evaluate = dataclasses.replace(
+                evaluate,
+                partition_caps=_tightest(evaluate.partition_caps, sizes.users),
+                user_caps=_tightest(evaluate.user_caps, sizes.users),
+            )
+        self.train_limits, self.evaluate_limits = train, evaluate
+        log(
+            INFO,
+            "fedrec-flwr: nodes agree on %s=%d%s",
+            NUM_PARTITIONS_KEY,
+            k,
+            "; each partition's weight is capped by its size" if self.partition_sizes else "",
+        )
+
     # --- aggregate: validate, order, delegate ----------------------------------
 
-    def _filter(self, server_round: int, replies: Iterable[Message], train: bool) -> list[Message]:
+    def _filter(
+        self, server_round: int, replies: Iterable[Message], train: bool
+    ) -> tuple[list[Message], ArraySpec | None]:
+        """The replies the wrapped strategy may see, in order, and the train spec used."""
+        ordered = order_replies(replies)
+        if self.num_partitions is None:
+            self._agree(_reported_partitions(ordered))
         limits = self.train_limits if train else self.evaluate_limits
-        spec = self._spec if train else None
-        if train and spec is None:
-            raise RuntimeError("configure_train must run before aggregate_train")
+        spec: ArraySpec | None = None
+        if train:
+            spec = self._spec if self._spec is not None else _majority_spec(ordered)
+        sent = self._sent if train and self._spec is not None else None
         kept: list[Message] = []
-        # Ordered first, so that a disputed partition-id goes to the same node
-        # whatever the arrival order.
-        for msg in order_replies(replies):
+        seen: set[int] = set()
+        for msg in ordered:
             if msg.has_error():
                 kept.append(msg)  # the wrapped strategy logs and skips errors
                 continue
-            reason = check_reply(msg.content, limits, spec)
+            node = msg.metadata.src_node_id
+            if _is_int(node):
+                if node in seen:
+                    duplicate = (
+                        f"node {node} already replied in round {server_round}; "
+                        "its first reply counts"
+                    )
+                    self._drop(server_round, msg, duplicate, train)
+                    continue
+                seen.add(node)
+            reason: str | None = check_reply(msg.content, limits, spec, sent)
             if reason is None:
-                metrics = next(iter(msg.content.metric_records.values()))
+                metrics = _metrics(msg)
                 if ORDER_KEY in metrics:
-                    reason = self._claim(msg.metadata.src_node_id, metrics[ORDER_KEY])
+                    reason = self._claim(node, metrics[ORDER_KEY])
             if reason is None:
                 kept.append(msg)
             else:
                 self._drop(server_round, msg, reason, train)
         kept = self._majority_keys(server_round, kept, train)
-        ordered = order_replies(kept)
         if train and self.uniform_weights:
-            for msg in ordered:
-                if not msg.has_error():
-                    next(iter(msg.content.metric_records.values()))[limits.weight_key] = 1
-        return ordered
+            kept = [m if m.has_error() else _with_metrics(m, {limits.weight_key: 1}) for m in kept]
+        else:
+            kept = self._clip(server_round, kept, limits, train)
+        return kept, spec
 
     def _majority_keys(
         self, server_round: int, replies: list[Message], train: bool
     ) -> list[Message]:
-        def keys(msg: Message) -> tuple[str, ...]:
-            return tuple(sorted(next(iter(msg.content.metric_records.values())).keys()))
+        """Drop replies whose record names or metric keys differ from the majority's.
+
+        Flower's aggregation raises (ending the run) unless every reply names
+        its records alike and carries the same metric keys.
+        """
+
+        def keys(msg: Message) -> tuple[tuple[str, ...], tuple[str, ...]]:
+            content = msg.content
+            names = (*content.metric_records, *content.array_records)
+            return names, tuple(sorted(_metrics(msg).keys()))
 
         ok = [m for m in replies if not m.has_error()]
         if not ok:
@@ -225,20 +412,79 @@ class ValidatedStrategy(Strategy):
             if msg.has_error() or keys(msg) == best:
                 kept.append(msg)
                 continue
-            got = set(keys(msg))
-            reason = (
-                f"metric keys differ from the other replies': missing "
-                f"{sorted(set(best) - got)}, unexpected {sorted(got - set(best))}"
-            )
+            names, got = keys(msg)
+            missing, extra = sorted(set(best[1]) - set(got)), sorted(set(got) - set(best[1]))
+            if names != best[0]:
+                reason = (
+                    f"record names {list(names)} differ from the other replies' {list(best[0])}"
+                )
+            else:
+                reason = (
+                    f"metric keys differ from the other replies': missing {missing}, "
+                    f"unexpected {extra}"
+                )
             self._drop(server_round, msg, reason, train)
         return kept
+
+    def _clip(
+        self, server_round: int, replies: list[Message], limits: ReplyLimits, train: bool
+    ) -> list[Message]:
+        """Clip uncapped weights to ``clip_multiple`` x the round's lower median weight."""
+        key = limits.weight_key
+        valid = [m for m in replies if not m.has_error()]
+        bound = clip_bound([float(_metrics(m)[key]) for m in valid], limits.clip_multiple)  # type: ignore[arg-type]
+        if not math.isfinite(bound):
+            return replies
+        out = []
+        for msg in replies:
+            metrics = None if msg.has_error() else _metrics(msg)
+            pid = None if metrics is None else metrics.get(ORDER_KEY)
+            capped = _is_int(pid) and pid in limits.partition_caps
+            if metrics is None or capped or float(metrics[key]) <= bound:  # type: ignore[arg-type]
+                out.append(msg)
+                continue
+            claimed = float(metrics[key])  # type: ignore[arg-type]
+            changes: dict[str, float] = {key: bound}
+            if not train:
+                # Sums are over the claimed weight: scale them with it, keeping
+                # the reply's per-user means and shrinking only its share.
+                factor = bound / claimed
+                for name, value in metrics.items():
+                    if name.endswith(SUM_SUFFIX) and not isinstance(value, list):
+                        changes[name] = float(value) * factor
+            out.append(_with_metrics(msg, changes))
+            node = msg.metadata.src_node_id
+            self.clipped.append(
+                {
+                    "round": server_round,
+                    "kind": "train" if train else "evaluate",
+                    "node": node,
+                    "partition": pid,
+                    "claimed": claimed,
+                    "used": bound,
+                }
+            )
+            log(
+                WARNING,
+                "fedrec-flwr: round %d: clipped %s weight of node %s (partition %s): "
+                "%r=%.6g -> %.6g (%g x the round's lower median weight)",
+                server_round,
+                "train" if train else "evaluate",
+                node,
+                pid,
+                key,
+                claimed,
+                bound,
+                limits.clip_multiple,
+            )
+        return out
 
     def _drop(self, server_round: int, msg: Message, reason: str, train: bool) -> None:
         node = msg.metadata.src_node_id
         self.dropped.append((server_round, node, reason))
         log(
             WARNING,
-            "fedrec-flwr: round %d: dropped %s reply from node %d: %s",
+            "fedrec-flwr: round %d: dropped %s reply from node %s: %s",
             server_round,
             "train" if train else "evaluate",
             node,
@@ -248,18 +494,121 @@ class ValidatedStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate, order, then let the wrapped strategy aggregate."""
-        kept = self._filter(server_round, replies, train=True)
+        """Validate, order, let the wrapped strategy aggregate, restore the sent dtypes."""
+        kept, spec = self._filter(server_round, replies, train=True)
         if not any(not m.has_error() for m in kept):
             log(WARNING, "fedrec-flwr: round %d: no valid reply; model unchanged", server_round)
             return None, None
-        return self.strategy.aggregate_train(server_round, kept)
+        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        if arrays is not None and spec:
+            arrays, cast = restore_dtypes(arrays, {n: dtype for n, (_, dtype) in spec.items()})
+            if cast and not self._cast_logged:
+                self._cast_logged = True
+                log(
+                    INFO,
+                    "fedrec-flwr: %s returns arrays in other dtypes than sent; each round's "
+                    "aggregate is cast back to the model's (e.g. %r: %s)",
+                    type(self.strategy).__name__,
+                    cast[0],
+                    spec[cast[0]][1],
+                )
+        return arrays, metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Validate, order, then let the wrapped strategy aggregate."""
-        kept = self._filter(server_round, replies, train=False)
+        kept, _ = self._filter(server_round, replies, train=False)
         if not any(not m.has_error() for m in kept):
             return None
         return self.strategy.aggregate_evaluate(server_round, kept)
+
+
+# The wrapper's own attributes (set in __init__): never passed through, even if
+# the wrapped strategy has one of the same name (e.g. a nested ValidatedStrategy).
+_OWN = frozenset(
+    {
+        "strategy",
+        "train_limits",
+        "evaluate_limits",
+        "uniform_weights",
+        "seed",
+        "query_timeout",
+        "partition_sizes",
+        "dropped",
+        "clipped",
+        "partitions",
+        "num_partitions",
+        "_spec",
+        "_sent",
+        "_cast_logged",
+    }
+)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _metrics(msg: Message) -> MetricRecord:
+    return next(iter(msg.content.metric_records.values()))
+
+
+def _tightest(*caps: Mapping[int, float]) -> dict[int, float]:
+    """Per partition, the smallest cap any source gives."""
+    out: dict[int, float] = {}
+    for source in caps:
+        for pid, cap in source.items():
+            out[pid] = min(cap, out.get(pid, math.inf))
+    return out
+
+
+def _reported_partitions(replies: list[Message]) -> dict[Any, tuple[object, int]]:
+    """Node -> (partition-id, num-partitions) from the replies that report one."""
+    out: dict[Any, tuple[object, int]] = {}
+    for msg in replies:
+        if msg.has_error() or len(msg.content.metric_records) != 1:
+            continue
+        metrics = _metrics(msg)
+        k = metrics.get(NUM_PARTITIONS_KEY)
+        if _is_int(k) and 1 <= k <= MAX_MAGNITUDE:
+            out.setdefault(msg.metadata.src_node_id, (metrics.get(ORDER_KEY), k))
+    return out
+
+
+def _majority_spec(replies: list[Message]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The array names, shapes and dtypes most replies share (the first such on ties).
+
+    Used when no ``configure_train`` told the wrapper what was sent; replies
+    without exactly one ArrayRecord are dropped by the checks anyway.
+    """
+    counts: Counter[tuple[tuple[str, tuple[tuple[int, ...], str]], ...]] = Counter()
+    for msg in replies:
+        if msg.has_error() or len(msg.content.array_records) != 1:
+            continue
+        counts[
+            tuple(sorted(array_spec(next(iter(msg.content.array_records.values()))).items()))
+        ] += 1
+    if not counts:
+        return {}
+    most = max(counts.values())
+    return dict(
+        next(spec for spec, n in counts.items() if n == most)
+    )  # Counter keeps first-seen order
+
+
+def _with_metrics(msg: Message, changes: Mapping[str, float | int]) -> Message:
+    """``msg`` with some metric values replaced; the caller's records are not modified."""
+    content = msg.content
+    name = next(iter(content.metric_records))
+    record = MetricRecord(dict(content.metric_records[name]))
+    for key, value in changes.items():
+        record[key] = value
+    new_content = RecordDict(dict(content.items()))
+    new_content[name] = record
+    if type(msg) is Message:
+        out = copy.copy(msg)  # same metadata, new content
+        out.content = new_content
+        return out
+    msg.content = new_content  # a test double (Flower's tests use Mock(spec=Message))
+    return msg
