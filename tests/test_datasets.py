@@ -49,7 +49,7 @@ def test_u_data_and_atomic_files_read_identically(ml100k_dir, tmp_path):
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        ("1\t2\t3\t100\n1\t2\t3\n", r"u\.data:2: timestamp is missing"),
+        ("1\t2\t3\t100\n1\t2\t3\n", r"u\.data:2: malformed row: expected 4 fields, saw 3"),
         ("1\t2\t3\t100\n1\t2\t3\t100\t7\n", r"u\.data:2: malformed row: expected 4 fields, saw 5"),
         ("1\t2\t3\t100\n\t2\t3\t100\n", r"u\.data:2: missing user id"),
         ("1\t2\tfive\t100\n", r"u\.data:1: rating 'five' is not a finite number"),

@@ -71,7 +71,7 @@ def test_ml1m_reads_ratings_users_and_movies(tmp_path):
             "1::10::5::1\n1::11::5::2::9\n",
             r"ratings\.dat:2: malformed row: expected 4 fields, saw 5",
         ),
-        ("1::10::5::1\n1::11::5\n", r"ratings\.dat:2: timestamp is missing"),
+        ("1::10::5::1\n1::11::5\n", r"ratings\.dat:2: malformed row: expected 4 fields, saw 3"),
         ("1::10::5::1\n1::11::0::2\n", r"ratings\.dat:2: rating 0 is outside the scale \[1, 5\]"),
         ("1::10::5::1\n::11::5::2\n", r"ratings\.dat:2: missing user id"),
     ],
@@ -147,6 +147,7 @@ def test_lenient_mode_drops_and_counts_each_kind_exactly(tmp_path):
     assert data.report.dropped == {
         "malformed-row": 1,
         "missing-id": 3,
+        "bad-id": 0,
         "bad-rating": 1,
         "rating-out-of-scale": 1,
         "bad-timestamp": 1,

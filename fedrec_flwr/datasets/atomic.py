@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 
 from ._errors import DataFileError
-from ._frame import concat_interactions, interactions_from_text, iter_text_chunks
+from ._frame import (
+    IdTypes,
+    concat_interactions,
+    header_line,
+    id_type_of,
+    interactions_from_text,
+    iter_text_chunks,
+    side_table_from_text,
+)
 from .loaded import LoadedData
 from .validation import ValidationReport, apply_duplicate_policy
 
@@ -28,10 +36,13 @@ _GENRE_FIELDS = ("class", "genre", "genres")
 
 
 def _header(path: Path) -> list[tuple[str, str]]:
-    if not path.is_file():
-        raise DataFileError(f"{path}: file not found")
-    with path.open(encoding="utf-8", newline="") as fh:
-        header = fh.readline().rstrip("\r\n").split("\t")
+    first = header_line(path)
+    if not first.strip():
+        raise DataFileError(
+            f"{path}:1: no header; RecBole atomic files start with e.g. "
+            "'user_id:token<TAB>item_id:token'"
+        )
+    header = first.split("\t")
     fields = []
     for position, field in enumerate(header, start=1):
         name, sep, kind = field.partition(":")
@@ -41,7 +52,26 @@ def _header(path: Path) -> list[tuple[str, str]]:
                 "name:type (RecBole atomic files start with e.g. 'user_id:token')"
             )
         fields.append((name, kind))
+    names = [name for name, _ in fields]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataFileError(
+            f"{path}:1: header names {', '.join(repeated)} more than once; "
+            "give every field its own name"
+        )
     return fields
+
+
+def _id_types(path: Path, fields: list[tuple[str, str]]) -> IdTypes:
+    """``float`` id fields hold numbers (integers, then); ``token`` ids are
+    typed by their content."""
+    types = IdTypes()
+    for name, kind in fields:
+        column = _FIELD_MAP.get(name)
+        if column in ("user", "item") and kind == "float":
+            types.kinds[column] = "int"
+            types.reasons[column] = f"the header of {path.name} declares {name}:float"
+    return types
 
 
 def read_atomic_inter(
@@ -77,11 +107,14 @@ def read_atomic_inter(
         ``user``, ``item``, ``rating`` and (if present) ``timestamp``.
     """
     path = Path(path)
-    names = [name for name, _ in _header(path)]
+    fields = _header(path)
+    names = [name for name, _ in fields]
+    id_types = _id_types(path, fields)
     missing = [f for f in ("user_id", "item_id") if f not in names]
     if missing:
         raise DataFileError(
-            f"{path}:1: header lacks {', '.join(missing)}; found {', '.join(names)}"
+            f"{path}:1: header lacks {', '.join(missing)}; found {', '.join(names)}; "
+            "name the id fields user_id and item_id (e.g. 'user_id:token')"
         )
     parts = []
     for raw, lines in iter_text_chunks(
@@ -104,6 +137,7 @@ def read_atomic_inter(
                 report=report,
                 allow_empty=True,
                 with_lines=with_lines,
+                id_types=id_types,
             )
         )
     frame = concat_interactions(parts) if parts else None
@@ -113,7 +147,14 @@ def read_atomic_inter(
     return frame
 
 
-def read_atomic_table(path: str | Path, key: str) -> pd.DataFrame:
+def read_atomic_table(
+    path: str | Path,
+    key: str,
+    *,
+    id_type: str = "auto",
+    lenient: bool = False,
+    report: ValidationReport | None = None,
+) -> pd.DataFrame:
     """Read a RecBole ``.user`` or ``.item`` side table.
 
     Parameters
@@ -122,6 +163,15 @@ def read_atomic_table(path: str | Path, key: str) -> pd.DataFrame:
         The atomic file.
     key : str
         ``user_id`` or ``item_id``: the field every row must have.
+    id_type : str (default: "auto")
+        ``int`` or ``str``: the type of the interactions' ids, which the keys
+        must match (an integer-keyed table would join no text id); ``auto``:
+        decided by the keys themselves (integers when most are).
+    lenient : bool (default: False)
+        Drop malformed rows and rows whose key is missing or of the wrong type
+        (counted in ``report``) instead of raising.
+    report : ValidationReport, optional (default: None)
+        This table's own counts.
 
     Returns
     -------
@@ -129,22 +179,39 @@ def read_atomic_table(path: str | Path, key: str) -> pd.DataFrame:
         One row per id; columns renamed (``user_id`` -> ``user``,
         ``zip_code`` -> ``zip``, ``movie_title`` -> ``title``); a genre field
         (``class``/``genre``, space-separated ``token_seq``) becomes ``genres``
-        joined by ``|``. Integer ids become int64 as in the ``.inter`` file.
+        joined by ``|``.
     """
     path = Path(path)
     fields = _header(path)
     names = [name for name, _ in fields]
     if key not in names:
-        raise DataFileError(f"{path}:1: header lacks {key}; found {', '.join(names)}")
-    raw = next(iter_text_chunks(path, names, path=path, skiprows=1))[0]
-    ids = raw[key]
-    missing = ids.isna().to_numpy()
-    if missing.any():
-        line = int(np.flatnonzero(missing)[0]) + 2
-        raise DataFileError(f"{path}:{line}: missing {key}")
-    numeric = pd.to_numeric(ids, errors="coerce")
-    if numeric.notna().all() and (numeric == np.floor(numeric)).all():
-        raw[key] = numeric.astype(np.int64)
+        raise DataFileError(
+            f"{path}:1: header lacks {key}; found {', '.join(names)}; name the id field "
+            f"{key} (e.g. '{key}:token')"
+        )
+    parts = list(
+        iter_text_chunks(path, names, path=path, skiprows=1, lenient=lenient, report=report)
+    )
+    raw, lines = parts[0] if parts else (pd.DataFrame(columns=names), np.arange(0))
+    label = _FIELD_MAP.get(key, key)
+    declared = dict(fields)[key] == "float"
+    raw = side_table_from_text(
+        raw,
+        key,
+        path=path,
+        lines=lines,
+        label=label,
+        id_type="int" if declared else id_type,
+        reason=(
+            f"the header declares {key}:float"
+            if declared
+            else f"the interactions' {label} ids are"
+            if id_type == "int"
+            else ""
+        ),
+        lenient=lenient,
+        report=report,
+    )
     out = raw.rename(columns=_SIDE_MAP)
     for name, kind in fields:
         if name in _GENRE_FIELDS and kind == "token_seq":
@@ -197,7 +264,17 @@ def read_atomic(
     )
     frame = apply_duplicate_policy(frame, duplicates, report=report, source=str(path))
     side = {}
-    for suffix, key in ((".user", "user_id"), (".item", "item_id")):
+    for suffix, key, column in ((".user", "user_id", "user"), (".item", "item_id", "item")):
         table = path.with_suffix(suffix)
-        side[suffix] = read_atomic_table(table, key) if table.is_file() else None
+        side[suffix] = (
+            read_atomic_table(
+                table,
+                key,
+                id_type=id_type_of(frame[column]),
+                lenient=lenient,
+                report=report.side_table(str(table)),
+            )
+            if table.is_file()
+            else None
+        )
     return LoadedData(frame, side[".user"], side[".item"], report, name=path.stem)

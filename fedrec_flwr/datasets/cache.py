@@ -7,26 +7,41 @@ the data or any option gives a new cache. Arrays are stored grouped by
 partition with offsets and opened memory-mapped, so a client process reads only
 its own partition's rows.
 
-Layout: ``meta.json`` (options, labels, partition statistics, protocol),
-``catalogue.txt`` (the shared item catalogue: one raw item id per line, in code
-order), and ``.npy`` arrays: ``users`` (global user codes, grouped by
-partition), ``user_offsets``, ``train_users`` (local index), ``train_items``,
-``train_offsets``, ``val_items``, ``test_items``, ``eval_negatives``.
+Layout: ``meta.json`` (options, labels, partition statistics, protocol,
+checksums), ``catalogue.txt`` (the shared item catalogue: one raw item id per
+line, in code order), and ``.npy`` arrays: ``users`` (global user codes,
+grouped by partition), ``user_offsets``, ``train_users`` (local index),
+``train_items``, ``train_offsets``, ``val_items``, ``test_items``,
+``eval_negatives``.
+
+Nothing in a cache is trusted blindly. ``meta.json`` records the size and
+sha256 of every other file and one sha256 per partition over that partition's
+bounds and rows; it starts with a sha256 of the rest of its own text. Opening
+a cache checks the metadata and every file's size (:func:`build_partition_cache`
+and :func:`read_cache_meta` also hash the small files: offsets, catalogue);
+reading a partition hashes the rows it reads, a small cost next to the read. A
+cache that fails (truncated, edited, or written by a version without
+checksums) is set aside and rebuilt with a logged warning; where it cannot be
+rebuilt (:func:`read_partition` on a bare folder) the error names the folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..paths import data_home, fedrec_home
+from ._errors import DataFileError
 from .catalogue import write_catalogue
 from .negatives import InteractionSet
 from .options import MOVIELENS, DataOptions
@@ -43,7 +58,10 @@ __all__ = [
     "write_partition_cache",
 ]
 
-CACHE_FORMAT = 1
+logger = logging.getLogger(__name__)
+
+# 2: checksums in meta.json. A format-1 cache (none) is rebuilt, not trusted.
+CACHE_FORMAT = 2
 _ARRAYS = (
     "users",
     "user_offsets",
@@ -54,6 +72,76 @@ _ARRAYS = (
     "test_items",
     "eval_negatives",
 )
+# Sliced per partition, by user or by training row; hashed per partition in
+# this order.
+_SLICED = {
+    "users": "user",
+    "train_users": "train",
+    "train_items": "train",
+    "val_items": "user",
+    "test_items": "user",
+    "eval_negatives": "user",
+}
+# Small files hashed in full whenever the whole cache is checked (a partition
+# read checks only its own bounds and rows).
+_WHOLE = ("user_offsets.npy", "train_offsets.npy", "catalogue.txt")
+
+
+class _DamagedError(Exception):
+    """A cache folder that does not match its own checksums."""
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# meta.json starts with its own digest, taken over the rest of the text, so
+# checking it costs one hash of a few kilobytes, not a JSON round trip.
+_DIGEST_KEY = '{"meta-sha256": "'
+_DIGEST_END = '",\n'
+
+
+def _meta_text(meta: dict[str, Any]) -> str:
+    """``meta`` as the text of ``meta.json``: its digest first."""
+    body = json.dumps(meta, indent=1, default=_plain) + "\n"
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return _DIGEST_KEY + digest + _DIGEST_END + body[1:]
+
+
+def _meta_digest_ok(text: str) -> bool:
+    head = len(_DIGEST_KEY) + 64
+    if not text.startswith(_DIGEST_KEY) or text[head : head + len(_DIGEST_END)] != _DIGEST_END:
+        return False
+    body = "{" + text[head + len(_DIGEST_END) :]
+    return hashlib.sha256(body.encode()).hexdigest() == text[len(_DIGEST_KEY) : head]
+
+
+def _partition_sha256(
+    arrays: dict[str, np.ndarray], partition_id: int
+) -> tuple[str, dict[str, np.ndarray]]:
+    """sha256 over one partition's bounds and rows, and the rows (copies)."""
+    offsets = {"user": arrays["user_offsets"], "train": arrays["train_offsets"]}
+    bounds = {
+        by: (int(offsets[by][partition_id]), int(offsets[by][partition_id + 1])) for by in offsets
+    }
+    h = hashlib.sha256(np.array([*bounds["user"], *bounds["train"]], dtype=np.int64).data)
+    rows = {}
+    for name, by in _SLICED.items():
+        start, stop = bounds[by]
+        rows[name] = np.array(arrays[name][start:stop])
+        h.update(np.ascontiguousarray(rows[name]).data)
+    return h.hexdigest(), rows
+
+
+def _damaged_message(directory: Path, exc: _DamagedError) -> str:
+    return (
+        f"partition cache {directory}: {exc}; delete the folder ({directory}) and run "
+        "again to rebuild it"
+    )
 
 
 def _source_path(options: DataOptions) -> Path:
@@ -149,26 +237,79 @@ def write_partition_cache(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
     try:
+        files: dict[str, dict[str, Any]] = {}
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
+            array = np.ascontiguousarray(array)
+            np.save(tmp / f"{name}.npy", array)
+            files[f"{name}.npy"] = {"dtype": array.dtype.str, "shape": list(array.shape)}
         write_catalogue(tmp / "catalogue.txt", prepared.item_ids)
+        files["catalogue.txt"] = {}
+        for name, record in files.items():
+            record["bytes"] = (tmp / name).stat().st_size
+            record["sha256"] = _file_sha256(tmp / name)
+        partitions = [_partition_sha256(arrays, p)[0] for p in range(k)]
         full_meta = {
             "format": CACHE_FORMAT,
             "num-partitions": k,
             "num-items": prepared.num_items,
             "labels": labels,
             **meta,
+            "checksums": {"files": files, "partitions": partitions},
         }
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=1, default=_plain) + "\n")
-        try:
-            os.rename(tmp, target)  # atomic publish: concurrent builders race harmlessly
-        except OSError:
-            if not (target / "meta.json").is_file():
-                raise
+        # meta.json last: a folder without it was never complete.
+        (tmp / "meta.json").write_text(_meta_text(full_meta), encoding="utf-8")
+        _publish(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Atomically rename the staged folder ``tmp`` to ``target``.
+
+    Concurrent builders race harmlessly: the loser keeps the winner's copy
+    (same options and seed, so the same bits), unless that copy is damaged.
+    """
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if _intact(target):
+            return
+        _discard(target, "it does not match its checksums")
+        os.rename(tmp, target)
+
+
+def _intact(directory: Path) -> bool:
+    try:
+        _verified_meta(directory, full=True)
+    except _DamagedError:
+        return False
+    return True
+
+
+def _discard(directory: Path, reason: object) -> None:
+    """Move a damaged cache aside (atomically, so no reader sees it half
+    deleted), then delete it; a warning names the folder."""
+    logger.warning("partition cache %s is damaged (%s); rebuilding it", directory, reason)
+    aside = directory.with_name(f".discarded-{directory.name}-{secrets.token_hex(6)}")
+    try:
+        os.rename(directory, aside)
+    except FileNotFoundError:
+        return  # another process set it aside already
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _usable(directory: Path, *, full: bool) -> dict[str, Any] | None:
+    """The verified metadata of an intact cache at ``directory``, or ``None``
+    (a damaged cache is discarded)."""
+    if not directory.exists():
+        return None
+    try:
+        return _verified_meta(directory, full=full)
+    except _DamagedError as exc:
+        _discard(directory, exc)
+        return None
 
 
 def _plain(value: Any) -> Any:
@@ -194,9 +335,18 @@ def build_partition_cache(options: DataOptions, num_partitions: int | None) -> P
     attribute) the cache does not depend on ``num_partitions``; a number that
     differs from the one the data gives is an error. ``None`` accepts it.
     """
+    return _ensure(options, num_partitions, full=True)[0]
+
+
+def _ensure(
+    options: DataOptions, num_partitions: int | None, *, full: bool
+) -> tuple[Path, dict[str, Any]]:
+    """:func:`build_partition_cache`, also returning the verified metadata
+    (``full``: small files hashed too)."""
     decided = options.partitioner in DATA_DECIDED
     target = cache_dir_for(options, None if decided else num_partitions)
-    if not (target / "meta.json").is_file():
+    meta = _usable(target, full=full)
+    if meta is None:
         prepared = prepare_data(options)
         partitioner = make_partitioner(
             options.partitioner,
@@ -209,16 +359,19 @@ def build_partition_cache(options: DataOptions, num_partitions: int | None) -> P
         stats = partition_stats(
             prepared, partitioner.assignment_, partitioner.labels_, repr(partitioner)
         )
-        meta = {
+        record = {
             "options": options.to_dict(),
             "dataset": prepared.stats(),
             "protocol": prepared.protocol(),
             "preparation": prepared.preparation,
             "partition-stats": stats.to_dict(),
         }
-        write_partition_cache(target, prepared, partitioner.assignment_, partitioner.labels_, meta)
+        write_partition_cache(
+            target, prepared, partitioner.assignment_, partitioner.labels_, record
+        )
+        meta = read_cache_meta(target)
     if decided and num_partitions is not None:
-        made = read_cache_meta(target)["num-partitions"]
+        made = meta["num-partitions"]
         if made != num_partitions:
             by = ""
             if options.partitioner == "attribute":
@@ -227,20 +380,113 @@ def build_partition_cache(options: DataOptions, num_partitions: int | None) -> P
                 f"partitioner={options.partitioner}{by} makes {made} partitions, but "
                 f"num-partitions={num_partitions}; run with {made} SuperNodes"
             )
-    return target
+    return target, meta
 
 
 def read_cache_meta(directory: Path) -> dict[str, Any]:
-    """The ``meta.json`` of a cache directory."""
-    return json.loads((Path(directory) / "meta.json").read_text())
+    """The verified ``meta.json`` of a cache directory.
+
+    Raises
+    ------
+    DataFileError
+        If the cache is damaged or was written without checksums, naming the
+        folder and how to clear it.
+    """
+    directory = Path(directory)
+    try:
+        return _verified_meta(directory, full=True)
+    except _DamagedError as exc:
+        raise DataFileError(_damaged_message(directory, exc)) from exc
 
 
-def _open(directory: Path) -> dict[str, np.ndarray]:
-    return {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in _ARRAYS}
+def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
+    """``meta.json`` after checking it and every file's size, and with
+    ``full`` the small files' digests (cheap either way: no array is read)."""
+    try:
+        text = (directory / "meta.json").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _DamagedError("meta.json is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _DamagedError(f"meta.json cannot be read ({exc})") from exc
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _DamagedError(f"meta.json is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or "checksums" not in meta:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise _DamagedError(
+            f"written in cache format {found!r} without checksums (now {CACHE_FORMAT})"
+        )
+    if not _meta_digest_ok(text):
+        raise _DamagedError("meta.json does not match its checksum")
+    try:
+        files = meta["checksums"]["files"]
+        for name in (*(f"{a}.npy" for a in _ARRAYS), "catalogue.txt"):
+            try:
+                size = (directory / name).stat().st_size
+            except FileNotFoundError:
+                raise _DamagedError(f"{name} is missing") from None
+            if size != files[name]["bytes"]:
+                raise _DamagedError(
+                    f"{name} has {size} bytes, {files[name]['bytes']} expected (truncated?)"
+                )
+        for name in _WHOLE if full else ():
+            if _file_sha256(directory / name) != files[name]["sha256"]:
+                raise _DamagedError(f"{name} does not match its checksum")
+        if len(meta["checksums"]["partitions"]) != meta["num-partitions"]:
+            raise _DamagedError("meta.json lists a checksum per partition for too few")
+    except (KeyError, TypeError) as exc:  # a well-formed digest over a malformed record
+        raise _DamagedError(f"meta.json lacks {exc}") from exc
+    return meta
+
+
+def _open(directory: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    files = meta["checksums"]["files"]
+    arrays = {}
+    for name in _ARRAYS:
+        try:
+            array = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise _DamagedError(f"{name}.npy cannot be read ({exc})") from exc
+        record = files[f"{name}.npy"]
+        if array.dtype.str != record["dtype"] or list(array.shape) != record["shape"]:
+            raise _DamagedError(
+                f"{name}.npy holds {array.dtype.str} {list(array.shape)}, "
+                f"{record['dtype']} {record['shape']} expected"
+            )
+        arrays[name] = array
+    return arrays
+
+
+def _read_verified(
+    directory: Path, partition_id: int, meta: dict[str, Any] | None = None
+) -> ClientData:
+    """One partition, checked against its digest (``meta``: the verified
+    metadata, if the caller has it)."""
+    if meta is None:
+        meta = _verified_meta(directory, full=False)
+    k, num_items = meta["num-partitions"], meta["num-items"]
+    if not 0 <= partition_id < k:
+        raise ValueError(f"partition-id={partition_id}: must be in [0, num-partitions={k})")
+    digest, part = _partition_sha256(_open(directory, meta), partition_id)
+    if digest != meta["checksums"]["partitions"][partition_id]:
+        raise _DamagedError(f"the arrays of partition {partition_id} do not match their checksum")
+    return ClientData(
+        partition_id=partition_id,
+        num_partitions=k,
+        users=part["users"],
+        num_items=num_items,
+        train_users=part["train_users"],
+        train_items=part["train_items"],
+        val_items=part["val_items"],
+        test_items=part["test_items"],
+        eval_negatives=part["eval_negatives"],
+        train_set=InteractionSet(part["train_users"], part["train_items"], num_items),
+    )
 
 
 def read_partition(directory: Path, partition_id: int) -> ClientData:
-    """Read one partition's slices from a cache directory.
+    """Read and verify one partition's slices from a cache directory.
 
     Parameters
     ----------
@@ -248,32 +494,45 @@ def read_partition(directory: Path, partition_id: int) -> ClientData:
         A cache written by :func:`write_partition_cache`.
     partition_id : int
         Which partition.
+
+    Raises
+    ------
+    DataFileError
+        If the cache is damaged (a bare folder cannot be rebuilt here; use
+        :func:`load_partition`, which does).
     """
-    meta = read_cache_meta(directory)
-    k, num_items = meta["num-partitions"], meta["num-items"]
-    if not 0 <= partition_id < k:
-        raise ValueError(f"partition-id={partition_id}: must be in [0, num-partitions={k})")
-    a = _open(directory)
-    u0, u1 = int(a["user_offsets"][partition_id]), int(a["user_offsets"][partition_id + 1])
-    t0, t1 = int(a["train_offsets"][partition_id]), int(a["train_offsets"][partition_id + 1])
-    train_users = np.array(a["train_users"][t0:t1])
-    train_items = np.array(a["train_items"][t0:t1])
-    return ClientData(
-        partition_id=partition_id,
-        num_partitions=k,
-        users=np.array(a["users"][u0:u1]),
-        num_items=num_items,
-        train_users=train_users,
-        train_items=train_items,
-        val_items=np.array(a["val_items"][u0:u1]),
-        test_items=np.array(a["test_items"][u0:u1]),
-        eval_negatives=np.array(a["eval_negatives"][u0:u1]),
-        train_set=InteractionSet(train_users, train_items, num_items),
-    )
+    directory = Path(directory)
+    try:
+        return _read_verified(directory, partition_id)
+    except _DamagedError as exc:
+        raise DataFileError(_damaged_message(directory, exc)) from exc
+
+
+def _read_or_rebuild(
+    build: Callable[[], tuple[Path, dict[str, Any]]], partition_id: int
+) -> ClientData:
+    """One partition of the cache ``build`` writes (a no-op when an intact
+    one exists; it returns the folder and its verified metadata), rebuilt
+    when the partition's arrays fail their checksum.
+
+    Raises
+    ------
+    DataFileError
+        If a rebuilt cache still fails its checks (e.g. a failing disk).
+    """
+    for attempt in range(3):  # another process may discard a copy we just built
+        directory, meta = build()
+        try:
+            return _read_verified(directory, partition_id, meta)
+        except _DamagedError as exc:
+            if attempt == 2:
+                raise DataFileError(_damaged_message(directory, exc)) from exc
+            _discard(directory, exc)
+    raise AssertionError("unreachable")
 
 
 def load_partition(options: DataOptions, partition_id: int, num_partitions: int) -> ClientData:
-    """One client's data: from the cache, building it first if needed.
+    """One client's data: from the cache, building (or rebuilding) it first if needed.
 
     Parameters
     ----------
@@ -289,5 +548,4 @@ def load_partition(options: DataOptions, partition_id: int, num_partitions: int)
         raise ValueError(
             f"partition-id={partition_id}: must be in [0, num-partitions={num_partitions})"
         )
-    directory = build_partition_cache(options, num_partitions)
-    return read_partition(directory, partition_id)
+    return _read_or_rebuild(lambda: _ensure(options, num_partitions, full=False), partition_id)

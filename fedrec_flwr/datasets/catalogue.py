@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import DataFileError
+from ._frame import _parse_ids
 
 __all__ = ["read_catalogue", "write_catalogue"]
 
@@ -31,7 +32,8 @@ def read_catalogue(path: str | Path) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        Raw item ids in code order (int64 when every id is an integer).
+        Raw item ids in code order (int64 when every id is an integer within
+        int64, else text).
 
     Raises
     ------
@@ -47,17 +49,20 @@ def read_catalogue(path: str | Path) -> np.ndarray:
         )
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines:
-        raise DataFileError(f"{path}: the item catalogue is empty")
+        raise DataFileError(
+            f"{path}: the item catalogue is empty; copy the catalogue.txt written with the "
+            "prepared data (or `fedrec data catalogue`)"
+        )
     blank = [n for n, line in enumerate(lines, start=1) if not line.strip()]
     if blank:
-        raise DataFileError(f"{path}:{blank[0]}: blank line in the item catalogue")
-    ids = pd.Series([line.strip() for line in lines])
-    numeric = pd.to_numeric(ids, errors="coerce")
-    values = (
-        numeric.astype(np.int64).to_numpy()
-        if numeric.notna().all() and (numeric == np.floor(numeric)).all()
-        else ids.to_numpy(dtype=object)
-    )
+        raise DataFileError(
+            f"{path}:{blank[0]}: blank line in the item catalogue; copy the catalogue.txt "
+            "written with the prepared data (or `fedrec data catalogue`)"
+        )
+    ids = _parse_ids(pd.Series([line.strip() for line in lines], dtype=object))
+    # Integers only when every id is one within int64 (a larger one would wrap
+    # around); otherwise the ids are text, exactly as written.
+    values = ids.values if ids.is_int.all() else ids.text()
     index = pd.Index(values)
     if not (index.is_unique and index.is_monotonic_increasing):
         raise DataFileError(

@@ -12,6 +12,7 @@ cache's ``SOURCE.json``. ML-100K keeps its own fetcher (with the PyPI fallback),
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +29,16 @@ import pandas as pd
 from ..paths import data_home
 from . import movielens
 from ._errors import DataFileError
-from ._frame import bytes_with_tabs, concat_interactions, interactions_from_text, iter_text_chunks
+from ._frame import (
+    IdTypes,
+    bytes_with_tabs,
+    concat_interactions,
+    header_names,
+    id_type_of,
+    interactions_from_text,
+    iter_text_chunks,
+    side_table_from_text,
+)
 from .loaded import LoadedData
 from .validation import ValidationReport, apply_duplicate_policy
 
@@ -295,7 +306,13 @@ def load_movielens(
         frame = movielens.read_ml100k_dir(
             directory, lenient=lenient, report=report, with_lines=True
         )
-        users, items = movielens.read_ml100k_side_tables(directory)
+        users, items = movielens.read_ml100k_side_tables(
+            directory,
+            lenient=lenient,
+            report=report,
+            user_type=id_type_of(frame["user"]),
+            item_type=id_type_of(frame["item"]),
+        )
     else:
         folder = _folder(release, directory)
         ratings = folder / release.ratings
@@ -304,8 +321,8 @@ def load_movielens(
             frame = _read_dat_ratings(ratings, release, lenient, report)
         else:
             frame = _read_csv_ratings(ratings, release, lenient, report, chunksize)
-        items = _read_movies(folder / release.items, release)
-        users = _read_ml1m_users(folder / release.users) if release.users else None
+        items = _read_movies(folder / release.items, release, lenient, report)
+        users = _read_ml1m_users(folder / release.users, lenient, report) if release.users else None
     frame = apply_duplicate_policy(frame, duplicates, report=report, source=str(ratings))
     return LoadedData(frame, users, items, report, name=name)
 
@@ -323,6 +340,7 @@ def _read_dat_ratings(
 ) -> pd.DataFrame:
     names = ["user", "item", "rating", "timestamp"]
     parts = []
+    id_types = IdTypes.of("int", "MovieLens ids are integers")
     for raw, lines in iter_text_chunks(
         bytes_with_tabs(path, b"::"),
         names,
@@ -342,16 +360,10 @@ def _read_dat_ratings(
                 report=report,
                 allow_empty=True,
                 with_lines=True,
+                id_types=id_types,
             )
         )
     return _ratings_frame(parts, path, report)
-
-
-def _csv_header(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataFileError(f"{path}: file not found")
-    with path.open(encoding="utf-8", newline="") as fh:
-        return [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
 
 
 def _read_csv_ratings(
@@ -361,14 +373,16 @@ def _read_csv_ratings(
     report: ValidationReport,
     chunksize: int | None,
 ) -> pd.DataFrame:
-    header = _csv_header(path)
+    header = header_names(path, ",")
     wanted = {"userId": "user", "movieId": "item", "rating": "rating", "timestamp": "timestamp"}
     missing = [h for h in wanted if h not in header]
     if missing:
         raise DataFileError(
-            f"{path}:1: header lacks {', '.join(missing)}; found {', '.join(header)}"
+            f"{path}:1: header lacks {', '.join(missing)}; found {', '.join(header)}; "
+            "MovieLens ratings.csv starts with 'userId,movieId,rating,timestamp'"
         )
     parts = []
+    id_types = IdTypes.of("int", "MovieLens ids are integers")
     for raw, lines in iter_text_chunks(
         path,
         header,
@@ -389,47 +403,64 @@ def _read_csv_ratings(
                 report=report,
                 allow_empty=True,
                 with_lines=True,
+                id_types=id_types,
             )
         )
     return _ratings_frame(parts, path, report)
 
 
-def _int_ids(raw: pd.DataFrame, column: str, path: Path, first_line: int) -> pd.DataFrame:
-    ids = pd.to_numeric(raw[column], errors="coerce")
-    bad = ids.isna().to_numpy()
-    if bad.any():
-        line = int(np.flatnonzero(bad)[0]) + first_line
-        raise DataFileError(f"{path}:{line}: {column} id is missing or not a number")
-    raw[column] = ids.astype(np.int64)
-    return raw
+def _side_table(
+    source: Path | io.BytesIO,
+    path: Path,
+    names: list[str],
+    key: str,
+    lenient: bool,
+    report: ValidationReport,
+    **read: Any,
+) -> pd.DataFrame:
+    """A movies or users table keyed by integer ids (counted in ``report``)."""
+    side = report.side_table(str(path))
+    parts = list(iter_text_chunks(source, names, path=path, lenient=lenient, report=side, **read))
+    raw, lines = parts[0] if parts else (pd.DataFrame(columns=names), np.arange(0))
+    return side_table_from_text(
+        raw,
+        key,
+        path=path,
+        lines=lines,
+        label=key,
+        id_type="int",
+        reason="MovieLens ids are integers",
+        lenient=lenient,
+        report=side,
+    )
 
 
-def _read_movies(path: Path, release: MovieLensRelease) -> pd.DataFrame | None:
+def _read_movies(
+    path: Path, release: MovieLensRelease, lenient: bool, report: ValidationReport
+) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     names = ["item", "title", "genres"]
     if release.layout == "dat":
-        raw = next(
-            iter_text_chunks(bytes_with_tabs(path, b"::"), names, path=path, encoding="latin-1")
-        )[0]
-        first = 1
+        raw = _side_table(
+            bytes_with_tabs(path, b"::"), path, names, "item", lenient, report, encoding="latin-1"
+        )
     else:
-        raw = next(iter_text_chunks(path, names, path=path, sep=",", skiprows=1, quoted=True))[0]
-        first = 2
-    raw = _int_ids(raw, "item", path, first)
+        raw = _side_table(
+            path, path, names, "item", lenient, report, sep=",", skiprows=1, quoted=True
+        )
     # "(no genres listed)" is MovieLens' spelling of no genre.
     raw["genres"] = raw["genres"].fillna("").replace("(no genres listed)", "")
     return raw
 
 
-def _read_ml1m_users(path: Path) -> pd.DataFrame | None:
+def _read_ml1m_users(path: Path, lenient: bool, report: ValidationReport) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     names = ["user", "gender", "age", "occupation", "zip"]
-    raw = next(
-        iter_text_chunks(bytes_with_tabs(path, b"::"), names, path=path, encoding="latin-1")
-    )[0]
-    raw = _int_ids(raw, "user", path, 1)
+    raw = _side_table(
+        bytes_with_tabs(path, b"::"), path, names, "user", lenient, report, encoding="latin-1"
+    )
     raw["age"] = pd.to_numeric(raw["age"], errors="coerce")
     codes = pd.to_numeric(raw["occupation"], errors="coerce")
     known = codes.between(0, len(ML1M_OCCUPATIONS) - 1)

@@ -11,11 +11,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ._errors import DataFileError
-from .cache import _fingerprint, cache_dir_for, read_partition, write_partition_cache
+from .cache import (
+    _fingerprint,
+    _read_or_rebuild,
+    _usable,
+    cache_dir_for,
+    read_cache_meta,
+    write_partition_cache,
+)
 from .catalogue import read_catalogue
 from .options import DataOptions
 from .prepare import ClientData, load_source, prepare_loaded
@@ -70,35 +78,46 @@ def load_local_client_data(
         1,
         extra={"catalogue": _fingerprint(catalogue_path), "partition-id": partition_id},
     )
-    if not (target / "meta.json").is_file():
-        catalogue = read_catalogue(catalogue_path)
-        loaded = load_source(local)
-        frame = loaded.interactions
-        known = np.isin(frame["item"].to_numpy(), catalogue)
-        if not known.all():
-            if not local.lenient:
-                first = frame["item"].iloc[int(np.flatnonzero(~known)[0])]
-                raise DataFileError(
-                    f"{path}: {int((~known).sum())} rows name items outside the catalogue "
-                    f"{catalogue_path} (e.g. item {first!r}); use the catalogue the federation "
-                    "was prepared with, or validation=lenient to drop them"
-                )
-            frame = frame.loc[known].reset_index(drop=True)
-            loaded = dataclasses.replace(loaded, interactions=frame)
-        prepared = prepare_loaded(
-            loaded, local, item_catalogue=catalogue, negatives_salt=partition_id
-        )
-        meta = {
-            "options": local.to_dict(),
-            "dataset": prepared.stats(),
-            "protocol": prepared.protocol(),
-            "preparation": {
-                **(prepared.preparation or {}),
-                "rows-outside-catalogue": int((~known).sum()),
-            },
-        }
-        write_partition_cache(
-            target, prepared, np.zeros(prepared.num_users, dtype=np.int64), ["local"], meta
-        )
-    data = read_partition(target, 0)
+
+    def build() -> tuple[Path, dict[str, Any]]:
+        meta = _usable(target, full=False)  # a damaged copy is discarded, with a warning
+        if meta is None:
+            _build_local(path, catalogue_path, local, partition_id, target)
+            meta = read_cache_meta(target)
+        return target, meta
+
+    data = _read_or_rebuild(build, 0)
     return dataclasses.replace(data, partition_id=partition_id, num_partitions=num_partitions)
+
+
+def _build_local(
+    path: Path, catalogue_path: Path, local: DataOptions, partition_id: int, target: Path
+) -> None:
+    """Prepare a node's own log against the catalogue and write its cache."""
+    catalogue = read_catalogue(catalogue_path)
+    loaded = load_source(local)
+    frame = loaded.interactions
+    known = np.isin(frame["item"].to_numpy(), catalogue)
+    if not known.all():
+        if not local.lenient:
+            first = frame["item"].iloc[int(np.flatnonzero(~known)[0])]
+            raise DataFileError(
+                f"{path}: {int((~known).sum())} rows name items outside the catalogue "
+                f"{catalogue_path} (e.g. item {first!r}); use the catalogue the federation "
+                "was prepared with, or set validation='lenient' to drop and count such rows"
+            )
+        frame = frame.loc[known].reset_index(drop=True)
+        loaded = dataclasses.replace(loaded, interactions=frame)
+    prepared = prepare_loaded(loaded, local, item_catalogue=catalogue, negatives_salt=partition_id)
+    meta = {
+        "options": local.to_dict(),
+        "dataset": prepared.stats(),
+        "protocol": prepared.protocol(),
+        "preparation": {
+            **(prepared.preparation or {}),
+            "rows-outside-catalogue": int((~known).sum()),
+        },
+    }
+    write_partition_cache(
+        target, prepared, np.zeros(prepared.num_users, dtype=np.int64), ["local"], meta
+    )

@@ -31,7 +31,13 @@ import pandas as pd
 
 from ..paths import data_home
 from ._errors import DataFileError
-from ._frame import INTERACTION_COLUMNS, interactions_from_text, iter_text_chunks
+from ._frame import (
+    INTERACTION_COLUMNS,
+    IdTypes,
+    interactions_from_text,
+    iter_text_chunks,
+    side_table_from_text,
+)
 from .atomic import read_atomic_inter, read_atomic_table
 from .validation import ValidationReport
 
@@ -120,6 +126,7 @@ def read_u_data(
         lenient=lenient,
         report=report,
         with_lines=with_lines,
+        id_types=IdTypes.of("int", "u.data ids are integers"),
     )
 
 
@@ -164,9 +171,27 @@ def read_ml100k_dir(
 
 def read_ml100k_side_tables(
     directory: str | Path,
+    *,
+    lenient: bool = False,
+    report: ValidationReport | None = None,
+    user_type: str = "int",
+    item_type: str = "int",
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Read ML-100K's users and items (``u.user``/``u.item`` or RecBole
     ``ml-100k.user``/``ml-100k.item``), ``None`` for a table that is absent.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        As in :func:`read_ml100k_dir`.
+    lenient : bool (default: False)
+        Drop rows whose id is missing or not of the interactions' type
+        (counted in a side-table report of ``report``) instead of raising.
+    report : ValidationReport, optional (default: None)
+        The interactions' report; each table read adds its own to
+        ``report.side_tables``.
+    user_type, item_type : str (default: "int")
+        The interactions' id types (``int`` or ``str``), which keys must match.
 
     Returns
     -------
@@ -176,36 +201,63 @@ def read_ml100k_side_tables(
     """
     folder = _ml100k_folder(Path(directory))
     users = items = None
+
+    def side(path: Path) -> ValidationReport | None:
+        return report.side_table(str(path)) if report is not None else None
+
     if (folder / "u.user").is_file():
         users = _read_pipe_table(
-            folder / "u.user", ["user", "age", "gender", "occupation", "zip"], "latin-1"
+            folder / "u.user",
+            ["user", "age", "gender", "occupation", "zip"],
+            lenient=lenient,
+            report=side(folder / "u.user"),
         )
     elif (folder / "ml-100k.user").is_file():
-        users = read_atomic_table(folder / "ml-100k.user", "user_id")
+        path = folder / "ml-100k.user"
+        users = read_atomic_table(
+            path, "user_id", id_type=user_type, lenient=lenient, report=side(path)
+        )
     if users is not None:
         users["age"] = pd.to_numeric(users["age"], errors="coerce")
     if (folder / "u.item").is_file():
         names = ["item", "title", "release", "video", "url", *ML100K_GENRES]
-        raw = _read_pipe_table(folder / "u.item", names, "latin-1")
+        raw = _read_pipe_table(
+            folder / "u.item", names, lenient=lenient, report=side(folder / "u.item")
+        )
         flags = raw[list(ML100K_GENRES)].to_numpy() == "1"
         genres = [
             "|".join(g for g, f in zip(ML100K_GENRES, row, strict=True) if f) for row in flags
         ]
         items = pd.DataFrame({"item": raw["item"], "title": raw["title"], "genres": genres})
     elif (folder / "ml-100k.item").is_file():
-        items = read_atomic_table(folder / "ml-100k.item", "item_id")
+        path = folder / "ml-100k.item"
+        items = read_atomic_table(
+            path, "item_id", id_type=item_type, lenient=lenient, report=side(path)
+        )
     return users, items
 
 
-def _read_pipe_table(path: Path, names: list[str], encoding: str) -> pd.DataFrame:
-    raw = next(iter_text_chunks(path, names, path=path, sep="|", encoding=encoding))[0]
-    key = names[0]
-    ids = pd.to_numeric(raw[key], errors="coerce")
-    if ids.isna().any():
-        line = int(np.flatnonzero(ids.isna().to_numpy())[0]) + 1
-        raise DataFileError(f"{path}:{line}: {key} id {raw[key].iloc[line - 1]!r} is not a number")
-    raw[key] = ids.astype(np.int64)
-    return raw
+def _read_pipe_table(
+    path: Path, names: list[str], *, lenient: bool, report: ValidationReport | None
+) -> pd.DataFrame:
+    """A GroupLens ``|``-separated latin-1 table keyed by integer ids."""
+    parts = list(
+        iter_text_chunks(
+            path, names, path=path, sep="|", encoding="latin-1", lenient=lenient, report=report
+        )
+    )
+    raw, lines = parts[0] if parts else (pd.DataFrame(columns=names), np.arange(0))
+    return side_table_from_text(
+        raw,
+        names[0],
+        path=path,
+        lines=lines,
+        label=names[0],
+        id_type="int",
+        reason="GroupLens ids are integers",
+        lenient=lenient,
+        report=report,
+    )
 
 
 def load_ml100k(data_dir: str | Path | None = None) -> pd.DataFrame:

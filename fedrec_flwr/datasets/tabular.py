@@ -10,19 +10,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..paths import data_home
 from ._errors import DataFileError
-from ._frame import concat_interactions, interactions_from_text, iter_text_chunks
+from ._frame import (
+    IdTypes,
+    concat_interactions,
+    header_names,
+    id_type_of,
+    interactions_from_text,
+    iter_text_chunks,
+    side_table_from_text,
+)
 from .loaded import LoadedData
 from .validation import ValidationReport, apply_duplicate_policy
 
 __all__ = ["read_log", "read_side_table", "stream_log_to_parquet"]
 
 _SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+# Named in bad-id errors of a log whose id types were decided from its rows.
+_HINT = "pass id_type='str' to keep every id as text, "
 
 
 def _format(path: Path, sep: str | None) -> str | None:
@@ -39,13 +50,52 @@ def _format(path: Path, sep: str | None) -> str | None:
     return _SEPARATORS[path.suffix.lower()]
 
 
-def _header(path: Path, separator: str) -> list[str]:
-    """Column names of a text file's first line (quotes removed)."""
-    if not path.is_file():
-        raise DataFileError(f"{path}: file not found")
-    with path.open(encoding="utf-8", newline="") as fh:
-        first = fh.readline().rstrip("\r\n")
-    return [h.strip().strip('"').strip() for h in first.split(separator)]
+def _parquet(path: Path) -> Any:
+    """The opened Parquet file (a damaged one is one clear error)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq  # only Parquet needs it
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFileError(
+            f"{path}: not a readable Parquet file ({_one_line(exc)}); write it again, or use "
+            "CSV/TSV"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _parquet_types(path: Path, pf: Any, columns: Mapping[str, str], types: IdTypes) -> None:
+    """Check the mapped columns' Parquet types and fill ``types`` from them:
+    the schema declares them. Integer and float columns hold integer ids,
+    string columns text (unless the caller asked for a type); ratings and
+    timestamps must be numbers or text."""
+    import pyarrow as pa
+
+    for role, name in columns.items():
+        field = pf.schema_arrow.field(name)
+        kind = field.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        # Datetimes become seconds since the epoch (ordering is what counts).
+        when = role == "timestamp" and pa.types.is_timestamp(kind)
+        if not (numeric or text or when):
+            what = {"user": "integers or strings", "item": "integers or strings"}.get(
+                role, "numbers" if role == "rating" else "numbers or datetimes"
+            )
+            raise DataFileError(
+                f"{path}: column {name!r} ({role}) has type {field.type}; it must hold "
+                f"{what}: write the column as such"
+            )
+        if role in types.kinds and types.kinds[role] == "auto":
+            types.kinds[role] = "int" if numeric else "str"
+            if numeric:
+                types.reasons[role] = f"the column {name!r} is numeric"
 
 
 def _check_mapping(path: Path, header: list[str], columns: Mapping[str, str]) -> None:
@@ -60,7 +110,8 @@ def _check_mapping(path: Path, header: list[str], columns: Mapping[str, str]) ->
     missing = [f"{role}={name!r}" for role, name in columns.items() if name not in header]
     if missing:
         raise DataFileError(
-            f"{path}:1: column(s) {', '.join(missing)} not in the header; found {', '.join(header)}"
+            f"{path}:1: column(s) {', '.join(missing)} not in the header; found "
+            f"{', '.join(header)}; name the columns with log-columns='user=...,item=...'"
         )
 
 
@@ -72,22 +123,38 @@ def _raw_chunks(
     lenient: bool,
     report: ValidationReport,
     chunksize: int,
+    id_types: IdTypes,
 ) -> Iterator[tuple[dict[str, pd.Series], np.ndarray, dict[str, pd.Series]]]:
+    """Raw columns chunk by chunk; fills ``id_types`` from a Parquet schema."""
     if not path.is_file():
         raise DataFileError(f"{path}: file not found")
     separator = _format(path, sep)
     if separator is None:
-        import pyarrow.parquet as pq  # only Parquet needs it
+        import pyarrow as pa
 
-        pf = pq.ParquetFile(path)
+        pf = _parquet(path)
         header = list(pf.schema_arrow.names)
         _check_mapping(path, header, columns)
         missing = [c for c in extra if c not in header]
         if missing:
-            raise DataFileError(f"{path}: no column(s) {missing}; found {', '.join(header)}")
+            raise DataFileError(
+                f"{path}: no column(s) {missing}; found {', '.join(header)}; name columns "
+                "the file has (partition-by)"
+            )
+        _parquet_types(path, pf, columns, id_types)
         wanted = list(dict.fromkeys([*columns.values(), *extra]))
         start = 1
-        for batch in pf.iter_batches(batch_size=chunksize, columns=wanted):
+        batches = pf.iter_batches(batch_size=chunksize, columns=wanted)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                raise DataFileError(
+                    f"{path}: not a readable Parquet file near row {start} ({_one_line(exc)}); "
+                    "write it again"
+                ) from exc
             raw = batch.to_pandas()
             rows = start + np.arange(len(raw), dtype=np.int64)
             start += len(raw)
@@ -98,11 +165,14 @@ def _raw_chunks(
                 {c: raw[c] for c in extra},
             )
         return
-    header = _header(path, separator)
+    header = header_names(path, separator)
     _check_mapping(path, header, columns)
     missing = [c for c in extra if c not in header]
     if missing:
-        raise DataFileError(f"{path}:1: no column(s) {missing}; found {', '.join(header)}")
+        raise DataFileError(
+            f"{path}:1: no column(s) {missing}; found {', '.join(header)}; name columns the "
+            "file has (partition-by)"
+        )
     for raw, lines in iter_text_chunks(
         path,
         header,
@@ -126,8 +196,10 @@ def _validated_chunks(
     lenient: bool,
     report: ValidationReport,
     chunksize: int,
+    id_types: IdTypes,
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    for raw, lines, side in _raw_chunks(path, columns, extra, sep, lenient, report, chunksize):
+    chunks = _raw_chunks(path, columns, extra, sep, lenient, report, chunksize, id_types)
+    for raw, lines, side in chunks:
         frame = interactions_from_text(
             raw,
             path=path,
@@ -137,6 +209,7 @@ def _validated_chunks(
             report=report,
             allow_empty=True,
             with_lines=True,
+            id_types=id_types,
         )
         side_frame = pd.DataFrame(side)
         if extra:
@@ -156,6 +229,7 @@ def read_log(
     user_columns: tuple[str, ...] = (),
     users_path: str | Path | None = None,
     chunksize: int = 1_000_000,
+    id_type: str = "auto",
 ) -> LoadedData:
     """Load an interaction log in CSV, TSV or Parquet.
 
@@ -187,6 +261,12 @@ def read_log(
         column ``columns["user"]`` names); replaces ``user_columns``.
     chunksize : int (default: 1,000,000)
         Rows parsed at a time.
+    id_type : str (default: "auto")
+        ``int`` (every id must be an integer), ``str`` (ids are text), or
+        ``auto``: numeric Parquet columns hold integers; text columns hold
+        integers when most ids of the first chunk are integers, else text.
+        Either way the type holds for the whole file, and an id that does not
+        fit it is a ``bad-id`` row.
 
     Returns
     -------
@@ -195,9 +275,10 @@ def read_log(
     path = Path(path)
     columns = dict(columns) if columns is not None else _default_mapping(path, sep)
     report = ValidationReport(str(path))
+    id_types = IdTypes.of(id_type)
     parts, sides = [], []
     for frame, side in _validated_chunks(
-        path, columns, tuple(user_columns), sep, rating_range, lenient, report, chunksize
+        path, columns, tuple(user_columns), sep, rating_range, lenient, report, chunksize, id_types
     ):
         parts.append(frame)
         sides.append(side)
@@ -212,7 +293,14 @@ def read_log(
         users = side.groupby("user", sort=True).last().reset_index()
     if users_path is not None:
         key = "user" if "user" in _side_header(Path(users_path), sep) else columns["user"]
-        users = read_side_table(users_path, key, sep=sep).rename(columns={key: "user"})
+        users = read_side_table(
+            users_path,
+            key,
+            sep=sep,
+            id_type=id_type_of(frame["user"]),
+            lenient=lenient,
+            report=report.side_table(str(users_path)),
+        ).rename(columns={key: "user"})
     frame = apply_duplicate_policy(frame, duplicates, report=report, source=str(path))
     return LoadedData(frame, users, None, report, name=path.stem)
 
@@ -220,20 +308,20 @@ def read_log(
 def _side_header(path: Path, sep: str | None) -> list[str]:
     separator = _format(path, sep)
     if separator is None:
-        import pyarrow.parquet as pq
-
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    return _header(path, separator)
+        if not path.is_file():
+            raise DataFileError(f"{path}: file not found")
+        return list(_parquet(path).schema_arrow.names)
+    return header_names(path, separator)
 
 
 def _default_mapping(path: Path, sep: str | None) -> dict[str, str]:
-    separator = _format(path, sep)
-    if separator is None:
-        import pyarrow.parquet as pq
-
-        header = list(pq.ParquetFile(path).schema_arrow.names)
-    else:
-        header = _header(path, separator)
+    header = _side_header(path, sep)
+    for role in ("user", "item"):
+        if role not in header:
+            raise DataFileError(
+                f"{path}:1: no {role!r} column in the header (found {', '.join(header)}); "
+                "name the columns with log-columns='user=...,item=...'"
+            )
     return {role: role for role in ("user", "item", "rating", "timestamp") if role in header}
 
 
@@ -278,28 +366,19 @@ def stream_log_to_parquet(
     out = Path(out) if out is not None else data_home() / "logs" / f"{path.stem}.parquet"
     columns = dict(columns) if columns is not None else _default_mapping(path, sep)
     report = ValidationReport(str(path))
+    # The first chunk decides an "auto" type for the whole file; a later
+    # chunk's id that does not fit is a bad-id row (the hint names the fix).
+    id_types = IdTypes.of(id_type, hint=_HINT if id_type == "auto" else "")
     tmp = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = None
-    kind = id_type
     try:
         for frame, _ in _validated_chunks(
-            path, columns, (), sep, rating_range, lenient, report, chunksize
+            path, columns, (), sep, rating_range, lenient, report, chunksize, id_types
         ):
             frame = frame.drop(columns="line")
             if len(frame) == 0:
                 continue
-            for col in ("user", "item"):
-                is_int = pd.api.types.is_integer_dtype(frame[col].dtype)
-                if kind == "auto":
-                    kind = "int" if is_int else "str"
-                if kind == "str":
-                    frame[col] = frame[col].astype(str)
-                elif not is_int:
-                    raise DataFileError(
-                        f"{path}: a {col} id near line {report.rows_read} is not an integer "
-                        "while earlier ones were; stream again with id_type='str'"
-                    )
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
@@ -313,7 +392,15 @@ def stream_log_to_parquet(
     return report
 
 
-def read_side_table(path: str | Path, key: str, *, sep: str | None = None) -> pd.DataFrame:
+def read_side_table(
+    path: str | Path,
+    key: str,
+    *,
+    sep: str | None = None,
+    id_type: str = "auto",
+    lenient: bool = False,
+    report: ValidationReport | None = None,
+) -> pd.DataFrame:
     """Read a users or items table (CSV/TSV/Parquet) keyed by column ``key``.
 
     Parameters
@@ -321,27 +408,55 @@ def read_side_table(path: str | Path, key: str, *, sep: str | None = None) -> pd
     path : str or pathlib.Path
         The table; text files need a header.
     key : str
-        Column every row must have; integer keys become int64 so they match
-        an integer log.
+        Column every row must have.
     sep : str, optional (default: None)
         Separator of a text file whose suffix does not tell it.
+    id_type : str (default: "auto")
+        ``int`` or ``str``: the type of the log's ids, which the keys must
+        match; ``auto``: integers when most keys are.
+    lenient : bool (default: False)
+        Drop rows whose key is missing or of the wrong type (counted in
+        ``report``) instead of raising.
+    report : ValidationReport, optional (default: None)
+        This table's counts.
     """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: file not found")
     separator = _format(path, sep)
     if separator is None:
-        table = pd.read_parquet(path)
+        try:
+            table = _parquet(path).read().to_pandas()
+        except (OSError, ValueError) as exc:
+            raise DataFileError(f"{path}: not a readable Parquet file ({exc})") from exc
+        lines = np.arange(1, len(table) + 1, dtype=np.int64)
+        if report is not None:
+            report.rows_read += len(table)
     else:
-        header = _header(path, separator)
-        table = next(
+        header = header_names(path, separator)
+        parts = list(
             iter_text_chunks(
-                path, header, path=path, sep=separator, skiprows=1, quoted=separator == ","
+                path,
+                header,
+                path=path,
+                sep=separator,
+                skiprows=1,
+                quoted=separator == ",",
+                lenient=lenient,
+                report=report,
             )
-        )[0]
+        )
+        table, lines = parts[0] if parts else (pd.DataFrame(columns=header), np.arange(0))
     if key not in table.columns:
         raise DataFileError(f"{path}:1: no {key!r} column; found {', '.join(table.columns)}")
-    numeric = pd.to_numeric(table[key], errors="coerce")
-    if numeric.notna().all() and (numeric == np.floor(numeric)).all():
-        table[key] = numeric.astype(np.int64)
-    return table.reset_index(drop=True)
+    return side_table_from_text(
+        table,
+        key,
+        path=path,
+        lines=lines,
+        label="user" if key == "user" else key,
+        id_type=id_type,
+        reason=f"the log's {key} ids are" if id_type == "int" else "",
+        lenient=lenient,
+        report=report,
+    )

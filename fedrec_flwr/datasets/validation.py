@@ -21,6 +21,7 @@ __all__ = ["DROP_KINDS", "DUPLICATE_POLICIES", "ValidationReport", "apply_duplic
 DROP_KINDS = (
     "malformed-row",
     "missing-id",
+    "bad-id",
     "bad-rating",
     "rating-out-of-scale",
     "bad-timestamp",
@@ -46,6 +47,9 @@ class ValidationReport:
         included, so a report can be compared with ``==``).
     first_line : dict of str to int
         First file line (1-based) at which each kind was seen.
+    side_tables : list of ValidationReport
+        One report per users/items table read with the interactions (their
+        rows are not interactions, so they are counted apart).
     """
 
     def __init__(self, source: str = "") -> None:
@@ -53,6 +57,7 @@ class ValidationReport:
         self.rows_read = 0
         self.dropped = dict.fromkeys(DROP_KINDS, 0)
         self.first_line: dict[str, int] = {}
+        self.side_tables: list[ValidationReport] = []
 
     def drop(self, kind: str, lines: np.ndarray) -> None:
         """Record that the rows at file ``lines`` were dropped as ``kind``."""
@@ -74,15 +79,28 @@ class ValidationReport:
         """Rows that survived validation and the duplicate policy."""
         return self.rows_read - self.total_dropped
 
+    def side_table(self, source: str) -> ValidationReport:
+        """A new report for a side table read with these interactions."""
+        report = ValidationReport(source)
+        self.side_tables.append(report)
+        return report
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain mapping (kebab-case keys) for results files and the CLI."""
-        return {
+        """Plain mapping (kebab-case keys) for results files and the CLI.
+
+        ``side-tables`` (one record per users/items table read with these
+        interactions) appears only when there is one.
+        """
+        record: dict[str, Any] = {
             "source": self.source,
             "rows-read": self.rows_read,
             "rows-kept": self.rows_kept,
             "dropped": dict(self.dropped),
             "first-line": dict(self.first_line),
         }
+        if self.side_tables:
+            record["side-tables"] = [r.to_dict() for r in self.side_tables]
+        return record
 
     def summary(self) -> str:
         """One line: what was read, kept, and dropped per kind."""
@@ -91,10 +109,12 @@ class ValidationReport:
             for kind, n in self.dropped.items()
             if n
         )
-        return (
+        line = (
             f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}; "
             f"dropped {drops or 'none'}"
         )
+        sides = [r.summary() for r in self.side_tables if r.total_dropped]
+        return "; ".join([line, *sides])
 
     def __repr__(self) -> str:
         return f"ValidationReport({self.summary()})"
@@ -158,7 +178,8 @@ def apply_duplicate_policy(
         raise DataFileError(
             f"{source}:{lines[first]}: duplicate (user, item) pair "
             f"({frame['user'].iloc[first]}, {frame['item'].iloc[first]}); "
-            "choose duplicates=keep-latest, keep-first or keep-all"
+            "remove the repeated row, or choose duplicates='keep-latest', 'keep-first' "
+            "or 'keep-all'"
         )
     if policy == "keep-first":
         keep_pos = pos[~pd.Series(key[pos]).duplicated(keep="first").to_numpy()]
