@@ -1,0 +1,89 @@
+"""Honest update norms ``||w_k - w||_2`` per round: the basis for ``max-update-norm``.
+
+Runs default FedAvg in one process (``InProcessGrid``: the real ServerApp and
+ClientApp code, every message serialised) and, for every training reply,
+measures the norm of its update against the global arrays its node was sent,
+with the same :func:`~fedrec_flwr.strategies.validation.update_norm` the
+validation layer applies. Prints one markdown row per number of user groups.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=. python benchmarks/update_norms.py --data-dir /work/shared/data/ml-100k \\
+        --groups 10,3,2 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message, MessageType
+
+from fedrec_flwr.client_app import app as client_app
+from fedrec_flwr.config import RunConfig
+from fedrec_flwr.inprocess import InProcessGrid
+from fedrec_flwr.server_app import run_federated
+from fedrec_flwr.strategies.validation import update_norm
+
+
+class _NormGrid(InProcessGrid):
+    """An in-process grid that records each training reply's update norm by round."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.norms: dict[int, list[float]] = defaultdict(list)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        sent = {m.metadata.dst_node_id: m for m in messages}
+        for reply in replies:
+            msg = sent.get(reply.metadata.src_node_id)
+            if msg is None or msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
+                continue
+            arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+            rnd = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+            self.norms[rnd].append(update_norm(reply.content["arrays"], arrays))
+        return replies
+
+
+def _stats(values: list[float]) -> str:
+    return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--groups", default="10,3,2", help="numbers of user groups")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    print(f"| user groups | round 1 (min / median / max) | rounds 2-{args.rounds} max | largest |")
+    print("|---|---|---|---|")
+    for groups in (int(g) for g in args.groups.split(",")):
+        rc = {"data-dir": args.data_dir, "num-server-rounds": args.rounds}
+        nodes = [{"partition-id": p, "num-partitions": groups} for p in range(groups)]
+        grid = _NormGrid(client_app, nodes, rc)
+        with tempfile.TemporaryDirectory() as out:
+            run_federated(grid, RunConfig.from_mapping(rc), Path(out))
+        later = [n for r, v in grid.norms.items() if r > 1 for n in v]
+        everything = [n for v in grid.norms.values() for n in v]
+        print(
+            f"| {groups} | {_stats(grid.norms[1])} | "
+            f"{max(later):.1f} | {max(everything):.1f} |"
+            if later
+            else f"| {groups} | {_stats(grid.norms[1])} | - | {max(everything):.1f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
