@@ -74,14 +74,11 @@ def main() -> None:
         grid = _NormGrid(client_app, nodes, rc)
         with tempfile.TemporaryDirectory() as out:
             run_federated(grid, RunConfig.from_mapping(rc), Path(out))
-        later = [n for r, v in grid.norms.items() if r > 1 for n in v]
+        later_norms = [n for r, v in grid.norms.items() if r > 1 for n in v]
         everything = [n for v in grid.norms.values() for n in v]
+        later = f"{max(later_norms):.1f}" if later_norms else "-"
         print(
-            f"| {groups} | {_stats(grid.norms[1])} | "
-            f"{max(later):.1f} | {max(everything):.1f} |"
-            if later
-            else f"| {groups} | {_stats(grid.norms[1])} | - | {max(everything):.1f} |",
-            flush=True,
+            f"| {groups} | {_stats(grid.norms[1])} | {later} | {max(everything):.1f} |", flush=True
         )
 
 
