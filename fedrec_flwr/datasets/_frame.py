@@ -17,7 +17,7 @@ import csv
 import io
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -626,6 +626,33 @@ def _finite(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values, np.isfinite(values)
 
 
+def _rejecter(
+    path: Path,
+    lines: np.ndarray,
+    keep: np.ndarray,
+    lenient: bool,
+    report: ValidationReport | None,
+) -> Callable[[str, np.ndarray, str], None]:
+    """``reject(kind, bad, message)`` for one file's rows.
+
+    Rows in ``bad`` still kept are an error naming the first one's line
+    (strict), or are counted under ``kind`` in ``report`` and cleared in
+    ``keep`` in place (lenient): each row is rejected once, for its first fault.
+    """
+
+    def reject(kind: str, bad: np.ndarray, message: str) -> None:
+        bad = bad & keep
+        if not bad.any():
+            return
+        if not lenient:
+            _raise_first(path, lines, bad, message)
+        if report is not None:
+            report.drop(kind, lines[bad])
+        keep[bad] = False
+
+    return reject
+
+
 def _raise_first(path: Path, lines: np.ndarray, bad: np.ndarray, message: str) -> None:
     line = int(lines[np.flatnonzero(bad)[0]])
     raise DataFileError(f"{path}:{line}: {message}")
@@ -701,15 +728,7 @@ def interactions_from_text(
     types = id_types if id_types is not None else IdTypes()
     keep = np.ones(n_rows, dtype=bool)
 
-    def reject(kind: str, bad: np.ndarray, message: str) -> None:
-        bad = bad & keep
-        if not bad.any():
-            return
-        if not lenient:
-            _raise_first(path, lines, bad, message)
-        if report is not None:
-            report.drop(kind, lines[bad])
-        keep[bad] = False
+    reject = _rejecter(path, lines, keep, lenient, report)
 
     ids = {column: _parse_ids(columns[column]) for column in ("user", "item")}
     for column in ("user", "item"):
@@ -808,15 +827,7 @@ def side_table_from_text(
     types = IdTypes({label: id_type}, {label: reason} if reason else {})
     keep = np.ones(len(raw), dtype=bool)
 
-    def reject(kind: str, bad: np.ndarray, message: str) -> None:
-        bad = bad & keep
-        if not bad.any():
-            return
-        if not lenient:
-            _raise_first(path, lines, bad, message)
-        if report is not None:
-            report.drop(kind, lines[bad])
-        keep[bad] = False
+    reject = _rejecter(path, lines, keep, lenient, report)
 
     try:
         ids = _parse_ids(raw[key])
