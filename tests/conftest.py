@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,14 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEDREC_FLWR_HOME", str(tmp_path_factory.getbasetemp() / "fedrec-home"))
         yield
+
+
+@pytest.fixture
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give this process a task identity: Flower stamps the messages it creates with it."""
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
 
 
 def write_u_data(path: Path, rows: list[tuple[int, int, int, int]]) -> Path:

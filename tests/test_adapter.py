@@ -4,16 +4,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.compat.client.numpy_client import NumPyClient
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec_flwr.adapter import numpy_client_app
 
-
-@pytest.fixture(autouse=True)
-def _server_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 class Doubler(NumPyClient):

@@ -49,7 +49,6 @@ from flwr.serverapp.strategy import (
     MultiKrum,
     Strategy,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec_flwr.strategies import ValidatedStrategy, WeightedFedAvg
 
@@ -80,12 +79,7 @@ NODE_ID_KINDS: dict[str, Callable[[int], object]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Flower stamps the messages this process creates with its task identity.
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,6 @@ import torch
 from conftest import checkerboard_rows, write_u_data
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec_flwr import server_app
 from fedrec_flwr.adapter import numpy_client_app
@@ -50,11 +49,7 @@ K = 5  # num-partitions every honest reply reports
 SMALL = {"factors": 8, "mlp-layers": "16,8", "batch-size": 64, "top-k": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _server_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 @pytest.fixture(autouse=True)

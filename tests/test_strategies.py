@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec_flwr.strategies import (
     WeightedFedAvg,
@@ -13,13 +12,7 @@ from fedrec_flwr.strategies import (
     weighted_average,
 )
 
-
-@pytest.fixture(autouse=True)
-def _server_identity(monkeypatch):
-    # Flower stamps instruction messages with the process's task identity.
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 def _reply(node_id, arrays, metrics):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec_flwr.config import STRATEGIES, RunConfig
 from fedrec_flwr.server_app import build_strategy
@@ -38,11 +37,7 @@ NUM_PARTITIONS = 5
 WEIGHT_KEY = {0: "num-examples"}  # the weight key of the strategy under test
 
 
-@pytest.fixture(autouse=True)
-def _server_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 class _Grid:
