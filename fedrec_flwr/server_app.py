@@ -323,7 +323,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     failed = [r["round"] for r in rounds if r["failures"]]
     if failed:
         log(WARNING, "fedrec-flwr: rounds with failed clients: %s", failed)
-    dropped_rounds = sorted({r for r, _, _ in strategy.dropped})
+    dropped_rounds = sorted({r for r, _, _ in strategy.dropped} | {r for r, _ in strategy.rejected})
     path = write_run(
         out_dir,
         mode="federated",
@@ -342,6 +342,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             "rounds-with-failures": failed,
             "rounds-with-dropped-replies": dropped_rounds,
             "clipped-weights": strategy.clipped,
+            "rejected-aggregates": [{"round": r, "reason": why} for r, why in strategy.rejected],
             "num-partitions": strategy.num_partitions,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,

@@ -141,6 +141,28 @@ def test_fedadam_aggregate_comes_back_in_the_sent_dtypes():
     assert _dist(agg2, agg) > 0
 
 
+class _InfStrategy(WeightedFedAvg):
+    """A wrapped strategy whose aggregate is not finite (as an overflow would be)."""
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays["output.weight"] = Array(np.full((1, 3), np.inf, dtype=np.float32))
+        return arrays, metrics
+
+
+def test_a_non_finite_aggregate_keeps_the_previous_model():
+    strategy = ValidatedStrategy(_InfStrategy())
+    agg, metrics = _train(strategy, _honest())
+    # Before: the inf aggregate became the next global model.
+    assert agg is None and metrics is not None  # Flower keeps the previous arrays
+    assert strategy.rejected == [
+        (1, "the aggregate's array 'output.weight' has non-finite values (NaN or inf)")
+    ]
+    control = ValidatedStrategy(WeightedFedAvg())
+    agg, _ = _train(control, _honest())
+    assert agg is not None and not control.rejected
+
+
 @pytest.fixture(scope="module")
 def rc(tmp_path_factory):
     data = write_u_data(tmp_path_factory.mktemp("checkerboard"), checkerboard_rows())

@@ -139,9 +139,11 @@ def _is_number(value: object) -> bool:
 def restore_dtypes(arrays: ArrayRecord, dtypes: Mapping[str, str]) -> tuple[ArrayRecord, list[str]]:
     """Cast each array back to the dtype the model was sent in.
 
-    Flower's FedAdam, FedYogi and FedAdagrad keep their state in float64 and
-    return float64 arrays whatever the clients sent; the next round's replies
-    (float32 from the model) would then no longer match. Arrays whose name is
+    Flower 1.42's FedAdam returns float64 arrays whatever the clients sent (its
+    bias-corrected step size is a NumPy float64 scalar, and NumPy 2 promotes the
+    float32 model to it); the next round's replies (float32 from the model)
+    would then no longer match. Any other strategy that changes dtypes is
+    mended the same way. Arrays whose name is
     not in ``dtypes`` or whose dtype already matches are kept as they are
     (same object).
 

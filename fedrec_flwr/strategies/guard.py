@@ -31,6 +31,7 @@ from .validation import (
     PartitionSizes,
     ReplyLimits,
     array_spec,
+    check_finite_aggregate,
     check_reply,
     clip_bound,
     show,
@@ -66,8 +67,10 @@ class ValidatedStrategy(Strategy):
     array names, shapes and dtypes most replies share, instead of raising.
 
     Dtypes: the aggregate is cast back to the dtypes the model was sent in
-    (FedAdam, FedYogi and FedAdagrad return float64 whatever they received,
-    which would get every later reply dropped as of the wrong dtype).
+    (Flower's FedAdam returns float64 whatever it received, which would get
+    every later reply dropped as of the wrong dtype). An aggregate with a
+    non-finite value is refused (recorded in :attr:`rejected`) and the
+    previous model kept.
 
     Weights: a reply whose partition has a cap (``partition_caps`` of the
     limits: declared, or computed from the data by ``partition_sizes``) must
@@ -133,6 +136,9 @@ class ValidatedStrategy(Strategy):
     clipped : list of dict
         ``{"round", "kind", "node", "partition", "claimed", "used"}`` for every
         clipped weight.
+    rejected : list of tuple
+        ``(server_round, reason)`` for every aggregate refused because it holds
+        non-finite values (the previous model is kept).
     partitions : dict of int to int
         Node id -> partition id, as learned.
     num_partitions : int or None
@@ -161,6 +167,7 @@ class ValidatedStrategy(Strategy):
         self.partition_sizes = partition_sizes
         self.dropped: list[tuple[int, int, str]] = []
         self.clipped: list[dict[str, Any]] = []
+        self.rejected: list[tuple[int, str]] = []
         self.partitions: dict[int, int] = {}
         self.num_partitions: int | None = None
         self._spec: ArraySpec | None = None
@@ -512,6 +519,13 @@ class ValidatedStrategy(Strategy):
                     cast[0],
                     spec[cast[0]][1],
                 )
+        reason = None if arrays is None else check_finite_aggregate(arrays)
+        if reason is not None:
+            # Finite replies can still sum past float32's range (or a wrapped
+            # strategy can misbehave): keep the previous model rather than poison it.
+            self.rejected.append((server_round, reason))
+            log(WARNING, "fedrec-flwr: round %d: %s; model unchanged", server_round, reason)
+            return None, metrics
         return arrays, metrics
 
     def aggregate_evaluate(

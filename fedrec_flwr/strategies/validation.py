@@ -51,6 +51,7 @@ __all__ = [
     "ReplyLimits",
     "array_spec",
     "check_arrays",
+    "check_finite_aggregate",
     "check_metrics",
     "check_partition",
     "check_reply",
@@ -337,6 +338,21 @@ def check_user_sums(metrics: MetricRecord, weight_key: str = "num-examples") -> 
                 f"metric {key!r}={value!r} is outside [0, {limit:g}]: a per-user value in "
                 f"[0, 1] summed over the reply's {limit:g} users"
             )
+    return None
+
+
+def check_finite_aggregate(arrays: ArrayRecord) -> str | None:
+    """Every value of an aggregate finite (it becomes the next global model).
+
+    Parameters
+    ----------
+    arrays : flwr.app.ArrayRecord
+        What a strategy's ``aggregate_train`` returned.
+    """
+    for name, array in arrays.items():
+        value = array.numpy()
+        if np.issubdtype(value.dtype, np.number) and not np.isfinite(value).all():
+            return f"the aggregate's array {name!r} has non-finite values (NaN or inf)"
     return None
 
 
