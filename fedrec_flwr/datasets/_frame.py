@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -441,6 +441,20 @@ def header_names(path: Path, separator: str) -> list[str]:
     return names
 
 
+def read_text_table(
+    source: Path | IO[bytes], names: list[str], **options: Any
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A whole delimited file as strings and its file line numbers, in one chunk.
+
+    Takes :func:`iter_text_chunks`' arguments (``path=`` is required) except
+    ``chunksize``: side tables are read whole. An empty file gives an empty
+    frame with columns ``names``.
+    """
+    for chunk, lines in iter_text_chunks(source, names, **options):
+        return chunk, lines  # no chunksize: the one and only chunk
+    return pd.DataFrame({n: pd.Series(dtype=str) for n in names}), np.arange(0, dtype=np.int64)
+
+
 def read_tsv_strings(path: Path, names: list[str], *, skiprows: int = 0) -> pd.DataFrame:
     """Read a whole tab-separated file as strings (empty fields become NaN).
 
@@ -449,8 +463,7 @@ def read_tsv_strings(path: Path, names: list[str], *, skiprows: int = 0) -> pd.D
     DataFileError
         If the file is missing, or a row has more fields than ``names``.
     """
-    parts = [chunk for chunk, _ in iter_text_chunks(path, names, path=path, skiprows=skiprows)]
-    return parts[0] if parts else pd.DataFrame({n: pd.Series(dtype=str) for n in names})
+    return read_text_table(path, names, path=path, skiprows=skiprows)[0]
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ._errors import DataFileError
@@ -16,6 +15,7 @@ from ._frame import (
     id_type_of,
     interactions_from_text,
     iter_text_chunks,
+    read_text_table,
     side_table_from_text,
 )
 from .loaded import LoadedData
@@ -189,10 +189,7 @@ def read_atomic_table(
             f"{path}:1: header lacks {key}; found {', '.join(names)}; name the id field "
             f"{key} (e.g. '{key}:token')"
         )
-    parts = list(
-        iter_text_chunks(path, names, path=path, skiprows=1, lenient=lenient, report=report)
-    )
-    raw, lines = parts[0] if parts else (pd.DataFrame(columns=names), np.arange(0))
+    raw, lines = read_text_table(path, names, path=path, skiprows=1, lenient=lenient, report=report)
     label = _FIELD_MAP.get(key, key)
     declared = dict(fields)[key] == "float"
     raw = side_table_from_text(

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..paths import data_home
@@ -37,6 +36,7 @@ from ._frame import (
     id_type_of,
     interactions_from_text,
     iter_text_chunks,
+    read_text_table,
     side_table_from_text,
 )
 from .loaded import LoadedData
@@ -420,8 +420,7 @@ def _side_table(
 ) -> pd.DataFrame:
     """A movies or users table keyed by integer ids (counted in ``report``)."""
     side = report.side_table(str(path))
-    parts = list(iter_text_chunks(source, names, path=path, lenient=lenient, report=side, **read))
-    raw, lines = parts[0] if parts else (pd.DataFrame(columns=names), np.arange(0))
+    raw, lines = read_text_table(source, names, path=path, lenient=lenient, report=side, **read)
     return side_table_from_text(
         raw,
         key,

@@ -36,6 +36,7 @@ from ._frame import (
     IdTypes,
     interactions_from_text,
     iter_text_chunks,
+    read_text_table,
     side_table_from_text,
 )
 from .atomic import read_atomic_inter, read_atomic_table
@@ -241,12 +242,9 @@ def _read_pipe_table(
     path: Path, names: list[str], *, lenient: bool, report: ValidationReport | None
 ) -> pd.DataFrame:
     """A GroupLens ``|``-separated latin-1 table keyed by integer ids."""
-    parts = list(
-        iter_text_chunks(
-            path, names, path=path, sep="|", encoding="latin-1", lenient=lenient, report=report
-        )
+    raw, lines = read_text_table(
+        path, names, path=path, sep="|", encoding="latin-1", lenient=lenient, report=report
     )
-    raw, lines = parts[0] if parts else (pd.DataFrame(columns=names), np.arange(0))
     return side_table_from_text(
         raw,
         names[0],

@@ -24,6 +24,7 @@ from ._frame import (
     id_type_of,
     interactions_from_text,
     iter_text_chunks,
+    read_text_table,
     side_table_from_text,
 )
 from .loaded import LoadedData
@@ -434,19 +435,16 @@ def read_side_table(
             report.rows_read += len(table)
     else:
         header = header_names(path, separator)
-        parts = list(
-            iter_text_chunks(
-                path,
-                header,
-                path=path,
-                sep=separator,
-                skiprows=1,
-                quoted=separator == ",",
-                lenient=lenient,
-                report=report,
-            )
+        table, lines = read_text_table(
+            path,
+            header,
+            path=path,
+            sep=separator,
+            skiprows=1,
+            quoted=separator == ",",
+            lenient=lenient,
+            report=report,
         )
-        table, lines = parts[0] if parts else (pd.DataFrame(columns=header), np.arange(0))
     if key not in table.columns:
         raise DataFileError(f"{path}:1: no {key!r} column; found {', '.join(table.columns)}")
     return side_table_from_text(
