@@ -39,10 +39,10 @@ def run_federated_inprocess(
     run_config: Mapping[str, Any], num_partitions: int, out_dir: Path
 ) -> dict[str, Any]:
     """One federated run in this process; returns its ``results.json``."""
-    from fedrec_flwr.client_app import app as client_app
+    from fedrec_flwr.app.client_app import app as client_app
+    from fedrec_flwr.app.server_app import run_federated
     from fedrec_flwr.config import RunConfig
-    from fedrec_flwr.inprocess import InProcessGrid
-    from fedrec_flwr.server_app import run_federated
+    from fedrec_flwr.testing.inprocess import InProcessGrid
 
     quiet_flower()
     rc = dict(run_config)
@@ -53,8 +53,8 @@ def run_federated_inprocess(
 
 def run_centralized_inprocess(run_config: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     """One centralised run in this process; returns its ``results.json``."""
-    from fedrec_flwr.centralized import run_centralized
     from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.runs.centralized import run_centralized
 
     # One thread, as each federated client: comparable timings, whatever the machine.
     rc = {"num-threads": 1, **run_config, "output-dir": str(out_dir)}
@@ -128,7 +128,7 @@ def flwr_simulation(
     """
     import subprocess
 
-    from fedrec_flwr.processes import (
+    from fedrec_flwr.ops.processes import (
         flower_env,
         local_superlink_ports,
         processes_mentioning,

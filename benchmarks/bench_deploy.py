@@ -2,7 +2,7 @@
 
 Runs ``flwr run`` twice with the same run config, seed and partitions: once on
 the simulation engine (``--federation-config num-supernodes=N``, one CPU per
-client) and once on a local deployment started by :mod:`fedrec_flwr.deploy`
+client) and once on a local deployment started by :mod:`fedrec_flwr.ops.deploy`
 (SuperLink + N SuperNodes on loopback). Prints each round's wall time (from
 ``results.json``, measured by the ServerApp), the mean after round 1, their
 ratio, the final test HR@10 of both and their difference, and the cost of one
@@ -29,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedrec_flwr.deploy import down, up  # noqa: E402
-from fedrec_flwr.processes import (  # noqa: E402
+from fedrec_flwr.ops.deploy import down, up  # noqa: E402
+from fedrec_flwr.ops.processes import (  # noqa: E402
     FLOWER_ENV,
     flower_env,
     local_superlink_ports,
@@ -76,7 +76,7 @@ def _summary(name: str, results_dir: Path, wall: float) -> dict[str, float]:
 
 def _clientapp_process_cost() -> float:
     """Seconds a fresh interpreter needs to import Flower's ClientApp runtime and ours."""
-    code = "import flwr.supernode.runtime.run_clientapp, fedrec_flwr.client_app"
+    code = "import flwr.supernode.runtime.run_clientapp, fedrec_flwr.app.client_app"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
     return time.perf_counter() - t0

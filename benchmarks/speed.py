@@ -41,8 +41,8 @@ def centralised_epoch_seconds(data_dir: str, seed: int, repeats: int = 2) -> flo
 
     from fedrec_flwr.config import RunConfig
     from fedrec_flwr.datasets import client_data_from, prepare_dataset
-    from fedrec_flwr.model import NCF
-    from fedrec_flwr.training import train_epochs
+    from fedrec_flwr.models.ncf import NCF
+    from fedrec_flwr.train.group import train_epochs
 
     torch.set_num_threads(1)  # as each client
     cfg = RunConfig(data_dir=data_dir, seed=seed)

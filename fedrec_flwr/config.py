@@ -16,7 +16,7 @@ from typing import Any
 
 from .datasets.options import DataOptions
 from .datasets.prepare import DATASETS, NEGATIVE_POOLS
-from .model import ARCHITECTURES
+from .models.ncf import ARCHITECTURES
 from .threads import MAX_THREADS
 
 __all__ = [
@@ -192,7 +192,7 @@ class RunConfig:
         every user of the group trains its own update from the global model
         and the node returns their interaction-weighted mean, so FedAvg over
         nodes equals FedAvg with one user per client (see
-        :mod:`fedrec_flwr.peruser`) at the cost of one message per group.
+        :mod:`fedrec_flwr.train.peruser`) at the cost of one message per group.
     negative_pool : str (default: "train") [negative-pool]
         Items excluded from a user's *training* negatives: ``train`` (its
         training interactions; the honest protocol) or ``history`` (also its

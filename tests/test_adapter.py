@@ -5,7 +5,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.compat.client.numpy_client import NumPyClient
 
-from fedrec_flwr.adapter import numpy_client_app
+from fedrec_flwr.client.adapter import numpy_client_app
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 

@@ -9,10 +9,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 from conftest import REPO, checkerboard_rows, write_u_data
 
-from fedrec_flwr.centralized import main as centralized_main
 from fedrec_flwr.config import ConfigError, RunConfig
 from fedrec_flwr.paths import resolve_user_path
-from fedrec_flwr.results import resolve_output_dir
+from fedrec_flwr.runs.centralized import main as centralized_main
+from fedrec_flwr.runs.results import resolve_output_dir
 
 
 def test_pyproject_defaults_are_exactly_the_run_config():

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from flwr.app import Context, RecordDict
 
-from fedrec_flwr import client_app
-from fedrec_flwr.cli import main as fedrec_main
+from fedrec_flwr.app import client_app
 from fedrec_flwr.config import ConfigError, RunConfig
 from fedrec_flwr.datasets import (
     DataFileError,
@@ -22,6 +21,7 @@ from fedrec_flwr.datasets import (
     read_catalogue,
 )
 from fedrec_flwr.datasets.local import load_local_client_data
+from fedrec_flwr.ops.cli import main as fedrec_main
 
 FIELDS = ("users", "train_users", "train_items", "val_items", "test_items", "eval_negatives")
 
@@ -242,9 +242,9 @@ def test_server_with_only_the_catalogue(ml100k_dir, tmp_path, monkeypatch):
     import json
     import logging
 
-    from fedrec_flwr import server_app
+    from fedrec_flwr.app import server_app
     from fedrec_flwr.config import RunConfig
-    from fedrec_flwr.inprocess import InProcessGrid
+    from fedrec_flwr.testing.inprocess import InProcessGrid
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     prepared = prepare_data(DataOptions(data_dir=str(ml100k_dir)))

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_private_key,
 )
 
-from fedrec_flwr.certs import make_certificates, make_supernode_keys
-from fedrec_flwr.deploy import down, node_config, up
+from fedrec_flwr.ops.certs import make_certificates, make_supernode_keys
+from fedrec_flwr.ops.deploy import down, node_config, up
 
 
 def test_node_config_names_the_partition_and_fills_templates():

@@ -1,6 +1,6 @@
 """A real deployment on loopback: SuperLink + two SuperNodes as processes.
 
-Started by :mod:`fedrec_flwr.deploy` (the documented script) under a temporary
+Started by :mod:`fedrec_flwr.ops.deploy` (the documented script) under a temporary
 state directory; every process is stopped by pid in a fixture ``finally``, and
 the tests check that nothing started from that directory is left.
 """
@@ -19,14 +19,14 @@ import pytest
 import torch
 from conftest import REPO, write_u_data
 
-from fedrec_flwr.client_app import app as client_app
+from fedrec_flwr.app.client_app import app as client_app
+from fedrec_flwr.app.server_app import run_federated
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import prepare_dataset
-from fedrec_flwr.deploy import Deployment, down, up
-from fedrec_flwr.inprocess import InProcessGrid
-from fedrec_flwr.model import NCF, is_private
-from fedrec_flwr.processes import flower_env, processes_with_home
-from fedrec_flwr.server_app import run_federated
+from fedrec_flwr.models.ncf import NCF, is_private
+from fedrec_flwr.ops.deploy import Deployment, down, up
+from fedrec_flwr.ops.processes import flower_env, processes_with_home
+from fedrec_flwr.testing.inprocess import InProcessGrid
 
 pytestmark = pytest.mark.deployment
 

@@ -16,15 +16,15 @@ from flwr.server import ServerApp as LegacyServerApp
 from flwr.server import ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
-from fedrec_flwr.client import PRIVATE_STATE_KEY
-from fedrec_flwr.client_app import app as client_app
-from fedrec_flwr.client_app import client_fn, legacy_app
+from fedrec_flwr.app.client_app import app as client_app
+from fedrec_flwr.app.client_app import client_fn, legacy_app
+from fedrec_flwr.app.server_app import initial_arrays, run_federated
+from fedrec_flwr.client.numpy_client import PRIVATE_STATE_KEY
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import client_data_from, prepare_dataset
-from fedrec_flwr.inprocess import InProcessGrid
-from fedrec_flwr.model import private_arrays
-from fedrec_flwr.server_app import initial_arrays, run_federated
+from fedrec_flwr.models.ncf import private_arrays
 from fedrec_flwr.strategies import WeightedFedAvg
+from fedrec_flwr.testing.inprocess import InProcessGrid
 
 logging.getLogger("flwr").setLevel(logging.WARNING)
 

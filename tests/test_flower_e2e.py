@@ -12,16 +12,16 @@ import pytest
 import torch
 from conftest import REPO
 
-from fedrec_flwr.client_app import app as client_app
+from fedrec_flwr.app.client_app import app as client_app
+from fedrec_flwr.app.server_app import run_federated
 from fedrec_flwr.config import RunConfig
-from fedrec_flwr.inprocess import InProcessGrid
-from fedrec_flwr.processes import (
+from fedrec_flwr.ops.processes import (
     flower_env,
     local_superlink_ports,
     processes_mentioning,
     stop_processes,
 )
-from fedrec_flwr.server_app import run_federated
+from fedrec_flwr.testing.inprocess import InProcessGrid
 
 pytestmark = pytest.mark.flower
 

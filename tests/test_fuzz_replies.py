@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedrec_flwr.app.server_app import build_strategy
 from fedrec_flwr.config import RunConfig
-from fedrec_flwr.server_app import build_strategy
 from fedrec_flwr.strategies import (
     ReplyLimits,
     ValidatedStrategy,

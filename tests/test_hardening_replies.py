@@ -20,13 +20,12 @@ from conftest import checkerboard_rows, write_u_data
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
 
-from fedrec_flwr import server_app
-from fedrec_flwr.adapter import numpy_client_app
-from fedrec_flwr.client_app import client_fn, partition_query
+from fedrec_flwr.app import server_app
+from fedrec_flwr.app.client_app import client_fn, partition_query
+from fedrec_flwr.app.server_app import build_strategy, run_federated
+from fedrec_flwr.client.adapter import numpy_client_app
 from fedrec_flwr.config import STRATEGIES, ConfigError, RunConfig
 from fedrec_flwr.datasets import client_data_from, prepare_data
-from fedrec_flwr.inprocess import InProcessGrid
-from fedrec_flwr.server_app import build_strategy, run_federated
 from fedrec_flwr.strategies import (
     PartitionMismatchError,
     ValidatedStrategy,
@@ -37,6 +36,7 @@ from fedrec_flwr.strategies import (
     order_replies,
     update_norm,
 )
+from fedrec_flwr.testing.inprocess import InProcessGrid
 
 ROWS = 5
 GLOBAL = {

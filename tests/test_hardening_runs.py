@@ -9,13 +9,14 @@ import torch
 from conftest import checkerboard_rows, write_u_data
 from flwr.app import RecordDict
 
-from fedrec_flwr import centralized, threads
-from fedrec_flwr.centralized import main as centralized_main
-from fedrec_flwr.cli import main as fedrec_main
-from fedrec_flwr.client import NCFClient
+from fedrec_flwr import threads
+from fedrec_flwr.client.numpy_client import NCFClient
 from fedrec_flwr.config import ConfigError, RunConfig
 from fedrec_flwr.datasets import load_client_data
-from fedrec_flwr.results import check_run_paths, resolve_output_dir, write_run
+from fedrec_flwr.ops.cli import main as fedrec_main
+from fedrec_flwr.runs import centralized
+from fedrec_flwr.runs.centralized import main as centralized_main
+from fedrec_flwr.runs.results import check_run_paths, resolve_output_dir, write_run
 
 SMALL = ["--num-eval-negatives", "20", "--factors", "4", "--mlp-layers", "8,4"]
 
@@ -251,7 +252,7 @@ def test_fedrec_cli_numbers_name_the_key(data, monkeypatch, capsys, flags, messa
     def refuse(*args, **kwargs):
         raise AssertionError("data prepared before the flags were checked")
 
-    monkeypatch.setattr("fedrec_flwr.cli.build_partition_cache", refuse)
+    monkeypatch.setattr("fedrec_flwr.ops.cli.build_partition_cache", refuse)
     assert fedrec_main(["data", "stats", "ml-100k", "--data-dir", str(data), *flags]) == 2
     assert capsys.readouterr().err.strip() == message
 

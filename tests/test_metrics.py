@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedrec_flwr.metrics import finalize_sums, rank_of_positive, ranking_sums
+from fedrec_flwr.train.metrics import finalize_sums, rank_of_positive, ranking_sums
 
 
 def test_rank_counts_ties_against_the_positive():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec_flwr.model import (
+from fedrec_flwr.models.ncf import (
     ARCHITECTURES,
     NCF,
     is_private,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedrec_flwr.datasets import client_data_from, prepare_dataset, sample_train_negatives
-from fedrec_flwr.metrics import rank_of_positive
+from fedrec_flwr.train.metrics import rank_of_positive
 
 
 def _oracle_hr10(prepared, exclude, epochs=30, num_negatives=4):

@@ -9,15 +9,15 @@ import torch
 from conftest import checkerboard_rows, write_u_data
 from flwr.app import Context, RecordDict
 
-from fedrec_flwr.client import PERSONAL_STATE_KEY
-from fedrec_flwr.client_app import app as client_app
-from fedrec_flwr.client_app import client_fn
+from fedrec_flwr.app.client_app import app as client_app
+from fedrec_flwr.app.client_app import client_fn
+from fedrec_flwr.app.server_app import initial_arrays, run_federated
+from fedrec_flwr.client.numpy_client import PERSONAL_STATE_KEY
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import InteractionSet
-from fedrec_flwr.inprocess import InProcessGrid
-from fedrec_flwr.model import NCF
-from fedrec_flwr.server_app import initial_arrays, run_federated
-from fedrec_flwr.training import train_epochs
+from fedrec_flwr.models.ncf import NCF
+from fedrec_flwr.testing.inprocess import InProcessGrid
+from fedrec_flwr.train.group import train_epochs
 
 logging.getLogger("flwr").setLevel(logging.WARNING)
 

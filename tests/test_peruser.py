@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fedrec_flwr.datasets.negatives import InteractionSet
-from fedrec_flwr.model import NCF, load_arrays, private_arrays, shared_arrays
-from fedrec_flwr.peruser import finetune_users_and_score, train_users_independently
-from fedrec_flwr.training import train_epochs
+from fedrec_flwr.models.ncf import NCF, load_arrays, private_arrays, shared_arrays
+from fedrec_flwr.train.group import train_epochs
+from fedrec_flwr.train.peruser import finetune_users_and_score, train_users_independently
 
 NUM_ITEMS = 40
 
@@ -164,10 +164,10 @@ def _run_grid(rc, nodes, out):
     import json
     import logging
 
-    from fedrec_flwr.client_app import app as client_app
+    from fedrec_flwr.app.client_app import app as client_app
+    from fedrec_flwr.app.server_app import run_federated
     from fedrec_flwr.config import RunConfig
-    from fedrec_flwr.inprocess import InProcessGrid
-    from fedrec_flwr.server_app import run_federated
+    from fedrec_flwr.testing.inprocess import InProcessGrid
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     grid = InProcessGrid(

@@ -1,4 +1,4 @@
-"""Finding and stopping every process a run started (fedrec_flwr.processes)."""
+"""Finding and stopping every process a run started (fedrec_flwr.ops.processes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedrec_flwr.processes import (
+from fedrec_flwr.ops.processes import (
     FLOWER_ENV,
     flower_env,
     free_port,

@@ -14,8 +14,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
+from fedrec_flwr.app.server_app import build_strategy
 from fedrec_flwr.config import STRATEGIES, RunConfig
-from fedrec_flwr.server_app import build_strategy
 from fedrec_flwr.strategies import (
     ReplyLimits,
     ValidatedStrategy,

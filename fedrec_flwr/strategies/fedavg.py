@@ -26,7 +26,7 @@ class WeightedFedAvg(FedAvg):
     - metrics default to :func:`exact_metric_aggregation` (``*-sum`` keys become
       exact global means over users).
 
-    With :class:`fedrec_flwr.client.NCFClient`, ``n_k`` (``num-examples``) is the
+    With :class:`fedrec_flwr.client.numpy_client.NCFClient`, ``n_k`` (``num-examples``) is the
     client's number of training interactions (``weighted_by_key="num-users"``:
     its number of users). Only the arrays clients send are averaged: private
     user embeddings never reach the server.

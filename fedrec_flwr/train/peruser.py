@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from .datasets.negatives import InteractionSet, sample_train_negatives
+from ..datasets.negatives import InteractionSet, sample_train_negatives
 
 __all__ = ["PerUserUpdate", "finetune_users_and_score", "train_users_independently"]
 
@@ -170,7 +170,7 @@ def train_users_independently(
     """Train each user of a group as its own FedAvg client; return the mean.
 
     Every user ``u`` starts from ``shared`` and its own ``private`` rows, and
-    trains exactly as :func:`fedrec_flwr.training.train_epochs` would on ``u``
+    trains exactly as :func:`fedrec_flwr.train.group.train_epochs` would on ``u``
     alone with a fresh ``torch.optim.Adam``, drawing negatives and batch order
     from ``numpy.random.default_rng(user_seeds[u])``. The users run side by side;
     the result equals a loop over users up to float rounding (tested).
@@ -178,7 +178,7 @@ def train_users_independently(
     Parameters
     ----------
     shared : mapping of str to numpy.ndarray
-        The global shared arrays, named as in :class:`fedrec_flwr.model.NCF`.
+        The global shared arrays, named as in :class:`fedrec_flwr.models.ncf.NCF`.
     private : mapping of str to numpy.ndarray
         The group's user-embedding tables (``user_gmf.weight`` ...), one row per
         group-local user.

@@ -1,6 +1,6 @@
 """Centralised baseline: the same model, split, negatives and metrics, no FL.
 
-Run ``python -m fedrec_flwr.centralized --help``. Flags mirror the run-config
+Run ``python -m fedrec_flwr.runs.centralized --help``. Flags mirror the run-config
 keys (``--model neumf --num-server-rounds 20`` trains 20 epochs); the output is
 the same ``results.json`` shape as a federated run.
 """
@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import LEAKY_POOL_WARNING, ConfigError, RunConfig
-from .datasets import client_data_from, prepare_data
-from .metrics import finalize_sums
-from .model import NCF
+from ..config import LEAKY_POOL_WARNING, ConfigError, RunConfig
+from ..datasets import client_data_from, prepare_data
+from ..models.ncf import NCF
+from ..threads import apply_num_threads
+from ..train.evaluate import evaluate_ranking
+from ..train.group import train_epochs
+from ..train.metrics import finalize_sums
 from .results import check_run_paths, select_by_validation, with_negative_pool, write_run
-from .threads import apply_num_threads
-from .training import evaluate_ranking, train_epochs
 
 __all__ = ["main", "run_centralized"]
 
@@ -32,7 +33,7 @@ __all__ = ["main", "run_centralized"]
 def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str, Any]]:
     """Train on every user's training interactions; evaluate after each epoch.
 
-    Every path is checked first (:func:`~fedrec_flwr.results.check_run_paths`),
+    Every path is checked first (:func:`~fedrec_flwr.runs.results.check_run_paths`),
     so a bad ``output-dir`` fails before training, not after the last epoch.
     ``num-threads`` is applied here (``torch.set_num_threads``, process-wide).
 
@@ -126,7 +127,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fedrec_flwr.centralized",
+        prog="python -m fedrec_flwr.runs.centralized",
         description="Centralised NCF baseline on the federated protocol. "
         "Flags are the run-config keys; --num-server-rounds is the number of epochs.",
     )

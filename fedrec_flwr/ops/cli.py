@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .datasets import DataFileError, DataOptions, build_partition_cache, read_cache_meta
-from .datasets.options import SOURCES
-from .datasets.partitioners import DATA_DECIDED, PARTITIONERS, PartitionStats
-from .datasets.validation import DUPLICATE_POLICIES
+from ..datasets import DataFileError, DataOptions, build_partition_cache, read_cache_meta
+from ..datasets.options import SOURCES
+from ..datasets.partitioners import DATA_DECIDED, PARTITIONERS, PartitionStats
+from ..datasets.validation import DUPLICATE_POLICIES
 
 __all__ = ["main"]
 

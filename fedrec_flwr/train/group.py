@@ -1,4 +1,4 @@
-"""Local training (BCE with sampled negatives, Adam) and ranking evaluation.
+"""Group training: BCE with sampled negatives, one optimiser over the whole group.
 
 The same functions serve a federated client (its user group) and the
 centralised baseline (every user), so the two are directly comparable.
@@ -6,17 +6,15 @@ centralised baseline (every user), so the two are directly comparable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from .datasets.negatives import InteractionSet, sample_train_negatives
-from .metrics import rank_of_positive, ranking_sums
+from ..datasets.negatives import InteractionSet, sample_train_negatives
 
-__all__ = ["EvalResult", "evaluate_ranking", "rank_logits", "train_epochs"]
+__all__ = ["train_epochs"]
 
 
 def train_epochs(
@@ -96,54 +94,3 @@ def train_epochs(
             total += float(loss.detach())
         mean_loss = total / len(labels)
     return mean_loss
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Sums of ranking metrics over ``num_users`` users, plus the mean BCE loss
-    over all candidates (1 positive + negatives per user)."""
-
-    num_users: int
-    sums: dict[str, float]
-    loss: float
-
-
-@torch.no_grad()
-def evaluate_ranking(
-    model: nn.Module,
-    users: np.ndarray,
-    positives: np.ndarray,
-    negatives: np.ndarray,
-    ks: Sequence[int],
-) -> EvalResult:
-    """Rank each user's held-out positive among its negatives.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Scores ``(users, items)`` as logits.
-    users : numpy.ndarray
-        Model-local user index per evaluated user.
-    positives : numpy.ndarray
-        Held-out item per user.
-    negatives : numpy.ndarray
-        ``(num_users, k)`` negatives per user.
-    ks : sequence of int
-        Cut-offs for HR@K and NDCG@K.
-    """
-    model.eval()
-    candidates = np.concatenate([np.asarray(positives)[:, None], negatives], axis=1)
-    n_users, width = candidates.shape
-    u = torch.from_numpy(np.repeat(np.asarray(users, dtype=np.int64), width))
-    i = torch.from_numpy(candidates.reshape(-1).astype(np.int64))
-    return rank_logits(model(u, i).reshape(n_users, width), ks)
-
-
-def rank_logits(logits: torch.Tensor, ks: Sequence[int]) -> EvalResult:
-    """Metric sums and mean BCE of ``(num_users, 1 + negatives)`` logits whose
-    column 0 is each user's held-out positive."""
-    labels = torch.zeros_like(logits)
-    labels[:, 0] = 1.0
-    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
-    ranks = rank_of_positive(logits.numpy())
-    return EvalResult(num_users=logits.shape[0], sums=ranking_sums(ranks, ks), loss=loss)

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import __version__
-from .paths import HOME_ENV_VAR, check_input_path, check_output_dir, resolve_user_path, runs_home
-from .threads import CLIENT_DEFAULT_THREADS, resolve_num_threads
+from .. import __version__
+from ..paths import HOME_ENV_VAR, check_input_path, check_output_dir, resolve_user_path, runs_home
+from ..threads import CLIENT_DEFAULT_THREADS, resolve_num_threads
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from ..config import RunConfig
 
 __all__ = [
     "SELECTION_METRIC",
@@ -98,7 +98,7 @@ def check_run_paths(cfg: RunConfig, run_name: str, *, reads_data: bool = True) -
     ValueError
         One line naming the first bad key and the fix.
     """
-    from .datasets.options import MOVIELENS
+    from ..datasets.options import MOVIELENS
 
     data_dir = None
     if cfg.data_dir and reads_data:
@@ -154,7 +154,7 @@ def select_by_validation(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] 
 def with_negative_pool(protocol: Mapping[str, Any], pool: str) -> dict[str, Any]:
     """``protocol`` plus which training-negative pool was used; the leaky one is
     flagged in the record itself, so no number from it passes as honest."""
-    from .config import LEAKY_POOL_WARNING
+    from ..config import LEAKY_POOL_WARNING
 
     out = {**protocol, "negative-pool": pool}
     if pool != "train":

@@ -24,7 +24,7 @@ them per round, else from the run config):
   for the whole group.
 - ``client-mode`` (run config): ``per-user`` trains every user of the group as
   its own FedAvg client and returns their interaction-weighted mean (see
-  :mod:`fedrec_flwr.peruser`); fine-tuning is then per user too.
+  :mod:`fedrec_flwr.train.peruser`); fine-tuning is then per user too.
   ``negative-pool`` picks the training-negative pool.
 - ``item-counts`` (message config only): when true, ``fit`` also reports
   ``item-counts``, the group's training interactions per item, for row-wise
@@ -42,14 +42,15 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.compat.client.numpy_client import NumPyClient
 
-from .config import RunConfig
-from .datasets.prepare import ClientData
-from .metering import COMPUTE_SECONDS_KEY
-from .model import NCF, is_private, load_arrays, private_arrays, shared_arrays
-from .peruser import finetune_users_and_score, train_users_independently
-from .strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
-from .threads import CLIENT_DEFAULT_THREADS, apply_num_threads
-from .training import evaluate_ranking, rank_logits, train_epochs
+from ..config import RunConfig
+from ..datasets.prepare import ClientData
+from ..models.ncf import NCF, is_private, load_arrays, private_arrays, shared_arrays
+from ..runs.metering import COMPUTE_SECONDS_KEY
+from ..strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
+from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
+from ..train.evaluate import evaluate_ranking, rank_logits
+from ..train.group import train_epochs
+from ..train.peruser import finetune_users_and_score, train_users_independently
 
 __all__ = ["ITEM_COUNTS_KEY", "PERSONAL_STATE_KEY", "PRIVATE_STATE_KEY", "NCFClient"]
 

@@ -2,7 +2,7 @@
 
 ``app`` (Message API, works with ``flwr.serverapp.strategy`` strategies) and
 ``legacy_app`` (``ClientApp(client_fn=...)``, works with Flower's legacy
-strategies) both delegate to the same :class:`~fedrec_flwr.client.NCFClient`.
+strategies) both delegate to the same :class:`~fedrec_flwr.client.numpy_client.NCFClient`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .adapter import numpy_client_app
-from .client import NCFClient
-from .config import ConfigError, RunConfig
-from .datasets import load_client_data
-from .datasets.local import load_local_client_data
-from .strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
+from ..client.adapter import numpy_client_app
+from ..client.numpy_client import NCFClient
+from ..config import ConfigError, RunConfig
+from ..datasets import load_client_data
+from ..datasets.local import load_local_client_data
+from ..strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
 
 __all__ = ["app", "client_fn", "legacy_app", "partition_query"]
 

@@ -29,8 +29,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from .config import LEAKY_POOL_WARNING, ConfigError, RunConfig
-from .datasets import (
+from ..config import LEAKY_POOL_WARNING, ConfigError, RunConfig
+from ..datasets import (
     DataOptions,
     build_partition_cache,
     prepare_data,
@@ -38,19 +38,19 @@ from .datasets import (
     read_cache_meta,
     read_catalogue,
 )
-from .metering import MeteredGrid
-from .model import NCF, shared_arrays
-from .paths import resolve_user_path
-from .results import resolve_output_dir, with_negative_pool, write_run
-from .strategies import (
+from ..models.ncf import NCF, shared_arrays
+from ..paths import resolve_user_path
+from ..runs.metering import MeteredGrid
+from ..runs.results import resolve_output_dir, with_negative_pool, write_run
+from ..strategies import (
     PartitionSizes,
     ReplyLimits,
     ValidatedStrategy,
     WeightedFedAvg,
     exact_metric_aggregation,
 )
-from .strategies.aggregate import NUM_EXAMPLES_KEY, NUM_USERS_KEY
-from .strategies.fedavg import ITEM_COUNTS_KEY
+from ..strategies.aggregate import NUM_EXAMPLES_KEY, NUM_USERS_KEY
+from ..strategies.fedavg import ITEM_COUNTS_KEY
 
 __all__ = [
     "app",

@@ -1,10 +1,10 @@
 """A local Flower deployment: one SuperLink and N SuperNodes as real processes.
 
-``python -m fedrec_flwr.deploy up --supernodes 2`` starts ``flower-superlink``
+``python -m fedrec_flwr.ops.deploy up --supernodes 2`` starts ``flower-superlink``
 and ``flower-supernode`` processes on 127.0.0.1 (each SuperNode with its own
 Runtime API port and ``--node-config``), writes the SuperLink connection into
 ``$FLWR_HOME/config.toml`` (where Flower 1.42 keeps connections) and the pids
-into a state file; ``python -m fedrec_flwr.deploy down`` stops them all by pid.
+into a state file; ``python -m fedrec_flwr.ops.deploy down`` stops them all by pid.
 Then ``flwr run . local-deploy --stream`` trains on the deployment.
 
 Every process gets its own ``FLWR_HOME`` under the state directory (as separate
@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .paths import fedrec_home
+from ..paths import fedrec_home
 from .processes import FLOWER_ENV, flower_env, free_port
 
 __all__ = [
@@ -94,7 +94,7 @@ class Deployment:
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: no deployment state here; start one with "
-                "`python -m fedrec_flwr.deploy up` (or pass its --state-dir)"
+                "`python -m fedrec_flwr.ops.deploy up` (or pass its --state-dir)"
             )
         return cls(**json.loads(path.read_text()))
 
@@ -258,7 +258,7 @@ def up(
         if any(_alive(int(str(p["pid"])), p["start-time"]) for p in old.processes.values()):
             raise FileExistsError(
                 f"{state_dir}: a deployment is running ({old.address}); stop it with "
-                f"`python -m fedrec_flwr.deploy down --state-dir {state_dir}`"
+                f"`python -m fedrec_flwr.ops.deploy down --state-dir {state_dir}`"
             )
     port = port or free_port(host)
     home = Path(flwr_home or os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
@@ -437,7 +437,7 @@ def down(state_dir: Path | None = None, *, connection: str = DEFAULT_CONNECTION)
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``up``, ``down``, ``status``."""
     parser = argparse.ArgumentParser(
-        prog="python -m fedrec_flwr.deploy",
+        prog="python -m fedrec_flwr.ops.deploy",
         description="Start or stop a local SuperLink + SuperNodes deployment.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"SuperLink {dep.address}, {args.supernodes} SuperNode(s); state {dep.state_dir}")
             print(f"connection '{dep.connection}' written to {dep.flwr_home}/config.toml; run:")
             print(f"  flwr run . {dep.connection} --stream")
-            print("stop with: python -m fedrec_flwr.deploy down" + _dir_arg(args))
+            print("stop with: python -m fedrec_flwr.ops.deploy down" + _dir_arg(args))
         elif args.command == "down":
             stopped = down(args.state_dir, connection=args.connection)
             print(f"stopped {len(stopped)} process(es): {stopped}")
@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 alive = _alive(int(str(proc["pid"])), proc["start-time"])
                 print(f"{name:14} pid {proc['pid']:>7} {'running' if alive else 'stopped'}")
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"fedrec_flwr.deploy: {exc}", file=sys.stderr)
+        print(f"fedrec_flwr.ops.deploy: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """Self-signed TLS certificates and SuperNode keys, for testing a deployment.
 
-``python -m fedrec_flwr.certs DIR --host superlink.example.org --supernode-keys 2``
+``python -m fedrec_flwr.ops.certs DIR --host superlink.example.org --supernode-keys 2``
 writes into ``DIR``:
 
 - ``ca.crt``/``ca.key``: a throw-away certificate authority;
@@ -154,7 +154,7 @@ def make_supernode_keys(out_dir: Path, count: int) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; see the module docstring."""
     parser = argparse.ArgumentParser(
-        prog="python -m fedrec_flwr.certs",
+        prog="python -m fedrec_flwr.ops.certs",
         description="Self-signed TLS certificates and SuperNode keys (testing only).",
     )
     parser.add_argument("out_dir", type=Path, help="folder to write into")

@@ -1,0 +1,1 @@
+"""The client side: the NumPyClient over one user group and its Message-API adapter."""

@@ -1,0 +1,1 @@
+"""Recommender models: shared (item-side) and private (user-side) parameters by name."""

@@ -1,0 +1,1 @@
+"""Operator tooling: the ``fedrec`` CLI, local deployments, Flower processes, certificates."""

@@ -1,0 +1,1 @@
+"""Runs and their results: the federated run, the centralised baseline, results files."""

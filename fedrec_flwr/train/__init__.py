@@ -1,0 +1,1 @@
+"""Training and evaluation: group and per-user local training, ranking metrics."""
