@@ -40,8 +40,8 @@ def run_federated_inprocess(
 ) -> dict[str, Any]:
     """One federated run in this process; returns its ``results.json``."""
     from fedrec_flwr.app.client_app import app as client_app
-    from fedrec_flwr.app.server_app import run_federated
     from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.runs.federated import run_federated
     from fedrec_flwr.testing.inprocess import InProcessGrid
 
     quiet_flower()

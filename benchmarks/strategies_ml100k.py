@@ -28,8 +28,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from fedrec_flwr.app.client_app import app as client_app
-from fedrec_flwr.app.server_app import run_federated
 from fedrec_flwr.config import RunConfig
+from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.runs.results import select_by_validation
 from fedrec_flwr.testing.inprocess import InProcessGrid
 

@@ -26,8 +26,8 @@ from typing import Any
 from flwr.app import Message, MessageType
 
 from fedrec_flwr.app.client_app import app as client_app
-from fedrec_flwr.app.server_app import run_federated
 from fedrec_flwr.config import RunConfig
+from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.strategies.validation import update_norm
 from fedrec_flwr.testing.inprocess import InProcessGrid
 

@@ -16,7 +16,10 @@ from typing import Any
 
 from .datasets.options import DataOptions
 from .datasets.prepare import DATASETS, NEGATIVE_POOLS
+from .errors import ConfigError
 from .models.ncf import ARCHITECTURES
+from .protocol import PRIVATE_LAYERS_KEY, PROXIMAL_MU_KEY
+from .strategies.registry import STRATEGIES
 from .threads import MAX_THREADS
 
 __all__ = [
@@ -24,21 +27,11 @@ __all__ = [
     "FINETUNE_SCOPES",
     "ITEM_AGGREGATIONS",
     "LEAKY_POOL_WARNING",
-    "STRATEGIES",
     "WEIGHT_KEYS",
     "ConfigError",
     "RunConfig",
 ]
 
-STRATEGIES = (
-    "fedavg",
-    "fedadam",
-    "fedyogi",
-    "fedavgm",
-    "krum",
-    "fedmedian",
-    "fedtrimmedavg",
-)
 WEIGHT_KEYS = ("interactions", "users", "uniform")
 ITEM_AGGREGATIONS = ("dense", "rowwise")
 FINETUNE_SCOPES = ("all", "private")
@@ -57,10 +50,6 @@ MAX_INT = 2**63 - 1
 # Embedding/tower widths and training negatives per positive: far above any NCF
 # setting, low enough that torch allocates instead of overflowing its size type.
 MAX_WIDTH = 2**16
-
-
-class ConfigError(ValueError):
-    """A run-config value is missing, of the wrong type, or out of range."""
 
 
 def _int_list(key: str, text: str) -> tuple[int, ...]:
@@ -386,8 +375,8 @@ class RunConfig:
             raise ConfigError(f"trimmed-beta={self.trimmed_beta}: must be in [0, 0.5)")
         if self.client_mode == "per-user":
             clashes = {
-                "proximal-mu": self.proximal_mu != 0,
-                "private-layers": bool(self.private_layers.strip()),
+                PROXIMAL_MU_KEY: self.proximal_mu != 0,
+                PRIVATE_LAYERS_KEY: bool(self.private_layers.strip()),
                 "item-aggregation": self.item_aggregation != "dense",
                 "weight-key": self.weight_key != "interactions",
             }

@@ -20,10 +20,11 @@ from flwr.serverapp.strategy import (
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.app.client_app import client_fn, partition_query
-from fedrec_flwr.app.server_app import build_strategy, initial_arrays, run_federated
 from fedrec_flwr.client.adapter import numpy_client_app
 from fedrec_flwr.config import RunConfig
+from fedrec_flwr.runs.federated import initial_arrays, run_federated
 from fedrec_flwr.strategies import ValidatedStrategy
+from fedrec_flwr.strategies.registry import build_strategy
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
 logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -242,8 +242,8 @@ def test_server_with_only_the_catalogue(ml100k_dir, tmp_path, monkeypatch):
     import json
     import logging
 
-    from fedrec_flwr.app import server_app
     from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.runs import federated
     from fedrec_flwr.testing.inprocess import InProcessGrid
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -266,9 +266,9 @@ def test_server_with_only_the_catalogue(ml100k_dir, tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("the server must not read interaction data")
 
-    monkeypatch.setattr(server_app, "prepare_data", no_data)
+    monkeypatch.setattr(federated, "prepare_data", no_data)
     rc = {"item-catalogue": str(catalogue), "num-server-rounds": 1, "local-epochs": 1}
-    path = server_app.run_federated(
+    path = federated.run_federated(
         InProcessGrid(client_app.app, nodes, rc), RunConfig.from_mapping(rc), tmp_path / "out"
     )
     results = json.loads(path.read_text())
@@ -277,7 +277,7 @@ def test_server_with_only_the_catalogue(ml100k_dir, tmp_path, monkeypatch):
     assert results["rounds"][0]["replies"] == 4 and results["rounds"][0]["failures"] == 0
     assert 0 < results["rounds"][0]["test"]["hr@10"] <= 1
     with pytest.raises(ValueError, match=r"item-catalogue='cat\.txt' is a relative path"):
-        server_app.run_federated(
+        federated.run_federated(
             InProcessGrid(client_app.app, nodes, rc),
             RunConfig.from_mapping({**rc, "item-catalogue": "cat.txt"}),
             tmp_path / "out2",

@@ -13,7 +13,6 @@ import torch
 from conftest import REPO
 
 from fedrec_flwr.app.client_app import app as client_app
-from fedrec_flwr.app.server_app import run_federated
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.ops.processes import (
     flower_env,
@@ -21,6 +20,7 @@ from fedrec_flwr.ops.processes import (
     processes_mentioning,
     stop_processes,
 )
+from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
 pytestmark = pytest.mark.flower

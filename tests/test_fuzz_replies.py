@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedrec_flwr.app.server_app import build_strategy
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.strategies import (
     ReplyLimits,
@@ -36,6 +35,7 @@ from fedrec_flwr.strategies import (
     is_per_user_sum,
     update_norm,
 )
+from fedrec_flwr.strategies.registry import build_strategy
 from fedrec_flwr.strategies.validation import MAX_MAGNITUDE
 
 ROWS = 5

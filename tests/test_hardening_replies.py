@@ -20,12 +20,12 @@ from conftest import checkerboard_rows, write_u_data
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
 
-from fedrec_flwr.app import server_app
 from fedrec_flwr.app.client_app import client_fn, partition_query
-from fedrec_flwr.app.server_app import build_strategy, run_federated
 from fedrec_flwr.client.adapter import numpy_client_app
-from fedrec_flwr.config import STRATEGIES, ConfigError, RunConfig
+from fedrec_flwr.config import ConfigError, RunConfig
 from fedrec_flwr.datasets import client_data_from, prepare_data
+from fedrec_flwr.runs import federated
+from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.strategies import (
     PartitionMismatchError,
     ValidatedStrategy,
@@ -36,6 +36,7 @@ from fedrec_flwr.strategies import (
     order_replies,
     update_norm,
 )
+from fedrec_flwr.strategies.registry import STRATEGIES, build_strategy
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
 ROWS = 5
@@ -357,7 +358,7 @@ def test_a_server_with_the_data_caps_each_partition_by_its_true_size(rc, tmp_pat
         for r in (1, 2)
     ]  # fmt: skip
     assert results["clipped-weights"] == []
-    sizes = server_app.partition_sizes(options, 3)
+    sizes = federated.partition_sizes(options, 3)
     assert sizes.examples == {p: truth[p].num_train for p in range(3)}
     assert sizes.users == {p: truth[p].num_users for p in range(3)}
 

@@ -165,8 +165,8 @@ def _run_grid(rc, nodes, out):
     import logging
 
     from fedrec_flwr.app.client_app import app as client_app
-    from fedrec_flwr.app.server_app import run_federated
     from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.runs.federated import run_federated
     from fedrec_flwr.testing.inprocess import InProcessGrid
 
     logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -14,8 +14,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from fedrec_flwr.app.server_app import build_strategy
-from fedrec_flwr.config import STRATEGIES, RunConfig
+from fedrec_flwr.config import RunConfig
 from fedrec_flwr.strategies import (
     ReplyLimits,
     ValidatedStrategy,
@@ -25,6 +24,7 @@ from fedrec_flwr.strategies import (
     check_reply,
     check_weight,
 )
+from fedrec_flwr.strategies.registry import STRATEGIES, build_strategy
 
 ROWS = 5
 GLOBAL = {

@@ -15,7 +15,13 @@ from ..client.numpy_client import NCFClient
 from ..config import ConfigError, RunConfig
 from ..datasets import load_client_data
 from ..datasets.local import load_local_client_data
-from ..strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
+from ..protocol import (
+    DATA_FILE_KEY,
+    ITEM_CATALOGUE_KEY,
+    METRICS_RECORD,
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+)
 
 __all__ = ["app", "client_fn", "legacy_app", "partition_query"]
 
@@ -46,10 +52,10 @@ def client_fn(context: Context) -> NCFClient:
     run-config partitioner.
     """
     cfg = RunConfig.from_mapping(context.run_config)
-    partition_id = _node_int(context, "partition-id")
-    num_partitions = _node_int(context, "num-partitions")
-    data_file = _node_str(context, "data-file")
-    catalogue = _node_str(context, "item-catalogue")
+    partition_id = _node_int(context, PARTITION_ID_KEY)
+    num_partitions = _node_int(context, NUM_PARTITIONS_KEY)
+    data_file = _node_str(context, DATA_FILE_KEY)
+    catalogue = _node_str(context, ITEM_CATALOGUE_KEY)
     if data_file or catalogue:
         if not (data_file and catalogue):
             raise ConfigError(
@@ -80,11 +86,11 @@ def partition_query(msg: Message, context: Context) -> Message:
     ids are random per run); only these two node-config integers are sent.
     """
     record = MetricRecord()
-    for key in (ORDER_KEY, NUM_PARTITIONS_KEY):
+    for key in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY):
         value = context.node_config.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             record[key] = value
-    return Message(RecordDict({"metrics": record}), reply_to=msg)
+    return Message(RecordDict({METRICS_RECORD: record}), reply_to=msg)
 
 
 app = numpy_client_app(client_fn)

@@ -19,6 +19,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.compat.client.numpy_client import NumPyClient
 
+from ..protocol import LOSS_KEY, METRICS_RECORD, NUM_EXAMPLES_KEY
+
 __all__ = ["numpy_client_app"]
 
 
@@ -75,7 +77,7 @@ def _metric_record(metrics: Mapping[str, Any], weight_key: str, weight: int) -> 
 def numpy_client_app(
     client_fn: Callable[[Context], NumPyClient],
     *,
-    weight_key: str = "num-examples",
+    weight_key: str = NUM_EXAMPLES_KEY,
     train_mods: Sequence[Mod] = (),
 ) -> ClientApp:
     """Build a Message-API ``ClientApp`` that delegates to a ``NumPyClient``.
@@ -85,7 +87,7 @@ def numpy_client_app(
     client_fn : callable
         ``client_fn(context) -> NumPyClient``, called once per message (it may
         read ``context.state`` for private, persistent client state).
-    weight_key : str (default: "num-examples")
+    weight_key : str (default: NUM_EXAMPLES_KEY)
         MetricRecord key for the client's ``num_examples``; it must match the
         strategy's ``weighted_by_key``.
     train_mods : sequence of flwr mods (default: ())
@@ -96,9 +98,9 @@ def numpy_client_app(
     Returns
     -------
     flwr.clientapp.ClientApp
-        Train replies carry ``{"arrays": ArrayRecord, "metrics": MetricRecord}``
-        (the ArrayRecord under the key it arrived with); evaluate replies carry
-        ``{"metrics": MetricRecord}`` with ``loss`` added.
+        Train replies carry an ArrayRecord (under the key it arrived with) and
+        a MetricRecord under ``METRICS_RECORD``; evaluate replies carry the
+        MetricRecord only, with ``LOSS_KEY`` added.
     """
     app = ClientApp()
 
@@ -122,7 +124,7 @@ def numpy_client_app(
                 key: ArrayRecord(
                     {name: Array(np.asarray(a)) for name, a in zip(names, updated, strict=True)}
                 ),
-                "metrics": _metric_record(metrics, weight_key, num_examples),
+                METRICS_RECORD: _metric_record(metrics, weight_key, num_examples),
             }
         )
         return Message(content=content, reply_to=msg)
@@ -131,7 +133,7 @@ def numpy_client_app(
     def evaluate(msg: Message, context: Context) -> Message:
         client, _, _, parameters, config = unpack(msg, context)
         loss, num_examples, metrics = client.evaluate(parameters, config)
-        record = _metric_record({"loss": float(loss), **metrics}, weight_key, num_examples)
-        return Message(content=RecordDict({"metrics": record}), reply_to=msg)
+        record = _metric_record({LOSS_KEY: float(loss), **metrics}, weight_key, num_examples)
+        return Message(content=RecordDict({METRICS_RECORD: record}), reply_to=msg)
 
     return app

@@ -45,18 +45,29 @@ from flwr.compat.client.numpy_client import NumPyClient
 from ..config import RunConfig
 from ..datasets.prepare import ClientData
 from ..models.ncf import NCF, is_private, load_arrays, private_arrays, shared_arrays
-from ..runs.metering import COMPUTE_SECONDS_KEY
-from ..strategies.aggregate import NUM_PARTITIONS_KEY, ORDER_KEY
+from ..protocol import (
+    COMPUTE_SECONDS_KEY,
+    FINETUNE_EPOCHS_KEY,
+    FINETUNE_SCOPE_KEY,
+    GLOBAL_PREFIX,
+    ITEM_COUNTS_KEY,
+    PERSONAL_STATE_KEY,
+    PRIVATE_LAYERS_KEY,
+    PRIVATE_STATE_KEY,
+    PROXIMAL_MU_KEY,
+    TEST_PART,
+    TRAIN_LOSS_KEY,
+    VAL_PART,
+    node_metrics,
+    server_round,
+    sum_key,
+)
 from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
 from ..train.evaluate import evaluate_ranking, rank_logits
 from ..train.group import train_epochs
 from ..train.peruser import finetune_users_and_score, train_users_independently
 
-__all__ = ["ITEM_COUNTS_KEY", "PERSONAL_STATE_KEY", "PRIVATE_STATE_KEY", "NCFClient"]
-
-PRIVATE_STATE_KEY = "fedrec-private-arrays"
-PERSONAL_STATE_KEY = "fedrec-personal-layers"
-ITEM_COUNTS_KEY = "item-counts"
+__all__ = ["NCFClient"]
 
 
 class NCFClient(NumPyClient):
@@ -117,7 +128,7 @@ class NCFClient(NumPyClient):
 
     def _personal_names(self, config: dict[str, Any]) -> list[str]:
         prefixes = [
-            p.strip() for p in str(self._knob(config, "private-layers")).split(",") if p.strip()
+            p.strip() for p in str(self._knob(config, PRIVATE_LAYERS_KEY)).split(",") if p.strip()
         ]
         names = self.array_names()
         unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
@@ -169,10 +180,10 @@ class NCFClient(NumPyClient):
             return self._fit_per_user(parameters, config, started)
         personal = self._personal_names(config)
         self._load_personal(personal)
-        server_round = int(config.get("server-round", 0))
-        rng = np.random.default_rng(_seed(self.config.seed, self.data.partition_id, server_round))
+        round_ = server_round(config)
+        rng = np.random.default_rng(_seed(self.config.seed, self.data.partition_id, round_))
         cfg, data = self.config, self.data
-        mu = float(self._knob(config, "proximal-mu"))
+        mu = float(self._knob(config, PROXIMAL_MU_KEY))
         anchor = (
             {
                 n: torch.from_numpy(np.asarray(a))
@@ -211,10 +222,8 @@ class NCFClient(NumPyClient):
             for name in personal:
                 updated[name] = np.array(received[name], copy=True)
         metrics: dict[str, Any] = {
-            "train-loss": loss,
-            ORDER_KEY: self.data.partition_id,
-            NUM_PARTITIONS_KEY: self.data.num_partitions,
-            "num-users": self.data.num_users,
+            TRAIN_LOSS_KEY: loss,
+            **node_metrics(data.partition_id, data.num_partitions, data.num_users),
         }
         if config.get(ITEM_COUNTS_KEY):
             counts = np.bincount(data.train_items, minlength=data.num_items)
@@ -232,14 +241,14 @@ class NCFClient(NumPyClient):
         over one-user clients (tested against exactly that).
         """
         cfg, data = self.config, self.data
-        server_round = int(config.get("server-round", 0))
+        round_ = server_round(config)
         update = train_users_independently(
             shared_arrays(self.model),
             private_arrays(self.model),
             data.train_users,
             data.train_items,
             self.exclude,
-            [_seed(cfg.seed, int(code), server_round) for code in data.users],
+            [_seed(cfg.seed, int(code), round_) for code in data.users],
             epochs=cfg.local_epochs,
             batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
@@ -251,10 +260,8 @@ class NCFClient(NumPyClient):
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )
         metrics: dict[str, Any] = {
-            "train-loss": update.loss,
-            ORDER_KEY: data.partition_id,
-            NUM_PARTITIONS_KEY: data.num_partitions,
-            "num-users": data.num_users,
+            TRAIN_LOSS_KEY: update.loss,
+            **node_metrics(data.partition_id, data.num_partitions, data.num_users),
             COMPUTE_SECONDS_KEY: time.perf_counter() - started,
         }
         names = self.array_names()
@@ -273,18 +280,17 @@ class NCFClient(NumPyClient):
         """
         started = time.perf_counter()
         self._set_shared(parameters)
-        metrics: dict[str, Any] = {
-            ORDER_KEY: self.data.partition_id,
-            NUM_PARTITIONS_KEY: self.data.num_partitions,
-            "num-users": self.data.num_users,
-        }
+        data = self.data
+        metrics: dict[str, Any] = node_metrics(
+            data.partition_id, data.num_partitions, data.num_users
+        )
         personal = self._personal_names(config)
-        epochs = int(self._knob(config, "finetune-epochs"))
+        epochs = int(self._knob(config, FINETUNE_EPOCHS_KEY))
         if not personal and epochs <= 0:
             loss = self._rank_into(metrics, "")
             metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
             return loss, self.data.num_users, metrics
-        self._rank_into(metrics, "global-")
+        self._rank_into(metrics, GLOBAL_PREFIX)
         if self.config.finetunes_per_user and epochs > 0:
             if personal:  # a server may send private-layers per round
                 raise ValueError(
@@ -296,12 +302,12 @@ class NCFClient(NumPyClient):
             return loss, self.data.num_users, metrics
         self._load_personal(personal)
         if epochs > 0:
-            server_round = int(config.get("server-round", 0))
+            round_ = server_round(config)
             rng = np.random.default_rng(
-                _seed(self.config.seed, self.data.partition_id, server_round, _FINETUNE)
+                _seed(self.config.seed, self.data.partition_id, round_, _FINETUNE)
             )
             cfg, data = self.config, self.data
-            scope = str(self._knob(config, "finetune-scope"))
+            scope = str(self._knob(config, FINETUNE_SCOPE_KEY))
             params = [
                 p
                 for n, p in self.model.named_parameters()
@@ -335,7 +341,7 @@ class NCFClient(NumPyClient):
         then discarded. Adds ``val-*-sum``/``test-*-sum``; returns the val loss.
         """
         cfg, data = self.config, self.data
-        server_round = int(config.get("server-round", 0))
+        round_ = server_round(config)
         # One fine-tuning serves both parts: columns 0/1 are the val/test items.
         candidates = np.concatenate(
             [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1
@@ -346,9 +352,9 @@ class NCFClient(NumPyClient):
             data.train_users,
             data.train_items,
             self.exclude,
-            [_seed(cfg.seed, int(code), server_round, _FINETUNE) for code in data.users],
+            [_seed(cfg.seed, int(code), round_, _FINETUNE) for code in data.users],
             candidates,
-            scope=str(self._knob(config, "finetune-scope")),
+            scope=str(self._knob(config, FINETUNE_SCOPE_KEY)),
             epochs=epochs,
             batch_size=cfg.batch_size,
             learning_rate=cfg.finetune_lr,
@@ -360,25 +366,25 @@ class NCFClient(NumPyClient):
                 torch.from_numpy(np.concatenate([scores[:, [column]], scores[:, 2:]], axis=1)),
                 cfg.ks,
             )
-            for part, column in (("val", 0), ("test", 1))
+            for part, column in ((VAL_PART, 0), (TEST_PART, 1))
         }
         for part, result in results.items():
-            metrics.update({f"{part}-{k}-sum": v for k, v in result.sums.items()})
-        return results["val"].loss
+            metrics.update({sum_key(part, k): v for k, v in result.sums.items()})
+        return results[VAL_PART].loss
 
     def _rank_into(self, metrics: dict[str, Any], prefix: str) -> float:
         """Add ``{prefix}val-*-sum`` and ``{prefix}test-*-sum``; return the val loss."""
         users = np.arange(self.data.num_users)
         loss = float("nan")
         for part, positives in (
-            ("val", self.data.val_items),
-            ("test", self.data.test_items),
+            (VAL_PART, self.data.val_items),
+            (TEST_PART, self.data.test_items),
         ):
             result = evaluate_ranking(
                 self.model, users, positives, self.data.eval_negatives, self.config.ks
             )
-            metrics.update({f"{prefix}{part}-{k}-sum": v for k, v in result.sums.items()})
-            if part == "val":
+            metrics.update({sum_key(part, k, prefix): v for k, v in result.sums.items()})
+            if part == VAL_PART:
                 loss = result.loss
         return loss
 

@@ -21,11 +21,19 @@ import torch
 from ..config import LEAKY_POOL_WARNING, ConfigError, RunConfig
 from ..datasets import client_data_from, prepare_data
 from ..models.ncf import NCF
+from ..protocol import TEST_PART, VAL_PART
 from ..threads import apply_num_threads
 from ..train.evaluate import evaluate_ranking
 from ..train.group import train_epochs
 from ..train.metrics import finalize_sums
-from .results import check_run_paths, select_by_validation, with_negative_pool, write_run
+from .results import (
+    check_run_paths,
+    round_entry,
+    select_by_validation,
+    summary_line,
+    with_negative_pool,
+    write_run,
+)
 
 __all__ = ["main", "run_centralized"]
 
@@ -89,23 +97,21 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         train_seconds = time.perf_counter() - t0
         val = evaluate_ranking(model, local, data.val_items, data.eval_negatives, cfg.ks)
         test = evaluate_ranking(model, local, data.test_items, data.eval_negatives, cfg.ks)
-        entry: dict[str, Any] = {
-            "round": epoch,
-            "train-loss": loss,
-            "val": finalize_sums(val.sums, val.num_users),
-            "test": finalize_sums(test.sums, test.num_users),
-            "val-loss": val.loss,
-            "train-seconds": train_seconds,
-            "wall-seconds": time.perf_counter() - t0,
-            "bytes-sent": 0,
-            "bytes-received": 0,
-        }
+        entry = round_entry(
+            epoch,
+            train_loss=loss,
+            val=finalize_sums(val.sums, val.num_users),
+            test=finalize_sums(test.sums, test.num_users),
+            val_loss=val.loss,
+            wall_seconds=time.perf_counter() - t0,
+            train_seconds=train_seconds,
+        )
         rounds.append(entry)
         if log:
             print(
-                f"epoch {epoch:3d} loss {loss:.4f} val HR@10 {entry['val']['hr@10']:.4f} "
-                f"NDCG@10 {entry['val']['ndcg@10']:.4f} | test HR@10 "
-                f"{entry['test']['hr@10']:.4f} NDCG@10 {entry['test']['ndcg@10']:.4f} "
+                f"epoch {epoch:3d} loss {loss:.4f} val HR@10 {entry[VAL_PART]['hr@10']:.4f} "
+                f"NDCG@10 {entry[VAL_PART]['ndcg@10']:.4f} | test HR@10 "
+                f"{entry[TEST_PART]['hr@10']:.4f} NDCG@10 {entry[TEST_PART]['ndcg@10']:.4f} "
                 f"({entry['wall-seconds']:.1f}s)",
                 flush=True,
             )
@@ -159,11 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    print(
-        f"selected epoch {selected['round']} (best validation HR@10): "
-        f"test HR@10 {selected['test']['hr@10']:.4f} NDCG@10 {selected['test']['ndcg@10']:.4f}"
-    )
-    print(f"wrote {path.parent} (results.json, model.pt, metrics.png)")
+    print(summary_line(path, selected))
     return 0
 
 

@@ -15,9 +15,9 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-__all__ = ["COMPUTE_SECONDS_KEY", "MeteredGrid", "RoundTraffic", "payload_bytes"]
+from ..protocol import COMPUTE_SECONDS_KEY, SERVER_ROUND_KEY
 
-COMPUTE_SECONDS_KEY = "compute-seconds"
+__all__ = ["MeteredGrid", "RoundTraffic", "payload_bytes"]
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -163,7 +163,7 @@ class MeteredGrid(Grid):
 
 def _round_of(message: Message, default: int) -> int:
     for record in message.content.config_records.values():
-        value = record.get("server-round")
+        value = record.get(SERVER_ROUND_KEY)
         if isinstance(value, int):
             return value
     return default

@@ -20,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..paths import HOME_ENV_VAR, check_input_path, check_output_dir, resolve_user_path, runs_home
+from ..protocol import ITEM_CATALOGUE_KEY, TEST_PART, TRAIN_LOSS_KEY, VAL_PART
 from ..threads import CLIENT_DEFAULT_THREADS, resolve_num_threads
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ __all__ = [
     "check_run_paths",
     "plot_metrics",
     "resolve_output_dir",
+    "round_entry",
     "select_by_validation",
+    "summary_line",
     "with_negative_pool",
     "write_run",
 ]
@@ -114,7 +117,7 @@ def check_run_paths(cfg: RunConfig, run_name: str, *, reads_data: bool = True) -
     if cfg.item_catalogue:
         item_catalogue = check_input_path(
             cfg.item_catalogue,
-            key="item-catalogue",
+            key=ITEM_CATALOGUE_KEY,
             kind="file",
             what="the item catalogue (write it with `fedrec data catalogue`)",
         )
@@ -134,20 +137,80 @@ def check_run_paths(cfg: RunConfig, run_name: str, *, reads_data: bool = True) -
     )
 
 
+def round_entry(
+    round_: int,
+    *,
+    train_loss: float | None,
+    val: Mapping[str, float],
+    test: Mapping[str, float],
+    val_loss: float | None,
+    wall_seconds: float,
+    bytes_sent: int = 0,
+    bytes_received: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One ``rounds`` entry of ``results.json``, the same shape for every mode.
+
+    Parameters
+    ----------
+    round_ : int
+        Federated round, or epoch of the centralised baseline (from 1).
+    train_loss : float or None
+        Mean training BCE of the round (None if no training reply arrived).
+    val, test : mapping of str to float
+        Global metrics (``hr@10``, ``ndcg@10`` ...) on the validation and test items.
+    val_loss : float or None
+        Mean validation BCE over all candidates.
+    wall_seconds : float
+        Wall-clock time of the round.
+    bytes_sent, bytes_received : int (default: 0)
+        Payload bytes to and from clients (0 for the centralised baseline).
+    **extra
+        Mode-specific fields, kebab-cased (``client_train_seconds`` ->
+        ``client-train-seconds``), after the common ones.
+    """
+    entry: dict[str, Any] = {
+        "round": round_,
+        TRAIN_LOSS_KEY: train_loss,
+        VAL_PART: dict(val),
+        TEST_PART: dict(test),
+        "val-loss": val_loss,
+        "wall-seconds": wall_seconds,
+        "bytes-sent": bytes_sent,
+        "bytes-received": bytes_received,
+    }
+    entry.update({name.replace("_", "-"): value for name, value in extra.items()})
+    return entry
+
+
+def summary_line(results_path: Path, selected: Mapping[str, Any] | None) -> str:
+    """The one line every run ends with: where results went, the selected round."""
+    where = f"results in {results_path.parent}"
+    if not selected:
+        return f"fedrec-flwr: {where}; no round was evaluated"
+    val, test = selected[VAL_PART], selected[TEST_PART]
+    return (
+        f"fedrec-flwr: {where}; selected round {selected['round']} by {selected['by']}: "
+        f"val HR@10 {val.get('hr@10', float('nan')):.4f} NDCG@10 "
+        f"{val.get('ndcg@10', float('nan')):.4f}, test HR@10 "
+        f"{test.get('hr@10', float('nan')):.4f} NDCG@10 {test.get('ndcg@10', float('nan')):.4f}"
+    )
+
+
 def select_by_validation(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The round with the best validation HR@10 (earliest on ties).
 
     Test metrics are reported at that round only; they play no part in the choice.
     """
-    scored = [r for r in rounds if r.get("val")]
+    scored = [r for r in rounds if r.get(VAL_PART)]
     if not scored:
         return None
-    best = max(scored, key=lambda r: (r["val"][SELECTION_METRIC], -r["round"]))
+    best = max(scored, key=lambda r: (r[VAL_PART][SELECTION_METRIC], -r["round"]))
     return {
         "round": best["round"],
-        "by": f"val-{SELECTION_METRIC}",
-        "val": best["val"],
-        "test": best["test"],
+        "by": f"{VAL_PART}-{SELECTION_METRIC}",
+        VAL_PART: best[VAL_PART],
+        TEST_PART: best[TEST_PART],
     }
 
 
@@ -169,11 +232,11 @@ def plot_metrics(rounds: Sequence[Mapping[str, Any]], path: Path, *, xlabel: str
     matplotlib.use("Agg")  # headless; selected here, not at import time
     import matplotlib.pyplot as plt
 
-    scored = [r for r in rounds if r.get("val")]
+    scored = [r for r in rounds if r.get(VAL_PART)]
     x = [r["round"] for r in scored]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, metric in zip(axes, ("hr@10", "ndcg@10"), strict=True):
-        for part, style in (("val", "--"), ("test", "-")):
+        for part, style in ((VAL_PART, "--"), (TEST_PART, "-")):
             ax.plot(
                 x,
                 [r[part][metric] for r in scored],

@@ -1,8 +1,6 @@
 """Server strategies (Message API) and their pure aggregation functions."""
 
 from .aggregate import (
-    NUM_PARTITIONS_KEY,
-    ORDER_KEY,
     exact_metric_aggregation,
     order_replies,
     restore_dtypes,
@@ -29,8 +27,6 @@ from .validation import (
 )
 
 __all__ = [
-    "NUM_PARTITIONS_KEY",
-    "ORDER_KEY",
     "PartitionMismatchError",
     "PartitionSizes",
     "ReplyLimits",

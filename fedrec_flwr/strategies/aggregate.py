@@ -13,29 +13,15 @@ from typing import TypeGuard
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
+from ..protocol import COUNT_KEYS, ORDER_KEY, SUM_SUFFIX
+
 __all__ = [
-    "COUNT_KEYS",
-    "NUM_EXAMPLES_KEY",
-    "NUM_PARTITIONS_KEY",
-    "NUM_USERS_KEY",
-    "ORDER_KEY",
-    "SUM_SUFFIX",
     "exact_metric_aggregation",
     "order_replies",
     "restore_dtypes",
     "rowwise_average",
     "weighted_average",
 ]
-
-SUM_SUFFIX = "-sum"
-ORDER_KEY = "partition-id"
-# Every NCF reply carries it beside partition-id, so the server can check that
-# all nodes cut the data into the same number of groups.
-NUM_PARTITIONS_KEY = "num-partitions"
-NUM_EXAMPLES_KEY = "num-examples"
-NUM_USERS_KEY = "num-users"
-# Client sizes, not metrics: never averaged into results.
-COUNT_KEYS = frozenset({NUM_EXAMPLES_KEY, NUM_USERS_KEY, NUM_PARTITIONS_KEY})
 
 
 def exact_metric_aggregation(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:

@@ -9,9 +9,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from ..protocol import ARRAYS_RECORD, CONFIG_RECORD, ITEM_COUNTS_KEY, NUM_EXAMPLES_KEY
 from .aggregate import exact_metric_aggregation, order_replies, rowwise_average, weighted_average
-
-ITEM_COUNTS_KEY = "item-counts"
 
 __all__ = ["WeightedFedAvg"]
 
@@ -27,7 +26,7 @@ class WeightedFedAvg(FedAvg):
       exact global means over users).
 
     With :class:`fedrec_flwr.client.numpy_client.NCFClient`, ``n_k`` (``num-examples``) is the
-    client's number of training interactions (``weighted_by_key="num-users"``:
+    client's number of training interactions (``weighted_by_key=NUM_USERS_KEY``:
     its number of users). Only the arrays clients send are averaged: private
     user embeddings never reach the server.
 
@@ -52,11 +51,11 @@ class WeightedFedAvg(FedAvg):
         Minimum number of nodes used for evaluation.
     min_available_nodes : int (default: 2)
         Minimum number of connected nodes before a round starts.
-    weighted_by_key : str (default: "num-examples")
+    weighted_by_key : str (default: NUM_EXAMPLES_KEY)
         MetricRecord key holding each client's weight ``n_k``.
-    arrayrecord_key : str (default: "arrays")
+    arrayrecord_key : str (default: ARRAYS_RECORD)
         Key of the ArrayRecord in messages.
-    configrecord_key : str (default: "config")
+    configrecord_key : str (default: CONFIG_RECORD)
         Key of the ConfigRecord in messages.
     train_metrics_aggr_fn : callable, optional (default: exact_metric_aggregation)
         ``(list[RecordDict], str) -> MetricRecord`` for training metrics.
@@ -75,9 +74,9 @@ class WeightedFedAvg(FedAvg):
         min_train_nodes: int = 2,
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
+        weighted_by_key: str = NUM_EXAMPLES_KEY,
+        arrayrecord_key: str = ARRAYS_RECORD,
+        configrecord_key: str = CONFIG_RECORD,
         train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         rowwise_items: bool = False,

@@ -16,15 +16,16 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .aggregate import (
+from ..protocol import (
+    CONFIG_RECORD,
     NUM_EXAMPLES_KEY,
     NUM_PARTITIONS_KEY,
     NUM_USERS_KEY,
     ORDER_KEY,
+    SERVER_ROUND_KEY,
     SUM_SUFFIX,
-    order_replies,
-    restore_dtypes,
 )
+from .aggregate import order_replies, restore_dtypes
 from .validation import (
     MAX_MAGNITUDE,
     ArraySpec,
@@ -266,9 +267,11 @@ class ValidatedStrategy(Strategy):
         """
         if not nodes:
             return
-        config = ConfigRecord({"server-round": server_round})
+        config = ConfigRecord({SERVER_ROUND_KEY: server_round})
         queries = [
-            Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
+            Message(
+                RecordDict({CONFIG_RECORD: config}), dst_node_id=n, message_type=MessageType.QUERY
+            )
             for n in nodes
         ]
         reported: dict[int, tuple[object, int]] = {}

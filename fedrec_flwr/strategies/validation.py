@@ -42,7 +42,7 @@ from typing import TypeGuard
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from .aggregate import NUM_PARTITIONS_KEY, NUM_USERS_KEY, ORDER_KEY
+from ..protocol import NUM_EXAMPLES_KEY, NUM_PARTITIONS_KEY, NUM_USERS_KEY, ORDER_KEY
 
 __all__ = [
     "MAX_MAGNITUDE",
@@ -83,7 +83,7 @@ class ReplyLimits:
 
     Parameters
     ----------
-    weight_key : str (default: "num-examples")
+    weight_key : str (default: NUM_EXAMPLES_KEY)
         MetricRecord key holding the client's weight.
     max_weight : float (default: inf)
         Largest acceptable weight (e.g. the dataset's size: no partition can
@@ -111,7 +111,7 @@ class ReplyLimits:
         The ``num-partitions`` every node must report, once agreed.
     """
 
-    weight_key: str = "num-examples"
+    weight_key: str = NUM_EXAMPLES_KEY
     max_weight: float = math.inf
     partition_caps: Mapping[int, float] = field(default_factory=dict)
     list_lengths: Mapping[str, int] = field(default_factory=dict)
@@ -194,7 +194,7 @@ def check_arrays(record: ArrayRecord, spec: ArraySpec) -> str | None:
 
 def check_weight(
     value: object,
-    key: str = "num-examples",
+    key: str = NUM_EXAMPLES_KEY,
     max_weight: float = math.inf,
 ) -> str | None:
     """A finite number in ``(0, min(max_weight, 2**53)]`` (bool is not a number here).
@@ -203,7 +203,7 @@ def check_weight(
     ----------
     value : object
         The claimed weight.
-    key : str (default: "num-examples")
+    key : str (default: NUM_EXAMPLES_KEY)
         Its key, named in the reason.
     max_weight : float (default: inf)
         The cap.
@@ -311,7 +311,7 @@ def is_per_user_sum(key: str) -> bool:
     return bool(_PER_USER_SUM.search(key))
 
 
-def check_user_sums(metrics: MetricRecord, weight_key: str = "num-examples") -> str | None:
+def check_user_sums(metrics: MetricRecord, weight_key: str = NUM_EXAMPLES_KEY) -> str | None:
     """Per-user sums lie in ``[0, n]``, ``n`` = the reply's users (and weight).
 
     HR@K and NDCG@K of one user lie in ``[0, 1]``, so their sum over a reply's
@@ -324,7 +324,7 @@ def check_user_sums(metrics: MetricRecord, weight_key: str = "num-examples") -> 
     ----------
     metrics : flwr.app.MetricRecord
         The reply's metrics (numbers already checked finite).
-    weight_key : str (default: "num-examples")
+    weight_key : str (default: NUM_EXAMPLES_KEY)
         The weight's key.
     """
     bounds = [metrics.get(k) for k in (NUM_USERS_KEY, weight_key)]

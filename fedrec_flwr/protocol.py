@@ -1,0 +1,129 @@
+"""The client-server protocol: every message, record, node-config and state key.
+
+Each key is defined here once; the client, the server, the strategies and the
+metering all import it from here, so the two sides cannot drift apart. A test
+(``tests/test_protocol.py``) checks that no other module of the package spells
+one of these keys as a string literal.
+
+Message layout (Flower's Message API, as ``flwr.serverapp.strategy`` builds it):
+
+- server -> client: ``{ARRAYS_RECORD: ArrayRecord, CONFIG_RECORD: ConfigRecord}``;
+  the config carries :data:`SERVER_ROUND_KEY` and any per-round strategy knob
+  (:data:`KNOB_KEYS`), which wins over the run config.
+- client -> server, train: ``{ARRAYS_RECORD: ArrayRecord, METRICS_RECORD:
+  MetricRecord}`` with the weight (:data:`NUM_EXAMPLES_KEY`), the node's identity
+  (:func:`node_metrics`), :data:`TRAIN_LOSS_KEY` and :data:`COMPUTE_SECONDS_KEY`.
+- client -> server, evaluate: ``{METRICS_RECORD: MetricRecord}`` with
+  :data:`LOSS_KEY` (validation BCE), the node's identity, and per-user metric
+  sums ``{prefix}{part}-{metric}@K-sum`` (:func:`sum_key`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "ARRAYS_RECORD",
+    "COMPUTE_SECONDS_KEY",
+    "CONFIG_RECORD",
+    "COUNT_KEYS",
+    "DATA_FILE_KEY",
+    "FINETUNE_EPOCHS_KEY",
+    "FINETUNE_SCOPE_KEY",
+    "GLOBAL_PREFIX",
+    "ITEM_CATALOGUE_KEY",
+    "ITEM_COUNTS_KEY",
+    "KNOB_KEYS",
+    "LOSS_KEY",
+    "METRICS_RECORD",
+    "NUM_EXAMPLES_KEY",
+    "NUM_PARTITIONS_KEY",
+    "NUM_USERS_KEY",
+    "ORDER_KEY",
+    "PARTITION_ID_KEY",
+    "PERSONAL_STATE_KEY",
+    "PRIVATE_LAYERS_KEY",
+    "PRIVATE_STATE_KEY",
+    "PROXIMAL_MU_KEY",
+    "SERVER_ROUND_KEY",
+    "SUM_SUFFIX",
+    "TEST_PART",
+    "TRAIN_LOSS_KEY",
+    "VAL_PART",
+    "node_metrics",
+    "prefixed",
+    "server_round",
+    "sum_key",
+]
+
+# Record names inside a Message's RecordDict (Flower's strategies' defaults).
+ARRAYS_RECORD = "arrays"
+METRICS_RECORD = "metrics"
+CONFIG_RECORD = "config"
+
+# Server -> client config.
+SERVER_ROUND_KEY = "server-round"  # set by every Flower strategy
+PROXIMAL_MU_KEY = "proximal-mu"
+PRIVATE_LAYERS_KEY = "private-layers"
+FINETUNE_EPOCHS_KEY = "finetune-epochs"
+FINETUNE_SCOPE_KEY = "finetune-scope"
+#: True asks ``fit`` for ``item-counts`` too (row-wise item aggregation).
+ITEM_COUNTS_KEY = "item-counts"
+#: Strategy knobs a server may send per round; the message's value wins over
+#: the run config's key of the same name.
+KNOB_KEYS = (PROXIMAL_MU_KEY, PRIVATE_LAYERS_KEY, FINETUNE_EPOCHS_KEY, FINETUNE_SCOPE_KEY)
+
+# Client -> server metrics.
+NUM_EXAMPLES_KEY = "num-examples"  # FedAvg weight n_k: training interactions
+NUM_USERS_KEY = "num-users"  # users of the group (evaluation weight)
+#: A node's partition id, also its node-config key; the server orders replies by
+#: it, so aggregation does not depend on arrival order.
+PARTITION_ID_KEY = "partition-id"
+ORDER_KEY = PARTITION_ID_KEY
+#: Sent beside partition-id, so the server can check every node cut the same groups.
+NUM_PARTITIONS_KEY = "num-partitions"
+TRAIN_LOSS_KEY = "train-loss"
+LOSS_KEY = "loss"  # evaluate: validation BCE (the NumPyClient convention)
+COMPUTE_SECONDS_KEY = "compute-seconds"
+SUM_SUFFIX = "-sum"
+VAL_PART = "val"
+TEST_PART = "test"
+#: Personalised evaluation: ``global-val-*``/``global-test-*`` are the global model's.
+GLOBAL_PREFIX = "global-"
+#: Client sizes, not metrics: never averaged into results.
+COUNT_KEYS = frozenset({NUM_EXAMPLES_KEY, NUM_USERS_KEY, NUM_PARTITIONS_KEY})
+
+# Node config (besides partition-id and num-partitions, which Flower sets in simulation).
+DATA_FILE_KEY = "data-file"
+ITEM_CATALOGUE_KEY = "item-catalogue"
+
+# context.state records: what a node keeps between rounds and never sends.
+PRIVATE_STATE_KEY = "fedrec-private-arrays"
+PERSONAL_STATE_KEY = "fedrec-personal-layers"
+
+
+def node_metrics(partition_id: int, num_partitions: int, num_users: int) -> dict[str, int]:
+    """The identity every reply carries: partition, partition count, users."""
+    return {
+        PARTITION_ID_KEY: int(partition_id),
+        NUM_PARTITIONS_KEY: int(num_partitions),
+        NUM_USERS_KEY: int(num_users),
+    }
+
+
+def sum_key(part: str, metric: str, prefix: str = "") -> str:
+    """``{prefix}{part}-{metric}-sum``, e.g. ``val-hr@10-sum``."""
+    return f"{prefix}{part}-{metric}{SUM_SUFFIX}"
+
+
+def prefixed(metrics: Mapping[str, Any], part: str, prefix: str = "") -> dict[str, float]:
+    """Aggregated metrics of one part, prefix stripped: ``{"hr@10": ...}``."""
+    head = f"{prefix}{part}-"
+    return {k[len(head) :]: float(v) for k, v in metrics.items() if k.startswith(head)}
+
+
+def server_round(config: Mapping[str, Any], default: int = 0) -> int:
+    """The round number a message's config carries (``default`` if none)."""
+    value = config.get(SERVER_ROUND_KEY, default)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else default

@@ -1,0 +1,227 @@
+"""The federated run: strategy, rounds on a Grid, results to disk."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from ..config import LEAKY_POOL_WARNING, RunConfig
+from ..datasets import (
+    DataOptions,
+    build_partition_cache,
+    prepare_data,
+    protocol_without_data,
+    read_cache_meta,
+    read_catalogue,
+)
+from ..models.ncf import NCF, shared_arrays
+from ..paths import resolve_user_path
+from ..protocol import (
+    GLOBAL_PREFIX,
+    ITEM_CATALOGUE_KEY,
+    LOSS_KEY,
+    NUM_PARTITIONS_KEY,
+    TEST_PART,
+    TRAIN_LOSS_KEY,
+    VAL_PART,
+    prefixed,
+)
+from ..strategies import PartitionSizes
+from ..strategies.registry import build_strategy
+from .metering import MeteredGrid
+from .results import (
+    round_entry,
+    select_by_validation,
+    summary_line,
+    with_negative_pool,
+    write_run,
+)
+
+__all__ = ["initial_arrays", "partition_sizes", "run_federated"]
+
+
+def partition_sizes(options: DataOptions, num_partitions: int) -> PartitionSizes:
+    """Each partition's training interactions and users, cut as the clients cut them.
+
+    Reads (building it first if needed) the same partition cache the clients
+    read (:func:`~fedrec_flwr.datasets.build_partition_cache`), so the sizes
+    are exactly what an honest node of each partition reports.
+
+    Parameters
+    ----------
+    options : DataOptions
+        The run's data options.
+    num_partitions : int
+        The nodes' agreed ``num-partitions``.
+    """
+    meta = read_cache_meta(build_partition_cache(options, num_partitions))
+    parts = meta["partition-stats"]["partitions"]
+    return PartitionSizes(
+        examples={int(p["id"]): int(p["interactions"]) for p in parts},
+        users={int(p["id"]): int(p["users"]) for p in parts},
+    )
+
+
+def initial_arrays(cfg: RunConfig, num_items: int) -> ArrayRecord:
+    """Shared arrays of a freshly initialised model (no user rows on the server)."""
+    model = NCF(0, num_items, cfg.model, cfg.factors, cfg.mlp_layers, seed=cfg.seed)
+    return ArrayRecord({k: Array(v) for k, v in shared_arrays(model).items()})
+
+
+def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) -> Path:
+    """Run ``cfg.num_server_rounds`` rounds on ``grid`` and write the results.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of ``results.json``.
+
+    Raises
+    ------
+    RuntimeError
+        If no round produced an aggregate (every client failed), or the nodes
+        disagree on ``num-partitions``
+        (:class:`~fedrec_flwr.strategies.PartitionMismatchError`).
+    ConfigError
+        If the ``node-weight-caps`` file is malformed (before any round).
+    """
+    log(INFO, "fedrec-flwr: results will be written to %s", out_dir)
+    if cfg.negative_pool != "train":
+        log(WARNING, "fedrec-flwr: %s", LEAKY_POOL_WARNING)
+    metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
+    if cfg.item_catalogue:
+        # Nodes hold their own logs (node-config data-file): the server sees only
+        # the shared catalogue, so it cannot bound a reply's weight by the data.
+        num_items = len(
+            read_catalogue(resolve_user_path(cfg.item_catalogue, key=ITEM_CATALOGUE_KEY))
+        )
+        stats: dict[str, Any] = {ITEM_CATALOGUE_KEY: cfg.item_catalogue, "num-items": num_items}
+        protocol = with_negative_pool(protocol_without_data(cfg.data_options()), cfg.negative_pool)
+        max_train, max_evaluate = math.inf, math.inf
+        sizes = None
+    else:
+        # The server reads only the item catalogue and sizes; user rows stay with clients.
+        prepared = prepare_data(cfg.data_options())
+        num_items = prepared.num_items
+        stats = prepared.stats()
+        protocol = with_negative_pool(prepared.protocol(), cfg.negative_pool)
+        # No partition can hold more than the whole dataset.
+        max_train = stats["num-users" if cfg.weight_key == "users" else "num-train-interactions"]
+        max_evaluate = prepared.num_users
+        # Exact per-partition caps, once the nodes tell how many partitions there are.
+        sizes = functools.partial(partition_sizes, cfg.data_options())
+    strategy = build_strategy(
+        cfg,
+        max_train_weight=max_train,
+        max_evaluate_weight=max_evaluate,
+        num_items=num_items,
+        partition_sizes=sizes,
+    )
+    t0 = time.perf_counter()
+    result = strategy.start(
+        grid=metered,
+        initial_arrays=initial_arrays(cfg, num_items),
+        num_rounds=cfg.num_server_rounds,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+    )
+    t_end = time.perf_counter()
+    rounds = _round_entries(result, metered, t_end)
+    if not result.train_metrics_clientapp:
+        raise RuntimeError(
+            "no training round succeeded; client errors: "
+            + "; ".join(r for rs in metered.failure_reasons.values() for r in rs[:3])
+        )
+    failed = [r["round"] for r in rounds if r["failures"]]
+    if failed:
+        log(WARNING, "fedrec-flwr: rounds with failed clients: %s", failed)
+    dropped_rounds = sorted({r for r, _, _ in strategy.dropped} | {r for r, _ in strategy.rejected})
+    path = write_run(
+        out_dir,
+        mode="federated",
+        config=cfg.to_dict(),
+        protocol=protocol,
+        dataset=stats,
+        rounds=rounds,
+        model_state={k: v.numpy() for k, v in result.arrays.items()},
+        extra={
+            "run-id": run_id,
+            "strategy": type(strategy.strategy).__name__,
+            "dropped-replies": [
+                {"round": r, "node": n, "reason": why} for r, n, why in strategy.dropped
+            ],
+            "num-clients": len(list(grid.get_node_ids())),
+            "rounds-with-failures": failed,
+            "rounds-with-dropped-replies": dropped_rounds,
+            "clipped-weights": strategy.clipped,
+            "rejected-aggregates": [{"round": r, "reason": why} for r, why in strategy.rejected],
+            NUM_PARTITIONS_KEY: strategy.num_partitions,
+            "arrays-received": sorted(metered.array_names_received),
+            "total-wall-seconds": t_end - t0,
+        },
+    )
+    final = rounds[-1][TEST_PART]
+    log(
+        INFO,
+        "fedrec-flwr: final test HR@10 %.4f NDCG@10 %.4f; rounds with dropped replies: %s",
+        final.get("hr@10", float("nan")),
+        final.get("ndcg@10", float("nan")),
+        dropped_rounds or "none",
+    )
+    log(INFO, "fedrec-flwr: wrote %s (results.json, model.pt, metrics.png)", out_dir)
+    log(INFO, "%s", summary_line(path, select_by_validation(rounds)))
+    return path
+
+
+def _reply_poll_interval(grid: Grid) -> float | None:
+    """0.1 s on a deployment's grid (Flower's own loop waits 3 s between pulls)."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    return 0.1 if isinstance(grid, HttpGrid) else None
+
+
+def _number(value: object) -> float | None:
+    """A scalar metric as float, None when absent (no reply that round)."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _round_entries(result: Result, metered: MeteredGrid, t_end: float) -> list[dict[str, Any]]:
+    starts = sorted(metered.rounds)
+    entries = []
+    for i, rnd in enumerate(starts):
+        traffic = metered.rounds[rnd]
+        nxt = metered.rounds[starts[i + 1]].started if i + 1 < len(starts) else t_end
+        train = dict(result.train_metrics_clientapp.get(rnd, {}))
+        evaluate = dict(result.evaluate_metrics_clientapp.get(rnd, {}))
+        entry = round_entry(
+            rnd,
+            train_loss=_number(train.get(TRAIN_LOSS_KEY)),
+            val=prefixed(evaluate, VAL_PART),
+            test=prefixed(evaluate, TEST_PART),
+            val_loss=_number(evaluate.get(LOSS_KEY)),
+            wall_seconds=nxt - traffic.started,
+            bytes_sent=traffic.bytes_sent,
+            bytes_received=traffic.bytes_received,
+            # Summed compute time the clients reported: with clients run one at a
+            # time, wall-seconds minus these is the engine's own cost.
+            client_train_seconds=traffic.client_seconds.get("train", 0.0),
+            client_eval_seconds=traffic.client_seconds.get("evaluate", 0.0),
+            replies=traffic.replies,
+            failures=traffic.failures,
+            failure_reasons=metered.failure_reasons.get(rnd, []),
+        )
+        if any(k.startswith(f"{GLOBAL_PREFIX}{VAL_PART}-") for k in evaluate):
+            # Personalised evaluation: val/test are personalised, these the global model's.
+            entry[f"{GLOBAL_PREFIX}{VAL_PART}"] = prefixed(evaluate, VAL_PART, GLOBAL_PREFIX)
+            entry[f"{GLOBAL_PREFIX}{TEST_PART}"] = prefixed(evaluate, TEST_PART, GLOBAL_PREFIX)
+        entries.append(entry)
+    return entries

@@ -1,0 +1,159 @@
+"""Strategies by name: ``strategy`` -> factory, and the validated build.
+
+Every entry builds a Message-API strategy from the run config and the
+keyword arguments all strategies share (sampling, weights, metric
+aggregation); :func:`build_strategy` wraps it in the reply-validation layer.
+A new strategy is one factory and one registry line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
+)
+
+from ..protocol import ITEM_COUNTS_KEY, NUM_EXAMPLES_KEY, NUM_USERS_KEY
+from .aggregate import exact_metric_aggregation
+from .caps import read_node_weight_caps
+from .fedavg import WeightedFedAvg
+from .guard import ValidatedStrategy
+from .validation import PartitionSizes, ReplyLimits
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+__all__ = ["STRATEGIES", "build_strategy"]
+
+Factory = Callable[["RunConfig", dict[str, Any]], Strategy]
+
+
+def _fedavg(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+    return WeightedFedAvg(**common, rowwise_items=cfg.item_aggregation == "rowwise")
+
+
+def _fedadam(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+    return FedAdam(**common, eta=cfg.server_learning_rate or 0.1)
+
+
+def _fedyogi(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+    return FedYogi(**common, eta=cfg.server_learning_rate or 0.01)
+
+
+def _fedavgm(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+    return FedAvgM(
+        **common,
+        server_learning_rate=cfg.server_learning_rate or 1.0,
+        server_momentum=cfg.server_momentum,
+    )
+
+
+def _krum(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+    return Krum(**common, num_malicious_nodes=cfg.num_malicious_nodes)
+
+
+def _fedmedian(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+    return FedMedian(**common)
+
+
+def _fedtrimmedavg(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+    return FedTrimmedAvg(**common, beta=cfg.trimmed_beta)
+
+
+#: ``strategy`` run-config value -> factory ``(cfg, common kwargs) -> Strategy``;
+#: ``server-learning-rate`` 0 means Flower's default step for that strategy.
+STRATEGIES: Mapping[str, Factory] = {
+    "fedavg": _fedavg,
+    "fedadam": _fedadam,
+    "fedyogi": _fedyogi,
+    "fedavgm": _fedavgm,
+    "krum": _krum,
+    "fedmedian": _fedmedian,
+    "fedtrimmedavg": _fedtrimmedavg,
+}
+
+
+def build_strategy(
+    cfg: RunConfig,
+    *,
+    max_train_weight: float = math.inf,
+    max_evaluate_weight: float = math.inf,
+    num_items: int = 0,
+    partition_sizes: Callable[[int], PartitionSizes] | None = None,
+) -> ValidatedStrategy:
+    """The strategy named by ``strategy``, inside the reply-validation layer.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        ``strategy``, ``weight-key``, ``item-aggregation``, ``fraction-train``,
+        ``seed``, ``max-client-weight``, ``node-weight-caps``,
+        ``weight-clip-multiple``, ``max-update-norm`` and the server-optimiser
+        knobs are read.
+    max_train_weight : float (default: inf)
+        Cap on a training reply's weight when ``max-client-weight`` is 0 (the
+        server passes the dataset's size: no partition can hold more).
+    max_evaluate_weight : float (default: inf)
+        Cap on an evaluation reply's weight (number of users), and on any
+        reply's ``num-users``.
+    num_items : int (default: 0)
+        Catalogue size: length of the ``item-counts`` list with row-wise items.
+    partition_sizes : callable, optional (default: None)
+        ``num_partitions -> PartitionSizes`` when the server holds the data:
+        each partition's true size becomes its exact cap (no clipping then).
+
+    Raises
+    ------
+    ConfigError
+        If the ``node-weight-caps`` file is missing or malformed.
+    """
+    key = NUM_USERS_KEY if cfg.weight_key == "users" else NUM_EXAMPLES_KEY
+    common: dict[str, Any] = {
+        "fraction_train": cfg.fraction_train,
+        "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes,
+        "min_available_nodes": cfg.min_nodes,
+        "weighted_by_key": key,
+        "train_metrics_aggr_fn": exact_metric_aggregation,
+        "evaluate_metrics_aggr_fn": exact_metric_aggregation,
+    }
+    inner = STRATEGIES[cfg.strategy](cfg, common)
+    rowwise = cfg.item_aggregation == "rowwise"
+    declared = read_node_weight_caps(cfg.node_weight_caps) if cfg.node_weight_caps else {}
+    user_caps = declared.get(NUM_USERS_KEY, {})
+    train_limits = ReplyLimits(
+        weight_key=key,
+        max_weight=cfg.max_client_weight or max_train_weight,
+        partition_caps=declared.get(key, {}),
+        list_lengths={ITEM_COUNTS_KEY: num_items} if rowwise else {},
+        user_caps=user_caps,
+        max_users=max_evaluate_weight,
+        clip_multiple=cfg.weight_clip_multiple,
+        max_update_norm=cfg.max_update_norm or math.inf,
+    )
+    # An evaluation reply's weight is its number of users.
+    evaluate_limits = ReplyLimits(
+        weight_key=key,
+        max_weight=max_evaluate_weight,
+        partition_caps=user_caps,
+        user_caps=user_caps,
+        max_users=max_evaluate_weight,
+        clip_multiple=cfg.weight_clip_multiple,
+    )
+    return ValidatedStrategy(
+        inner,
+        train_limits,
+        evaluate_limits,
+        uniform_weights=cfg.weight_key == "uniform",
+        seed=cfg.seed,
+        partition_sizes=partition_sizes,
+    )
