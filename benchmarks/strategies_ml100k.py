@@ -20,12 +20,8 @@ import argparse
 import json
 import logging
 import time
+import tomllib
 from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig

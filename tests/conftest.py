@@ -65,3 +65,14 @@ def checkerboard_rows(users_per_group: int = 8, items_per_group: int = 30, seed:
                 rows.append((g * 1000 + u + 1, g * 100 + int(i) + 1, 5, 1_000_000 + t))
     order = rng.permutation(len(rows))
     return [rows[k] for k in order]
+
+
+_SLOW_MARKERS = frozenset({"flower", "deployment", "benchmark"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put every test that starts real Flower processes or runs a benchmark in
+    the slow tier, so ``-m "not slow"`` is the fast tier without a second list."""
+    for item in items:
+        if _SLOW_MARKERS & {mark.name for mark in item.iter_markers()}:
+            item.add_marker(pytest.mark.slow)

@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.flower  # speed.py starts real `flwr run` simulations
+pytestmark = [pytest.mark.flower, pytest.mark.benchmark]  # speed.py starts `flwr run`
 
 
 def _run(script: str, out, *extra: str) -> str:

@@ -1,12 +1,8 @@
 import dataclasses
 import json
+import tomllib
 
 import pytest
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from conftest import REPO, checkerboard_rows, write_u_data
 
 from fedrec_flwr.config import ConfigError, RunConfig

@@ -82,7 +82,7 @@ def make_certificates(
     if not hosts:
         raise ValueError("hosts: give at least one name or IP address of the SuperLink")
     out_dir.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_cert = (
         x509.CertificateBuilder()
