@@ -65,6 +65,8 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    from fedrec_flwr.paths import staged
+
     users, items = _shape(n)
     rng = np.random.default_rng(seed)
     # User activity ~ rank^-0.7 (at least 3, at most a fifth of the catalogue);
@@ -95,9 +97,8 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
     order = rng.permutation(len(u))
     r = rng.integers(1, 11, size=len(u)) / 2.0
     table = pa.table({"user": u[order], "item": i[order], "rating": r, "timestamp": t[order]})
-    tmp = path.with_suffix(".partial")
-    pacsv.write_csv(table, tmp)
-    tmp.replace(path)
+    with staged(path) as tmp:
+        pacsv.write_csv(table, tmp)
 
 
 def run_pipeline(path: Path, num_partitions: int, workdir: Path) -> dict[str, float]:
@@ -111,7 +112,9 @@ def run_pipeline(path: Path, num_partitions: int, workdir: Path) -> dict[str, fl
         sample_eval_negatives,
         temporal_leave_one_out,
     )
-    from fedrec_flwr.datasets.cache import read_partition, write_partition_cache
+
+    # Each stage timed on its own: the cache's internals, not load_client_data.
+    from fedrec_flwr.datasets.cache import _read_partition, _write_partition_cache
 
     out: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -159,12 +162,12 @@ def run_pipeline(path: Path, num_partitions: int, workdir: Path) -> dict[str, fl
         42,
     )
     target = workdir / f"cache-{os.getpid()}"
-    write_partition_cache(target, prepared, assignment, partitioner.labels_, {})
+    _write_partition_cache(target, prepared, assignment, partitioner.labels_, {})
     t6 = time.perf_counter()
     loads = []
     for pid in range(5):
         s = time.perf_counter()
-        data = read_partition(target, pid)
+        data = _read_partition(target, pid)
         loads.append(time.perf_counter() - s)
     shutil.rmtree(target)
     out.update(

@@ -40,14 +40,13 @@ def centralised_epoch_seconds(data_dir: str, seed: int, repeats: int = 2) -> flo
     import torch
 
     from fedrec_flwr.config import RunConfig
-    from fedrec_flwr.datasets import client_data_from, prepare_dataset
+    from fedrec_flwr.datasets import prepare_data
     from fedrec_flwr.models.ncf import NCF
     from fedrec_flwr.train.group import train_epochs
 
     torch.set_num_threads(1)  # as each client
     cfg = RunConfig(data_dir=data_dir, seed=seed)
-    prepared = prepare_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_eval_negatives)
-    data = client_data_from(prepared, 0, 1, cfg.seed)
+    data = prepare_data(cfg.data_options()).client_data()
     model = NCF(data.num_users, data.num_items, cfg.model, cfg.factors, cfg.mlp_layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     best = float("inf")

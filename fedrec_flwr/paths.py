@@ -8,6 +8,10 @@ looks. Everything defaults under one home directory instead.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
@@ -16,8 +20,10 @@ __all__ = [
     "check_output_dir",
     "data_home",
     "fedrec_home",
+    "replace_symlink",
     "resolve_user_path",
     "runs_home",
+    "staged",
 ]
 
 HOME_ENV_VAR = "FEDREC_FLWR_HOME"
@@ -155,3 +161,94 @@ def check_output_dir(path: Path, *, label: str) -> Path:
             "choose a folder you can write to"
         )
     return path
+
+
+@contextmanager
+def staged(
+    target: str | Path,
+    *,
+    directory: bool = False,
+    keep_existing: Callable[[Path], bool] | None = None,
+) -> Iterator[Path]:
+    """Write into a temporary path beside ``target``; publish it atomically.
+
+    Readers see the old ``target`` or the finished new one, never a half
+    written one: on success the staged path is renamed onto ``target`` (same
+    folder, so the rename is atomic); on an exception it is deleted and
+    ``target`` is left as it was.
+
+    Parameters
+    ----------
+    target : str or pathlib.Path
+        The file, symlink or folder to publish; its parent is created.
+    directory : bool (default: False)
+        Stage a folder: the yielded path is an empty folder. Otherwise it is a
+        free name the caller creates (a file or a symlink), renamed over
+        ``target`` with :func:`os.replace`.
+    keep_existing : callable, optional (default: None)
+        For a folder only. A folder cannot be renamed over a non-empty one, so
+        when another writer published first this is asked about the folder
+        found there: ``True`` keeps it (ours is deleted); ``False`` means it
+        has been cleared out of the way (or should make the error surface),
+        and the rename is tried once more. ``None``: the rename error is
+        raised.
+
+    Yields
+    ------
+    pathlib.Path
+        The staging path, a hidden name in ``target``'s folder.
+
+    Raises
+    ------
+    OSError
+        If publishing fails (the staged copy is deleted first).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.staging-{secrets.token_hex(6)}")
+    if directory:
+        tmp.mkdir()  # the umask's mode, as the published folder should have
+    try:
+        yield tmp
+        if not directory:
+            os.replace(tmp, target)
+            return
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if keep_existing is None:
+                raise
+            if keep_existing(target):
+                return  # the finally deletes our copy
+            os.rename(tmp, target)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    """Delete a staged file, symlink or folder if it is still there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_symlink(link: str | Path, points_to: str | Path) -> Path:
+    """Point the symlink ``link`` at ``points_to``, atomically (see :func:`staged`).
+
+    Parameters
+    ----------
+    link : str or pathlib.Path
+        The symlink to create or repoint (a reader never finds it missing).
+    points_to : str or pathlib.Path
+        What it points to, stored as given (a relative name stays relative).
+
+    Returns
+    -------
+    pathlib.Path
+        ``link``.
+    """
+    link = Path(link)
+    with staged(link) as tmp:
+        tmp.symlink_to(points_to)
+    return link

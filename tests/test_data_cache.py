@@ -14,8 +14,7 @@ from fedrec_flwr.datasets import (
     DataOptions,
     build_partition_cache,
     cache,
-    client_data_from,
-    load_partition,
+    load_client_data,
     prepare_data,
     read_cache_meta,
     read_catalogue,
@@ -24,6 +23,21 @@ from fedrec_flwr.datasets.local import load_local_client_data
 from fedrec_flwr.ops.cli import main as fedrec_main
 
 FIELDS = ("users", "train_users", "train_items", "val_items", "test_items", "eval_negatives")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_reads():
+    """load_client_data memoizes per process; each test here reads the disk."""
+    load_client_data.cache_clear()
+
+
+def test_client_data_is_memoized_per_process(ml100k_dir):
+    options = DataOptions(data_dir=str(ml100k_dir))
+    first = load_client_data(options, 1, 3)
+    assert load_client_data(options, 1, 3) is first  # a client built every round
+    assert load_client_data(options, 2, 3) is not first  # negative control
+    with pytest.raises(ValueError, match=r"partition-id=3: must be in \[0, num-partitions=3\)"):
+        load_client_data(options, 3, 3)
 
 
 def _same(a, b) -> None:
@@ -36,14 +50,15 @@ def test_default_cache_reproduces_the_random_groups_bit_for_bit(ml100k_dir, monk
     options = DataOptions(data_dir=str(ml100k_dir))
     prepared = prepare_data(options)
     for pid in range(4):
-        _same(load_partition(options, pid, 4), client_data_from(prepared, pid, 4, 42))
+        _same(load_client_data(options, pid, 4), prepared.client_data(pid, 4))
 
     # A later process reads the cache only: preparing again would fail.
     def no_prepare(_options):
         raise AssertionError("prepared again")
 
     monkeypatch.setattr(cache, "prepare_data", no_prepare)
-    _same(load_partition(options, 2, 4), client_data_from(prepared, 2, 4, 42))
+    load_client_data.cache_clear()  # as in a new process
+    _same(load_client_data(options, 2, 4), prepared.client_data(2, 4))
     meta = read_cache_meta(build_partition_cache(options, 4))
     assert meta["dataset"]["num-users"] == 943 and meta["num-items"] == 1682
     assert sum(p["users"] for p in meta["partition-stats"]["partitions"]) == 943
@@ -51,17 +66,17 @@ def test_default_cache_reproduces_the_random_groups_bit_for_bit(ml100k_dir, monk
 
 def test_cache_key_follows_options_and_source(ml100k_dir, tmp_path):
     base = DataOptions(data_dir=str(ml100k_dir))
-    a = cache.cache_dir_for(base, 4)
-    assert cache.cache_dir_for(base, 4) == a
-    assert cache.cache_dir_for(base, 5) != a
-    assert cache.cache_dir_for(dataclasses.replace(base, seed=1), 4) != a
-    assert cache.cache_dir_for(dataclasses.replace(base, k_core=5), 4) != a
+    a = cache._cache_dir_for(base, 4)
+    assert cache._cache_dir_for(base, 4) == a
+    assert cache._cache_dir_for(base, 5) != a
+    assert cache._cache_dir_for(dataclasses.replace(base, seed=1), 4) != a
+    assert cache._cache_dir_for(dataclasses.replace(base, k_core=5), 4) != a
     log = tmp_path / "log.csv"
     log.write_text("user,item,timestamp\n1,1,1\n")
     opts = DataOptions(dataset="log", data_dir=str(log))
-    before = cache.cache_dir_for(opts, 1)
+    before = cache._cache_dir_for(opts, 1)
     log.write_text("user,item,timestamp\n1,1,1\n1,2,2\n")  # the data changed
-    assert cache.cache_dir_for(opts, 1) != before
+    assert cache._cache_dir_for(opts, 1) != before
 
 
 def test_attribute_partitions_through_the_cache(ml100k_dir, monkeypatch):
@@ -73,11 +88,11 @@ def test_attribute_partitions_through_the_cache(ml100k_dir, monkeypatch):
 
     # Clients naming num-partitions=21 reuse the cache built without a number.
     monkeypatch.setattr(cache, "prepare_data", no_prepare)
-    parts = [load_partition(options, p, 21) for p in range(21)]
+    parts = [load_client_data(options, p, 21) for p in range(21)]
     assert sum(p.num_users for p in parts) == 943
     assert len({int(u) for p in parts for u in p.users}) == 943
     with pytest.raises(ValueError, match=r"makes 21 partitions, but num-partitions=10"):
-        load_partition(options, 0, 10)
+        load_client_data(options, 0, 10)
 
 
 def test_preparation_options_change_the_data(ml100k_dir):
@@ -231,7 +246,7 @@ def test_custom_log_partitioned_by_one_of_its_columns(tmp_path):
         partition_by="region",
         num_eval_negatives=5,
     )
-    parts = [load_partition(options, p, 3) for p in range(3)]
+    parts = [load_client_data(options, p, 3) for p in range(3)]
     assert [p.num_users for p in parts] == [10, 10, 10]
     meta = read_cache_meta(build_partition_cache(options, 3))
     assert meta["labels"] == ["east", "north", "south"]

@@ -10,14 +10,14 @@ import pytest
 
 from fedrec_flwr.datasets import (
     DataFileError,
+    DataOptions,
     InteractionSet,
-    client_data_from,
+    fetch_movielens,
+    load_movielens,
     movielens,
     partition_users,
-    prepare_dataset,
-    prepare_interactions,
+    prepare_data,
     read_atomic_inter,
-    read_ml100k_dir,
     read_u_data,
     sample_eval_negatives,
     sample_train_negatives,
@@ -26,10 +26,10 @@ from fedrec_flwr.datasets import (
 
 
 def test_shared_ml100k_counts(ml100k_dir):
-    frame = read_ml100k_dir(ml100k_dir)
+    frame = load_movielens("ml-100k", ml100k_dir).interactions
     assert len(frame) == 100_000
     assert frame["user"].nunique() == 943 and frame["item"].nunique() == 1682
-    prepared = prepare_dataset("ml-100k", str(ml100k_dir), 42, 99)
+    prepared = prepare_data(DataOptions(data_dir=str(ml100k_dir)))
     assert prepared.stats() == {
         "name": "ml-100k",
         "num-users": 943,
@@ -82,9 +82,9 @@ def test_atomic_header_errors(tmp_path):
 
 def test_data_dir_without_known_files(tmp_path):
     with pytest.raises(DataFileError, match=r"neither u\.data nor ml-100k\.inter"):
-        read_ml100k_dir(tmp_path)
+        load_movielens("ml-100k", tmp_path)
     with pytest.raises(DataFileError, match="not a directory"):
-        read_ml100k_dir(tmp_path / "nope")
+        load_movielens("ml-100k", tmp_path / "nope")
 
 
 def test_tie_rule_first_row_in_file_is_latest():
@@ -136,8 +136,8 @@ def test_partitions_cover_every_user_once_and_are_seeded():
 
 
 def test_client_data_is_the_users_slice(ml100k_dir):
-    prepared = prepare_dataset("ml-100k", str(ml100k_dir), 42, 99)
-    parts = [client_data_from(prepared, p, 4, 42) for p in range(4)]
+    prepared = prepare_data(DataOptions(data_dir=str(ml100k_dir)))
+    parts = [prepared.client_data(p, 4) for p in range(4)]
     assert sum(c.num_users for c in parts) == 943
     assert sum(c.num_train for c in parts) == len(prepared.train_items)
     c = parts[1]
@@ -146,10 +146,18 @@ def test_client_data_is_the_users_slice(ml100k_dir):
     assert not c.train_set.contains(np.arange(c.num_users), c.test_items).any()
 
 
-def test_prepare_requires_timestamps():
-    frame = pd.DataFrame({"user": [1, 1, 1], "item": [1, 2, 3], "rating": [1.0] * 3})
-    with pytest.raises(ValueError, match="no timestamp column"):
-        prepare_interactions(frame, name="x", seed=0, num_eval_negatives=1)
+def test_prepare_requires_timestamps(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,rating\n1,1,1\n1,2,1\n1,3,1\n")
+    with pytest.raises(ValueError, match="log: no timestamp column; the temporal split needs one"):
+        prepare_data(DataOptions(dataset="log", data_dir=str(log), num_eval_negatives=1))
+    # Negative control: the same log with timestamps prepares.
+    log.write_text(
+        "user,item,rating,timestamp\n"
+        + "".join(f"{u},{u * 3 + t},1,{t}\n" for u in (0, 1) for t in (1, 2, 3))
+    )
+    prepared = prepare_data(DataOptions(dataset="log", data_dir=str(log), num_eval_negatives=1))
+    assert prepared.test_items.tolist() == [2, 5]  # each user's latest item, as a code
 
 
 # --- lazy download with checksums (network replaced by local fakes) ----------
@@ -175,16 +183,17 @@ def test_fetch_prefers_grouplens_and_checks_md5(tmp_path, monkeypatch):
 
     monkeypatch.setattr(movielens, "_download_grouplens", fake_download)
     with pytest.raises(DataFileError, match=r"md5 .* does not match .*0e33842e"):
-        movielens.fetch_ml100k(tmp_path / "a")
-    assert not (tmp_path / "a").exists()  # nothing half-written is left as the cache
+        fetch_movielens("ml-100k", tmp_path / "a")
+    # Nothing half-written is left, as the cache or beside it.
+    assert list(tmp_path.iterdir()) == []
 
     monkeypatch.setattr(movielens, "ML100K_MD5", hashlib.md5(archive).hexdigest())
-    target = movielens.fetch_ml100k(tmp_path / "b")
+    target = fetch_movielens("ml-100k", tmp_path / "b")
     assert json.loads((target / "SOURCE.json").read_text())["source"] == movielens.ML100K_URL
-    assert len(movielens.load_ml100k(target)) == 3
+    assert len(read_u_data(target / "u.data")) == 3
     # A second call uses the cache and downloads nothing.
     monkeypatch.setattr(movielens, "_download_grouplens", None)
-    assert movielens.fetch_ml100k(tmp_path / "b") == target
+    assert fetch_movielens("ml-100k", tmp_path / "b") == target
 
 
 def test_fetch_falls_back_to_recbole_wheel_and_checks_sha256(tmp_path, monkeypatch):
@@ -201,8 +210,21 @@ def test_fetch_falls_back_to_recbole_wheel_and_checks_sha256(tmp_path, monkeypat
     monkeypatch.setattr(movielens, "_download_grouplens", unreachable)
     monkeypatch.setattr(movielens, "_download_recbole_wheel", fake_pip)
     with pytest.raises(DataFileError, match=r"sha256 .* recbole==1\.2\.1"):
-        movielens.fetch_ml100k(tmp_path / "a")
+        fetch_movielens("ml-100k", tmp_path / "a")
     monkeypatch.setattr(movielens, "RECBOLE_WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
-    target = movielens.fetch_ml100k(tmp_path / "b")
+    target = fetch_movielens("ml-100k", tmp_path / "b")
     assert json.loads((target / "SOURCE.json").read_text())["source"] == "recbole==1.2.1"
-    assert movielens.load_ml100k(target)["item"].tolist() == [1, 2, 3]
+    assert read_atomic_inter(target / "ml-100k.inter")["item"].tolist() == [1, 2, 3]
+
+
+def test_download_copies_the_bytes_and_shows_progress(tmp_path, capsys):
+    source = tmp_path / "ml-100k.zip"
+    source.write_bytes(bytes(range(256)) * 10_000)  # 2.56 MB: three 1 MiB blocks
+    dest = tmp_path / "copy.zip"
+    movielens._download(source.as_uri(), dest, timeout=5)
+    assert dest.read_bytes() == source.read_bytes()
+    assert capsys.readouterr().err.splitlines() == [
+        "downloading copy.zip: 1,048,576/2,560,000 bytes (41%)",
+        "downloading copy.zip: 2,097,152/2,560,000 bytes (82%)",
+        "downloading copy.zip: 2,560,000/2,560,000 bytes (100%)",
+    ]

@@ -21,7 +21,7 @@ from conftest import REPO, write_u_data
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
-from fedrec_flwr.datasets import prepare_dataset
+from fedrec_flwr.datasets import prepare_data
 from fedrec_flwr.models.ncf import NCF, is_private
 from fedrec_flwr.ops.deploy import Deployment, down, up
 from fedrec_flwr.ops.processes import flower_env, processes_with_home
@@ -98,7 +98,7 @@ def test_deployment_trains_like_simulation(deployment, ml100k_slice, tmp_path):
     # User embeddings never left a SuperNode: the server received exactly the
     # shared arrays, and the saved model has no user rows.
     cfg = RunConfig.from_mapping({"data-dir": str(ml100k_slice)})
-    prepared = prepare_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_eval_negatives)
+    prepared = prepare_data(cfg.data_options())
     shared, private = _shared_names(cfg, prepared.num_items)
     assert private == ["user_gmf.weight", "user_mlp.weight"]
     assert results["arrays-received"] == sorted(shared)

@@ -20,7 +20,7 @@ from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.app.client_app import client_fn, legacy_app
 from fedrec_flwr.client.numpy_client import PRIVATE_STATE_KEY
 from fedrec_flwr.config import RunConfig
-from fedrec_flwr.datasets import client_data_from, prepare_dataset
+from fedrec_flwr.datasets import DataOptions, cache, prepare_data
 from fedrec_flwr.models.ncf import private_arrays
 from fedrec_flwr.runs.federated import initial_arrays, run_federated
 from fedrec_flwr.strategies import WeightedFedAvg
@@ -57,9 +57,9 @@ def _checkerboard_run(data_dir, out_dir, learning_rate):
 def test_checkerboard_held_out_item_ranks_first(checkerboard, tmp_path):
     # Each client holds users of *both* groups, so item popularity cannot solve
     # it: only user x item structure puts the held-out item first.
-    prepared = prepare_dataset("ml-100k", str(checkerboard), 42, 20)
+    prepared = prepare_data(DataOptions(data_dir=str(checkerboard), num_eval_negatives=20))
     for p in range(2):
-        groups = prepared.user_ids[client_data_from(prepared, p, 2, 42).users] // 1000
+        groups = prepared.user_ids[prepared.client_data(p, 2).users] // 1000
         assert set(groups) == {0, 1}
     trained = _checkerboard_run(checkerboard, tmp_path / "a", learning_rate=0.01)
     assert trained["rounds"][-1]["test"]["hr@1"] >= 0.8
@@ -158,10 +158,10 @@ def test_raw_log_is_parsed_once_per_process(checkerboard, tmp_path, monkeypatch)
     from fedrec_flwr.datasets import prepare
 
     calls = []
-    original = prepare.load_source
-    monkeypatch.setattr(prepare, "load_source", lambda o: calls.append(o.data_dir) or original(o))
+    original = prepare._load_source
+    monkeypatch.setattr(prepare, "_load_source", lambda o: calls.append(o.data_dir) or original(o))
     prepare.prepare_data.cache_clear()
-    prepare.load_client_data.cache_clear()
+    cache.load_client_data.cache_clear()
     rc = {"data-dir": str(checkerboard), "num-server-rounds": 3, "num-eval-negatives": 20, **SMALL}
     run_federated(_grid(rc, 3), RunConfig.from_mapping(rc), tmp_path)
     assert calls == [str(checkerboard)]  # server and 3 clients x 3 rounds x 2 messages

@@ -21,8 +21,8 @@ from fedrec_flwr.datasets import (
     DataOptions,
     build_partition_cache,
     cache,
+    load_client_data,
     load_movielens,
-    load_partition,
     prepare_data,
     read_atomic,
     read_atomic_table,
@@ -379,10 +379,11 @@ def _edit_meta(folder):
 )
 def test_a_damaged_cache_is_rebuilt_with_a_warning(small_options, damage, caplog):
     folder = build_partition_cache(small_options, 2)
-    good = [load_partition(small_options, p, 2) for p in range(2)]
+    good = [load_client_data(small_options, p, 2) for p in range(2)]
     damage(folder)
+    load_client_data.cache_clear()  # as in a new process
     with caplog.at_level(logging.WARNING, logger="fedrec_flwr.datasets.cache"):
-        again = [load_partition(small_options, p, 2) for p in range(2)]
+        again = [load_client_data(small_options, p, 2) for p in range(2)]
     for a, b in zip(good, again, strict=True):
         _same(a, b)
     assert f"partition cache {folder}" in caplog.text and "rebuilding" in caplog.text
@@ -394,7 +395,7 @@ def test_a_damaged_cache_that_cannot_be_rebuilt_is_one_clear_line(small_options)
     folder = build_partition_cache(small_options, 2)
     _zero_test_items(folder)
     with pytest.raises(DataFileError) as info:
-        cache.read_partition(folder, 0)
+        cache._read_partition(folder, 0)
     message = str(info.value)
     assert message.startswith(f"partition cache {folder}: ") and "\n" not in message
     assert f"delete the folder ({folder})" in message
@@ -409,7 +410,7 @@ def test_node_local_cache_is_verified_too(tmp_path, caplog):
     load_local_client_data.cache_clear()
     local = dataclasses.replace(options, dataset="log", data_dir=str(log), partitioner="random")
     extra = {"catalogue": cache._fingerprint(tmp_path / "catalogue.txt"), "partition-id": 0}
-    folder = cache.cache_dir_for(local, 1, extra=extra)
+    folder = cache._cache_dir_for(local, 1, extra=extra)
     _zero_test_items(folder)
     with caplog.at_level(logging.WARNING, logger="fedrec_flwr.datasets.cache"):
         again = load_local_client_data(str(log), str(tmp_path / "catalogue.txt"), options, 0, 1)

@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
 from fedrec_flwr.app.client_app import client_fn, partition_query
 from fedrec_flwr.client.adapter import numpy_client_app
 from fedrec_flwr.config import ConfigError, RunConfig
-from fedrec_flwr.datasets import client_data_from, prepare_data
+from fedrec_flwr.datasets import prepare_data
 from fedrec_flwr.runs import federated
 from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.strategies import (
@@ -346,7 +346,7 @@ def _inflate(partition, by):
 
 def test_a_server_with_the_data_caps_each_partition_by_its_true_size(rc, tmp_path):
     options = RunConfig.from_mapping(rc).data_options()
-    truth = [client_data_from(prepare_data(options), p, 3, 42) for p in range(3)]
+    truth = [prepare_data(options).client_data(p, 3) for p in range(3)]
     run = {**rc, "num-server-rounds": 2}
     grid = InProcessGrid(_app(_inflate(1, 1)), _nodes(3), run)
     results = json.loads(run_federated(grid, RunConfig.from_mapping(run), tmp_path).read_text())

@@ -327,9 +327,7 @@ def test_client_threads_default_to_one(data):
         cfg = RunConfig.from_mapping(
             {"data-dir": str(data), "num-eval-negatives": 20, "num-threads": requested}
         )
-        client_data = load_client_data(
-            cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_eval_negatives, 0, 2, cfg.data_options()
-        )
+        client_data = load_client_data(cfg.data_options(), 0, 2)
         torch.set_num_threads(3)
         NCFClient(client_data, cfg, RecordDict())
         assert torch.get_num_threads() == expected

@@ -20,12 +20,10 @@ from fedrec_flwr.datasets import (
     filter_k_core,
     grouplens,
     load_movielens,
-    random_ratio_split,
     read_atomic,
     read_log,
     sample_eval_negatives,
     stream_log_to_parquet,
-    temporal_ratio_split,
     to_implicit,
 )
 
@@ -475,22 +473,6 @@ def test_implicit_threshold_and_k_core():
     # 3-core cascades: user 2 has only 2 items -> removed -> items 1, 2 keep 2 -> all gone.
     with pytest.raises(ValueError, match="k-core=3: no interactions left"):
         filter_k_core(frame, 3)
-
-
-def test_ratio_splits():
-    users = np.array([0] * 10 + [1] * 4)
-    times = np.r_[np.arange(10), [5, 5, 1, 2]]
-    split = temporal_ratio_split(users, times, (0.6, 0.2, 0.2))
-    # user 0: latest 2 (rows 9, 8) test, next 2 (7, 6) val; user 1: floor(0.8)=0 held out.
-    assert split.test_rows.tolist() == [8, 9] and split.val_rows.tolist() == [6, 7]
-    assert split.train_rows.tolist() == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13]
-    a = random_ratio_split(users, 3, (0.6, 0.2, 0.2))
-    b = random_ratio_split(users, 3, (0.6, 0.2, 0.2))
-    np.testing.assert_array_equal(a.test_rows, b.test_rows)
-    assert len(a.test_rows) == 2 and len(a.val_rows) == 2 and len(a.train_rows) == 10
-    assert set(a.test_rows) | set(a.val_rows) <= set(range(10))
-    with pytest.raises(ValueError, match="summing to 1"):
-        temporal_ratio_split(users, times, (0.5, 0.2, 0.2))
 
 
 def test_sparse_eval_negatives_are_uniform_distinct_and_seeded():

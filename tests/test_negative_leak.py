@@ -10,7 +10,7 @@ given enough epochs of draws).
 import numpy as np
 import pytest
 
-from fedrec_flwr.datasets import client_data_from, prepare_dataset, sample_train_negatives
+from fedrec_flwr.datasets import DataOptions, prepare_data, sample_train_negatives
 from fedrec_flwr.train.metrics import rank_of_positive
 
 
@@ -31,7 +31,7 @@ def _oracle_hr10(prepared, exclude, epochs=30, num_negatives=4):
 @pytest.fixture(scope="module")
 def everyone(ml100k_dir):
     """All users as one client: the pools below are the ones clients train with."""
-    return client_data_from(prepare_dataset("ml-100k", str(ml100k_dir), 42, 99), 0, 1, 42)
+    return prepare_data(DataOptions(data_dir=str(ml100k_dir))).client_data()
 
 
 def test_oracle_on_our_training_negatives_is_at_chance(everyone):

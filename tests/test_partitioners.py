@@ -6,6 +6,7 @@ import pytest
 
 from fedrec_flwr.datasets import (
     AttributePartitioner,
+    DataOptions,
     DirichletPartitioner,
     HashPartitioner,
     NaturalPartitioner,
@@ -16,10 +17,13 @@ from fedrec_flwr.datasets import (
     make_partitioner,
     partition_stats,
     partition_users,
-    prepare_dataset,
-    prepare_interactions,
+    prepare_data,
 )
 from fedrec_flwr.datasets.partitioners import dominant_genre, power_law_sizes
+
+# Synthetic frames with side tables have no file format: build them the way
+# prepare_data does after loading.
+from fedrec_flwr.datasets.prepare import _prepare_frame
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
 
@@ -53,7 +57,7 @@ def _synthetic(num_users: int = 300, seed: int = 0, extra_user: bool = False):
             "genres": [GENRES[i // items_per_genre] for i in range(len(GENRES) * items_per_genre)],
         }
     )
-    return prepare_interactions(
+    return _prepare_frame(
         frame, name="toy", seed=seed, num_eval_negatives=5, users=users, items=items
     )
 
@@ -211,7 +215,7 @@ def test_partitioners_need_their_side_tables():
     frame = pd.DataFrame(
         {"user": [1, 1, 1, 2, 2, 2], "item": [1, 2, 3, 2, 3, 4], "timestamp": [1.0, 2, 3, 1, 2, 3]}
     )
-    bare = prepare_interactions(frame, name="bare", seed=0, num_eval_negatives=1)
+    bare = _prepare_frame(frame, name="bare", seed=0, num_eval_negatives=1)
     with pytest.raises(ValueError, match="needs a users table; bare has none"):
         AttributePartitioner("occupation").fit(bare)
     with pytest.raises(ValueError, match="needs item genres; bare has no items table"):
@@ -236,7 +240,7 @@ def test_stats_table_and_figure(toy, tmp_path):
 
 
 def test_ml100k_occupations_give_21_groups(ml100k_dir):
-    prepared = prepare_dataset("ml-100k", str(ml100k_dir), 42, 99)
+    prepared = prepare_data(DataOptions(data_dir=str(ml100k_dir)))
     assert (prepared.num_users, prepared.num_items) == (943, 1682)
     part = make_partitioner("occupation", None, 42).fit(prepared)
     assert part.num_partitions_ == 21

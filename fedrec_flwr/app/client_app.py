@@ -67,15 +67,7 @@ def client_fn(context: Context) -> NCFClient:
             data_file, catalogue, cfg.data_options(), partition_id, num_partitions
         )
     else:
-        data = load_client_data(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.seed,
-            cfg.num_eval_negatives,
-            partition_id,
-            num_partitions,
-            cfg.data_options(),
-        )
+        data = load_client_data(cfg.data_options(), partition_id, num_partitions)
     return NCFClient(data, cfg, context.state)
 
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from ..progress import progress
 from ._errors import DataFileError
 from .validation import ValidationReport
 
@@ -151,6 +152,28 @@ def iter_text_chunks(
     """
     if isinstance(source, Path) and not source.is_file():
         raise DataFileError(f"{path}: file not found")
+    chunks = _text_chunks(
+        source, names, path, sep, skiprows, encoding, quoted, lenient, report, chunksize
+    )
+    if chunksize is None:  # one chunk: nothing to show progress of
+        return chunks
+    # A chunked read is a large log: rows counted once each chunk is validated.
+    return progress(chunks, f"reading {path.name}", step=lambda c: len(c[1]), unit="rows")
+
+
+def _text_chunks(
+    source: Path | IO[bytes],
+    names: list[str],
+    path: Path,
+    sep: str,
+    skiprows: int,
+    encoding: str,
+    quoted: bool,
+    lenient: bool,
+    report: ValidationReport | None,
+    chunksize: int | None,
+) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """:func:`iter_text_chunks`' chunks (its arguments, positionally)."""
     done = 0  # data rows the fast path has yielded
     try:
         if quoted and _quote_open_at_end(source, sep):

@@ -22,25 +22,31 @@ and :func:`read_cache_meta` also hash the small files: offsets, catalogue);
 reading a partition hashes the rows it reads, a small cost next to the read. A
 cache that fails (truncated, edited, or written by a version without
 checksums) is set aside and rebuilt with a logged warning; where it cannot be
-rebuilt (:func:`read_partition` on a bare folder) the error names the folder.
+rebuilt (:func:`read_cache_meta`, or a rebuilt copy failing again) the error
+names the folder.
+
+Every cache read and write goes through this module: the federation's
+(:func:`build_partition_cache`, :func:`load_client_data`) and a SuperNode's
+own log's (:func:`_local_client_data`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..paths import data_home, fedrec_home
+from ..paths import data_home, fedrec_home, staged
+from ..progress import progress
 from ._errors import DataFileError
 from .catalogue import write_catalogue
 from .negatives import InteractionSet
@@ -51,11 +57,8 @@ from .prepare import ClientData, PreparedData, prepare_data
 __all__ = [
     "CACHE_FORMAT",
     "build_partition_cache",
-    "cache_dir_for",
-    "load_partition",
+    "load_client_data",
     "read_cache_meta",
-    "read_partition",
-    "write_partition_cache",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,7 +171,7 @@ def _fingerprint(path: Path) -> list[Any]:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def cache_dir_for(options: DataOptions, num_partitions: int | None, *, extra: Any = None) -> Path:
+def _cache_dir_for(options: DataOptions, num_partitions: int | None, *, extra: Any = None) -> Path:
     """Directory of the cache for a configuration.
 
     Parameters
@@ -192,7 +195,7 @@ def cache_dir_for(options: DataOptions, num_partitions: int | None, *, extra: An
     return fedrec_home() / "prepared" / f"{options.dataset}-{key[:20]}"
 
 
-def write_partition_cache(
+def _write_partition_cache(
     target: Path,
     prepared: PreparedData,
     assignment: np.ndarray,
@@ -234,9 +237,9 @@ def write_partition_cache(
         "test_items": prepared.test_items[users],
         "eval_negatives": prepared.eval_negatives[users],
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
+    # Concurrent builders race harmlessly: the loser keeps the winner's copy
+    # (same options and seed, so the same bits), unless that copy is damaged.
+    with staged(target, directory=True, keep_existing=_keep_or_discard) as tmp:
         files: dict[str, dict[str, Any]] = {}
         for name, array in arrays.items():
             array = np.ascontiguousarray(array)
@@ -247,7 +250,10 @@ def write_partition_cache(
         for name, record in files.items():
             record["bytes"] = (tmp / name).stat().st_size
             record["sha256"] = _file_sha256(tmp / name)
-        partitions = [_partition_sha256(arrays, p)[0] for p in range(k)]
+        partitions = [
+            _partition_sha256(arrays, p)[0]
+            for p in progress(range(k), f"partition cache {target.name}: checksums")
+        ]
         full_meta = {
             "format": CACHE_FORMAT,
             "num-partitions": k,
@@ -258,26 +264,16 @@ def write_partition_cache(
         }
         # meta.json last: a folder without it was never complete.
         (tmp / "meta.json").write_text(_meta_text(full_meta), encoding="utf-8")
-        _publish(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    """Atomically rename the staged folder ``tmp`` to ``target``.
-
-    Concurrent builders race harmlessly: the loser keeps the winner's copy
-    (same options and seed, so the same bits), unless that copy is damaged.
-    """
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if _intact(target):
-            return
-        _discard(target, "it does not match its checksums")
-        os.rename(tmp, target)
+def _keep_or_discard(existing: Path) -> bool:
+    """Keep a cache another process published first if it is intact; else
+    discard it (so ours can take its place)."""
+    if _intact(existing):
+        return True
+    _discard(existing, "it does not match its checksums")
+    return False
 
 
 def _intact(directory: Path) -> bool:
@@ -338,15 +334,31 @@ def build_partition_cache(options: DataOptions, num_partitions: int | None) -> P
     return _ensure(options, num_partitions, full=True)[0]
 
 
+# What a cache holds: the dataset, each user's partition, the partition
+# labels and the metadata record.
+_Contents = tuple[PreparedData, np.ndarray, list[str], dict[str, Any]]
+
+
+def _built(target: Path, contents: Callable[[], _Contents], *, full: bool) -> dict[str, Any]:
+    """The verified metadata of the cache at ``target``, writing it from
+    ``contents()`` first when there is no intact one (``full``: small files
+    hashed too)."""
+    meta = _usable(target, full=full)
+    if meta is None:
+        _write_partition_cache(target, *contents())
+        meta = read_cache_meta(target)
+    return meta
+
+
 def _ensure(
     options: DataOptions, num_partitions: int | None, *, full: bool
 ) -> tuple[Path, dict[str, Any]]:
     """:func:`build_partition_cache`, also returning the verified metadata
     (``full``: small files hashed too)."""
     decided = options.partitioner in DATA_DECIDED
-    target = cache_dir_for(options, None if decided else num_partitions)
-    meta = _usable(target, full=full)
-    if meta is None:
+    target = _cache_dir_for(options, None if decided else num_partitions)
+
+    def contents() -> _Contents:
         prepared = prepare_data(options)
         partitioner = make_partitioner(
             options.partitioner,
@@ -366,10 +378,9 @@ def _ensure(
             "preparation": prepared.preparation,
             "partition-stats": stats.to_dict(),
         }
-        write_partition_cache(
-            target, prepared, partitioner.assignment_, partitioner.labels_, record
-        )
-        meta = read_cache_meta(target)
+        return prepared, partitioner.assignment_, partitioner.labels_, record
+
+    meta = _built(target, contents, full=full)
     if decided and num_partitions is not None:
         made = meta["num-partitions"]
         if made != num_partitions:
@@ -485,21 +496,21 @@ def _read_verified(
     )
 
 
-def read_partition(directory: Path, partition_id: int) -> ClientData:
+def _read_partition(directory: Path, partition_id: int) -> ClientData:
     """Read and verify one partition's slices from a cache directory.
 
     Parameters
     ----------
     directory : pathlib.Path
-        A cache written by :func:`write_partition_cache`.
+        A cache written by :func:`_write_partition_cache`.
     partition_id : int
         Which partition.
 
     Raises
     ------
     DataFileError
-        If the cache is damaged (a bare folder cannot be rebuilt here; use
-        :func:`load_partition`, which does).
+        If the cache is damaged (a bare folder cannot be rebuilt here;
+        :func:`load_client_data` rebuilds it).
     """
     directory = Path(directory)
     try:
@@ -531,21 +542,72 @@ def _read_or_rebuild(
     raise AssertionError("unreachable")
 
 
-def load_partition(options: DataOptions, partition_id: int, num_partitions: int) -> ClientData:
-    """One client's data: from the cache, building (or rebuilding) it first if needed.
+@functools.lru_cache(maxsize=64)
+def load_client_data(options: DataOptions, partition_id: int, num_partitions: int) -> ClientData:
+    """One client's data, read from the on-disk partition cache.
+
+    The first call for a configuration, in any process, prepares, partitions
+    and writes the cache; later calls read and verify only this partition's
+    slices (a damaged cache is rebuilt, with a logged warning). Cached per
+    process, so a client built every round reads its slices once.
 
     Parameters
     ----------
     options : DataOptions
         Dataset, preparation and partitioner options.
     partition_id : int
-        This client's partition.
+        This client's partition, in ``[0, num_partitions)``.
     num_partitions : int
         Partitions in the federation; for partitioners that decide the number
         (natural, attribute) it must equal the number they make.
+
+    Returns
+    -------
+    ClientData
+        The partition's users re-indexed from 0.
+
+    Raises
+    ------
+    ValueError
+        If ``partition_id`` is out of range, or ``num_partitions`` differs
+        from the number a data-decided partitioner makes.
+    DataFileError
+        If the data cannot be read, or a rebuilt cache still fails its checks.
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
             f"partition-id={partition_id}: must be in [0, num-partitions={num_partitions})"
         )
     return _read_or_rebuild(lambda: _ensure(options, num_partitions, full=False), partition_id)
+
+
+def _local_client_data(
+    options: DataOptions,
+    catalogue: Path,
+    partition_id: int,
+    contents: Callable[[], tuple[PreparedData, dict[str, Any]]],
+) -> ClientData:
+    """A SuperNode's own log as one cached partition.
+
+    Parameters
+    ----------
+    options : DataOptions
+        The node's options (its ``data_dir`` names the log).
+    catalogue : pathlib.Path
+        The shared item catalogue; its fingerprint and ``partition_id`` are
+        part of the cache key.
+    partition_id : int
+        The node's id (it salts the node's evaluation negatives).
+    contents : callable
+        Prepares the log against the catalogue: the dataset and its metadata
+        record (called only when no intact cache exists).
+    """
+    target = _cache_dir_for(
+        options, 1, extra={"catalogue": _fingerprint(catalogue), "partition-id": partition_id}
+    )
+
+    def whole() -> _Contents:
+        prepared, record = contents()
+        return prepared, np.zeros(prepared.num_users, dtype=np.int64), ["local"], record
+
+    return _read_or_rebuild(lambda: (target, _built(target, whole, full=False)), 0)

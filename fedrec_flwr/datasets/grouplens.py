@@ -7,17 +7,14 @@ releases GroupLens regenerates in place (``ml-latest-small``) or that were not
 pinned here (``ml-32m``) are checked against the ``.md5`` file GroupLens
 publishes beside the archive, and the digest verified is recorded in the
 cache's ``SOURCE.json``. ML-100K keeps its own fetcher (with the PyPI fallback),
-:func:`~fedrec_flwr.datasets.fetch_ml100k`.
+:func:`~fedrec_flwr.datasets.movielens._fetch_ml100k`.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..paths import data_home
+from ..paths import data_home, staged
 from . import movielens
 from ._errors import DataFileError
 from ._frame import (
@@ -40,6 +37,7 @@ from ._frame import (
     side_table_from_text,
 )
 from .loaded import LoadedData
+from .movielens import _download  # a name here, so tests can replace the network
 from .validation import ValidationReport, apply_duplicate_policy
 
 __all__ = ["RELEASES", "MovieLensRelease", "fetch_movielens", "load_movielens"]
@@ -162,12 +160,6 @@ def _release(name: str) -> MovieLensRelease:
     return RELEASES[name]
 
 
-def _download(url: str, dest: Path, timeout: float) -> None:
-    """Fetch ``url`` into ``dest`` (tests replace this with a local fake)."""
-    with urllib.request.urlopen(url, timeout=timeout) as response, dest.open("wb") as fh:
-        shutil.copyfileobj(response, fh)
-
-
 def _expected_md5(release: MovieLensRelease, work: Path, timeout: float) -> str:
     if release.md5 is not None:
         return release.md5
@@ -214,16 +206,17 @@ def fetch_movielens(
         If the archive fails its checksum or lacks an expected file.
     """
     if name == "ml-100k":
-        return movielens.fetch_ml100k(cache_dir)
+        return movielens._fetch_ml100k(cache_dir)
     release = _release(name)
     target = Path(cache_dir) if cache_dir is not None else data_home() / name
     if (target / _SOURCE_FILE).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        work, staged = Path(tmp) / "download", Path(tmp) / "staged"
-        work.mkdir()
-        staged.mkdir()
+    # Concurrent fetchers may race: the first copy published wins.
+    with (
+        tempfile.TemporaryDirectory(dir=movielens._parent(target)) as work_dir,
+        staged(target, directory=True, keep_existing=movielens._fetched) as out,
+    ):
+        work = Path(work_dir)
         archive = work / f"{name}.zip"
         _download(release.url, archive, timeout)
         expected = _expected_md5(release, work, timeout)
@@ -238,14 +231,9 @@ def fetch_movielens(
                         f"{archive}: no {release.folder}/{member} inside; the release "
                         "layout changed, pass data-dir pointing at extracted files"
                     ) from None
-                (staged / member).write_bytes(data)
+                (out / member).write_bytes(data)
         source = {"source": release.url, "md5": expected}
-        (staged / _SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-        try:
-            os.rename(staged, target)  # atomic publish; concurrent fetchers may race
-        except OSError:
-            if not (target / _SOURCE_FILE).is_file():
-                raise
+        (out / _SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
     return target
 
 
@@ -303,10 +291,10 @@ def load_movielens(
         folder = movielens._ml100k_folder(directory)
         ratings = folder / ("u.data" if (folder / "u.data").is_file() else "ml-100k.inter")
         report = ValidationReport(str(ratings))
-        frame = movielens.read_ml100k_dir(
+        frame = movielens._read_ml100k_dir(
             directory, lenient=lenient, report=report, with_lines=True
         )
-        users, items = movielens.read_ml100k_side_tables(
+        users, items = movielens._read_ml100k_side_tables(
             directory,
             lenient=lenient,
             report=report,

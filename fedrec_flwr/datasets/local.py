@@ -16,17 +16,10 @@ from typing import Any
 import numpy as np
 
 from ._errors import DataFileError
-from .cache import (
-    _fingerprint,
-    _read_or_rebuild,
-    _usable,
-    cache_dir_for,
-    read_cache_meta,
-    write_partition_cache,
-)
+from .cache import _local_client_data
 from .catalogue import read_catalogue
 from .options import DataOptions
-from .prepare import ClientData, load_source, prepare_loaded
+from .prepare import ClientData, PreparedData, _load_source, _prepare_loaded
 
 __all__ = ["load_local_client_data"]
 
@@ -73,29 +66,21 @@ def load_local_client_data(
         data_dir=str(path),
         partitioner="random",
     )
-    target = cache_dir_for(
+    data = _local_client_data(
         local,
-        1,
-        extra={"catalogue": _fingerprint(catalogue_path), "partition-id": partition_id},
+        catalogue_path,
+        partition_id,
+        lambda: _prepare_local(path, catalogue_path, local, partition_id),
     )
-
-    def build() -> tuple[Path, dict[str, Any]]:
-        meta = _usable(target, full=False)  # a damaged copy is discarded, with a warning
-        if meta is None:
-            _build_local(path, catalogue_path, local, partition_id, target)
-            meta = read_cache_meta(target)
-        return target, meta
-
-    data = _read_or_rebuild(build, 0)
     return dataclasses.replace(data, partition_id=partition_id, num_partitions=num_partitions)
 
 
-def _build_local(
-    path: Path, catalogue_path: Path, local: DataOptions, partition_id: int, target: Path
-) -> None:
-    """Prepare a node's own log against the catalogue and write its cache."""
+def _prepare_local(
+    path: Path, catalogue_path: Path, local: DataOptions, partition_id: int
+) -> tuple[PreparedData, dict[str, Any]]:
+    """A node's own log prepared against the catalogue, and its cache record."""
     catalogue = read_catalogue(catalogue_path)
-    loaded = load_source(local)
+    loaded = _load_source(local)
     frame = loaded.interactions
     known = np.isin(frame["item"].to_numpy(), catalogue)
     if not known.all():
@@ -108,8 +93,8 @@ def _build_local(
             )
         frame = frame.loc[known].reset_index(drop=True)
         loaded = dataclasses.replace(loaded, interactions=frame)
-    prepared = prepare_loaded(loaded, local, item_catalogue=catalogue, negatives_salt=partition_id)
-    meta = {
+    prepared = _prepare_loaded(loaded, local, item_catalogue=catalogue, negatives_salt=partition_id)
+    record = {
         "options": local.to_dict(),
         "dataset": prepared.stats(),
         "protocol": prepared.protocol(),
@@ -118,6 +103,4 @@ def _build_local(
             "rows-outside-catalogue": int((~known).sum()),
         },
     }
-    write_partition_cache(
-        target, prepared, np.zeros(prepared.num_users, dtype=np.int64), ["local"], meta
-    )
+    return prepared, record

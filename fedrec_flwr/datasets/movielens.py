@@ -8,7 +8,8 @@ Sources, tried in order when no local directory is given:
    fetched with ``pip download --no-deps`` (sha256-checked). This is the fallback
    for machines that reach a package index but not GroupLens.
 
-Nothing is downloaded at import time; :func:`fetch_ml100k` runs only when called.
+Nothing is downloaded at import time; :func:`_fetch_ml100k` (reached through
+:func:`~fedrec_flwr.datasets.fetch_movielens`) runs only when called.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..paths import data_home
+from ..paths import data_home, staged
+from ..progress import progress
 from ._errors import DataFileError
 from ._frame import (
     INTERACTION_COLUMNS,
@@ -48,10 +48,6 @@ __all__ = [
     "ML100K_URL",
     "RECBOLE_WHEEL_SHA256",
     "RECBOLE_WHEEL_SPEC",
-    "fetch_ml100k",
-    "load_ml100k",
-    "read_ml100k_dir",
-    "read_ml100k_side_tables",
     "read_u_data",
 ]
 
@@ -146,7 +142,7 @@ def _ml100k_folder(directory: Path) -> Path:
     )
 
 
-def read_ml100k_dir(
+def _read_ml100k_dir(
     directory: str | Path,
     *,
     lenient: bool = False,
@@ -170,7 +166,7 @@ def read_ml100k_dir(
     )
 
 
-def read_ml100k_side_tables(
+def _read_ml100k_side_tables(
     directory: str | Path,
     *,
     lenient: bool = False,
@@ -184,7 +180,7 @@ def read_ml100k_side_tables(
     Parameters
     ----------
     directory : str or pathlib.Path
-        As in :func:`read_ml100k_dir`.
+        As in :func:`_read_ml100k_dir`.
     lenient : bool (default: False)
         Drop rows whose id is missing or not of the interactions' type
         (counted in a side-table report of ``report``) instead of raising.
@@ -258,20 +254,6 @@ def _read_pipe_table(
     )
 
 
-def load_ml100k(data_dir: str | Path | None = None) -> pd.DataFrame:
-    """Load MovieLens-100K interactions in file order.
-
-    Parameters
-    ----------
-    data_dir : str or pathlib.Path, optional (default: None)
-        A directory holding ``u.data`` or ``ml-100k.inter``. If ``None``, the
-        dataset is fetched into the cache (see :func:`fetch_ml100k`).
-    """
-    if data_dir is None or str(data_dir) == "":
-        data_dir = fetch_ml100k()
-    return read_ml100k_dir(data_dir)
-
-
 def _digest(path: Path, algorithm: str) -> str:
     h = hashlib.new(algorithm)
     with path.open("rb") as fh:
@@ -290,13 +272,21 @@ def _check_digest(path: Path, algorithm: str, expected: str, source: str) -> Non
         )
 
 
+def _download(url: str, dest: Path, timeout: float) -> None:
+    """Fetch ``url`` into ``dest``, showing progress (a bar on a terminal)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, dest.open("wb") as fh:
+        size = response.headers.get("Content-Length")
+        blocks = iter(lambda: response.read(1 << 20), b"")
+        total = int(size) if size and size.isdigit() else None
+        for block in progress(
+            blocks, f"downloading {dest.name}", total=total, step=len, unit="bytes"
+        ):
+            fh.write(block)
+
+
 def _download_grouplens(workdir: Path, url: str, timeout: float) -> Path:
     archive = workdir / "ml-100k.zip"
-    with (
-        urllib.request.urlopen(url, timeout=timeout) as response,
-        archive.open("wb") as fh,
-    ):
-        shutil.copyfileobj(response, fh)
+    _download(url, archive, timeout)
     return archive
 
 
@@ -338,7 +328,18 @@ def _extract_recbole_wheel(wheel: Path, target: Path) -> None:
             (target / Path(member).name).write_bytes(zf.read(member))
 
 
-def fetch_ml100k(
+def _parent(target: Path) -> Path:
+    """``target``'s folder, created: downloads are staged beside the target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.parent
+
+
+def _fetched(existing: Path) -> bool:
+    """Whether a folder published first by another fetcher is a finished copy."""
+    return (existing / _SOURCE_FILE).is_file()
+
+
+def _fetch_ml100k(
     cache_dir: str | Path | None = None,
     *,
     url: str = ML100K_URL,
@@ -369,11 +370,12 @@ def fetch_ml100k(
     target = Path(cache_dir) if cache_dir is not None else data_home() / "ml-100k"
     if (target / _SOURCE_FILE).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        work, staged = Path(tmp) / "download", Path(tmp) / "staged"
-        work.mkdir()
-        staged.mkdir()
+    # Concurrent client processes may race to fetch: the first copy published wins.
+    with (
+        tempfile.TemporaryDirectory(dir=_parent(target)) as work_dir,
+        staged(target, directory=True, keep_existing=_fetched) as out,
+    ):
+        work = Path(work_dir)
         try:
             archive = _download_grouplens(work, url, timeout)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
@@ -383,17 +385,11 @@ def fetch_ml100k(
                 RECBOLE_WHEEL_SPEC,
             )
             wheel = _download_recbole_wheel(work)
-            _extract_recbole_wheel(wheel, staged)
+            _extract_recbole_wheel(wheel, out)
             source = {"source": RECBOLE_WHEEL_SPEC, "sha256": RECBOLE_WHEEL_SHA256}
         else:
-            _extract_grouplens(archive, staged)
+            _extract_grouplens(archive, out)
             source = {"source": url, "md5": ML100K_MD5}
-        (staged / _SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-        try:
-            # Atomic publish: concurrent client processes may race to fetch.
-            os.rename(staged, target)
-        except OSError:
-            if not (target / _SOURCE_FILE).is_file():
-                raise
+        (out / _SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
     logger.info("ML-100K cached in %s", target)
     return target

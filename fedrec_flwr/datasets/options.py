@@ -56,8 +56,8 @@ class DataOptions:
     validation : str (default: "strict")
         ``strict`` raises on the first bad row; ``lenient`` drops and counts.
     split : str (default: "leave-one-out")
-        Only ``leave-one-out`` feeds training (the client evaluates one
-        held-out item per user); ratio splits are library functions.
+        The only split: temporal leave-one-out with validation (the client
+        evaluates one held-out item per user); the key records the protocol.
     partitioner : str (default: "random")
         One of :data:`~fedrec_flwr.datasets.partitioners.PARTITIONERS`
         (``occupation`` etc. are short for ``attribute`` by that column).
@@ -92,20 +92,14 @@ class DataOptions:
             "dataset": SOURCES,
             "duplicates": DUPLICATE_POLICIES,
             "validation": VALIDATION_MODES,
-            "split": SPLITS[:1],
+            "split": SPLITS,
             "partitioner": PARTITIONERS,
         }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
-                hint = (
-                    " (ratio splits are available as functions; the client evaluates one "
-                    "held-out item per user)"
-                    if name == "split" and self.split in SPLITS
-                    else ""
-                )
                 raise ValueError(
                     f"{name.replace('_', '-')}={getattr(self, name)!r}: unknown; accepted: "
-                    f"{', '.join(accepted)}{hint}"
+                    f"{', '.join(accepted)}"
                 )
         if self.k_core < 0:
             raise ValueError(f"k-core={self.k_core}: must be >= 0")

@@ -1,8 +1,9 @@
-"""From a raw log to what one client trains and evaluates on.
+"""From a raw log to the encoded, split dataset: :func:`prepare_data`.
 
 Parsing, encoding, splitting and negative drawing happen once per process
-(:func:`prepare_dataset` is cached on its arguments), so a client never re-reads
-the raw log between rounds.
+(:func:`prepare_data` is cached on its options). A client reads its own group
+through the partition cache instead
+(:func:`~fedrec_flwr.datasets.cache.load_client_data`).
 """
 
 from __future__ import annotations
@@ -31,14 +32,8 @@ __all__ = [
     "NEGATIVE_POOLS",
     "ClientData",
     "PreparedData",
-    "client_data_from",
     "filter_k_core",
-    "load_client_data",
-    "load_source",
     "prepare_data",
-    "prepare_dataset",
-    "prepare_interactions",
-    "prepare_loaded",
     "protocol_without_data",
     "to_implicit",
 ]
@@ -108,6 +103,50 @@ class PreparedData:
         """The evaluation protocol, recorded verbatim in results files."""
         return _protocol(self.preparation or {}, int(self.eval_negatives.shape[1]))
 
+    def client_data(self, partition_id: int = 0, num_partitions: int = 1) -> ClientData:
+        """One random user group, cut in memory (default: everybody in one group).
+
+        The groups are :func:`~fedrec_flwr.datasets.partition_users` seeded
+        with :attr:`seed`: the ones a federation's clients read through the
+        partition cache with ``partitioner='random'``
+        (:func:`~fedrec_flwr.datasets.load_client_data`).
+
+        Parameters
+        ----------
+        partition_id : int (default: 0)
+            Which group.
+        num_partitions : int (default: 1)
+            Of how many.
+
+        Returns
+        -------
+        ClientData
+            The group's users re-indexed from 0, their training rows in order.
+        """
+        if not 0 <= partition_id < num_partitions:
+            raise ValueError(
+                f"partition-id={partition_id}: must be in [0, num-partitions={num_partitions})"
+            )
+        assignment = partition_users(self.num_users, num_partitions, self.seed)
+        users = np.flatnonzero(assignment == partition_id)
+        local = np.full(self.num_users, -1, dtype=np.int64)
+        local[users] = np.arange(len(users))
+        rows = np.flatnonzero(assignment[self.train_users] == partition_id)
+        train_users = local[self.train_users[rows]]
+        train_items = self.train_items[rows]
+        return ClientData(
+            partition_id=partition_id,
+            num_partitions=num_partitions,
+            users=users,
+            num_items=self.num_items,
+            train_users=train_users,
+            train_items=train_items,
+            val_items=self.val_items[users],
+            test_items=self.test_items[users],
+            eval_negatives=self.eval_negatives[users],
+            train_set=InteractionSet(train_users, train_items, self.num_items),
+        )
+
 
 def _protocol(prep: Mapping[str, Any], num_eval_negatives: int) -> dict[str, Any]:
     """The protocol record, from what preparation did and the candidates per user."""
@@ -160,7 +199,7 @@ def _aligned(table: pd.DataFrame | None, key: str, ids: np.ndarray) -> pd.DataFr
     return aligned.reset_index()
 
 
-def prepare_interactions(
+def _prepare_frame(
     frame: pd.DataFrame,
     *,
     name: str,
@@ -262,7 +301,7 @@ def filter_k_core(frame: pd.DataFrame, k: int) -> pd.DataFrame:
     return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
 
 
-def load_source(options: DataOptions) -> LoadedData:
+def _load_source(options: DataOptions) -> LoadedData:
     """Load and validate the dataset ``options`` names (duplicates resolved)."""
     if options.dataset in MOVIELENS:
         return load_movielens(
@@ -287,7 +326,7 @@ def load_source(options: DataOptions) -> LoadedData:
     )
 
 
-def prepare_loaded(
+def _prepare_loaded(
     loaded: LoadedData,
     options: DataOptions,
     *,
@@ -320,7 +359,7 @@ def prepare_loaded(
         "rows-removed-by-k-core": rows_implicit - len(frame),
         "validation": loaded.report.to_dict(),
     }
-    return prepare_interactions(
+    return _prepare_frame(
         frame,
         name=options.dataset,
         seed=options.seed,
@@ -335,31 +374,31 @@ def prepare_loaded(
 
 @functools.lru_cache(maxsize=4)
 def prepare_data(options: DataOptions) -> PreparedData:
-    """Load, validate, prepare, encode and split; cached per process on ``options``."""
-    return prepare_loaded(load_source(options), options)
+    """Load, validate, prepare, encode and split the dataset ``options`` names.
 
-
-def prepare_dataset(
-    dataset: str, data_dir: str, seed: int, num_eval_negatives: int
-) -> PreparedData:
-    """Load, encode and split a named dataset with default preparation.
+    The one way from options to a :class:`PreparedData`; cached per process
+    on ``options`` (a frozen, hashable dataclass).
 
     Parameters
     ----------
-    dataset : str
-        One of :data:`DATASETS`.
-    data_dir : str
-        Local directory with the files, or ``""`` to use the download cache.
-    seed, num_eval_negatives : int
-        See :func:`prepare_interactions`.
+    options : DataOptions
+        Dataset and files, validation and duplicates, implicit threshold,
+        k-core, seed and evaluation negatives.
+
+    Returns
+    -------
+    PreparedData
+        Same options and source files, same bits.
+
+    Raises
+    ------
+    DataFileError
+        If a file is missing or malformed (one line naming it).
+    ValueError
+        If the options leave too little data (k-core, fewer than three
+        interactions for a user).
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r}: unknown; accepted: {', '.join(DATASETS)}")
-    return prepare_data(
-        DataOptions(
-            dataset=dataset, data_dir=data_dir, seed=seed, num_eval_negatives=num_eval_negatives
-        )
-    )
+    return _prepare_loaded(_load_source(options), options)
 
 
 @dataclass(frozen=True, eq=False)
@@ -427,85 +466,3 @@ class ClientData:
                 self.num_items,
             )
         raise ValueError(f"negative-pool={pool!r}: unknown; accepted: {', '.join(NEGATIVE_POOLS)}")
-
-
-def client_data_from(
-    prepared: PreparedData,
-    partition_id: int,
-    num_partitions: int,
-    seed: int,
-    assignment: np.ndarray | None = None,
-) -> ClientData:
-    """Cut one user group out of ``prepared``.
-
-    Parameters
-    ----------
-    prepared : PreparedData
-        The whole dataset.
-    partition_id, num_partitions : int
-        Which group of how many.
-    seed : int
-        Seed of the default random groups.
-    assignment : numpy.ndarray, optional (default: None)
-        User code -> partition from any partitioner; ``None`` = random groups
-        (:func:`~fedrec_flwr.datasets.partition_users`).
-    """
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(
-            f"partition-id={partition_id}: must be in [0, num-partitions={num_partitions})"
-        )
-    if assignment is None:
-        assignment = partition_users(prepared.num_users, num_partitions, seed)
-    users = np.flatnonzero(assignment == partition_id)
-    local = np.full(prepared.num_users, -1, dtype=np.int64)
-    local[users] = np.arange(len(users))
-    rows = np.flatnonzero(assignment[prepared.train_users] == partition_id)
-    train_users = local[prepared.train_users[rows]]
-    train_items = prepared.train_items[rows]
-    return ClientData(
-        partition_id=partition_id,
-        num_partitions=num_partitions,
-        users=users,
-        num_items=prepared.num_items,
-        train_users=train_users,
-        train_items=train_items,
-        val_items=prepared.val_items[users],
-        test_items=prepared.test_items[users],
-        eval_negatives=prepared.eval_negatives[users],
-        train_set=InteractionSet(train_users, train_items, prepared.num_items),
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def load_client_data(
-    dataset: str,
-    data_dir: str,
-    seed: int,
-    num_eval_negatives: int,
-    partition_id: int,
-    num_partitions: int,
-    options: DataOptions | None = None,
-) -> ClientData:
-    """Return one client's data from the on-disk partition cache.
-
-    The first call for a configuration prepares, partitions and writes the
-    cache (:mod:`~fedrec_flwr.datasets.cache`); later calls, in any process,
-    read only this partition's slices.
-
-    Parameters
-    ----------
-    dataset, data_dir, seed, num_eval_negatives : str, str, int, int
-        As in :func:`prepare_dataset` (ignored when ``options`` is given).
-    partition_id, num_partitions : int
-        Which group of how many.
-    options : DataOptions, optional (default: None)
-        Full data options (preparation, partitioner); defaults from the
-        first four arguments.
-    """
-    from .cache import load_partition  # cache imports this module
-
-    if options is None:
-        options = DataOptions(
-            dataset=dataset, data_dir=data_dir, seed=seed, num_eval_negatives=num_eval_negatives
-        )
-    return load_partition(options, partition_id, num_partitions)

@@ -1,4 +1,4 @@
-"""Splits: temporal leave-one-out (the NCF protocol), random and temporal ratio."""
+"""The split: temporal leave-one-out with validation (the NCF protocol)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "SPLITS",
-    "TIE_RULE",
-    "LeaveOneOut",
-    "RatioSplit",
-    "random_ratio_split",
-    "temporal_leave_one_out",
-    "temporal_ratio_split",
-]
+__all__ = ["SPLITS", "TIE_RULE", "LeaveOneOut", "temporal_leave_one_out"]
 
-SPLITS = ("leave-one-out", "temporal-ratio", "random-ratio")
+# One protocol: the client evaluates one held-out item per user.
+SPLITS = ("leave-one-out",)
 
 TIE_RULE = (
     "per user, interactions are ordered by timestamp; among equal timestamps the "
@@ -86,89 +79,3 @@ def temporal_leave_one_out(users: np.ndarray, timestamps: np.ndarray) -> LeaveOn
     return LeaveOneOut(
         train_rows=order[train_mask], val_rows=order[val_pos], test_rows=order[test_pos]
     )
-
-
-@dataclass(frozen=True)
-class RatioSplit:
-    """Row positions of a per-user ratio split.
-
-    Attributes
-    ----------
-    train_rows, val_rows, test_rows : numpy.ndarray
-        Positions into the input arrays, each sorted ascending.
-    """
-
-    train_rows: np.ndarray
-    val_rows: np.ndarray
-    test_rows: np.ndarray
-
-
-def _ratio_split(
-    users: np.ndarray, order: np.ndarray, ratios: tuple[float, float, float]
-) -> RatioSplit:
-    """``order`` lists rows grouped by user, each user's held-out-first rows first."""
-    if len(ratios) != 3 or min(ratios) < 0 or not np.isclose(sum(ratios), 1.0):
-        raise ValueError(
-            f"ratios={ratios}: need three non-negative fractions (train, val, test) summing to 1"
-        )
-    sorted_users = users[order]
-    counts = np.bincount(sorted_users)
-    starts = np.cumsum(counts) - counts
-    rank = np.arange(len(order)) - starts[sorted_users]  # 0 = first to hold out
-    n_test = np.floor(counts * ratios[2]).astype(np.int64)
-    n_val = np.floor(counts * ratios[1]).astype(np.int64)
-    is_test = rank < n_test[sorted_users]
-    is_val = ~is_test & (rank < (n_test + n_val)[sorted_users])
-    return RatioSplit(
-        train_rows=np.sort(order[~is_test & ~is_val]),
-        val_rows=np.sort(order[is_val]),
-        test_rows=np.sort(order[is_test]),
-    )
-
-
-def temporal_ratio_split(
-    users: np.ndarray,
-    timestamps: np.ndarray,
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-) -> RatioSplit:
-    """Per user, the latest ``floor(n * test)`` interactions are test, the next
-    latest ``floor(n * val)`` validation, the rest training (ties as
-    :data:`TIE_RULE`).
-
-    Parameters
-    ----------
-    users : numpy.ndarray
-        Integer user codes, one per interaction, in file order.
-    timestamps : numpy.ndarray
-        Aligned timestamps.
-    ratios : tuple of float (default: (0.8, 0.1, 0.1))
-        Train, validation and test fractions.
-    """
-    users = np.asarray(users, dtype=np.int64)
-    file_order = np.arange(len(users))
-    # By user, then latest first; among ties the first row in the file first.
-    order = np.lexsort((file_order, -np.asarray(timestamps, dtype=np.float64), users))
-    return _ratio_split(users, order, ratios)
-
-
-def random_ratio_split(
-    users: np.ndarray,
-    seed: int,
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-) -> RatioSplit:
-    """Per user, a seeded random ``floor(n * test)`` interactions are test and
-    ``floor(n * val)`` validation; the rest training.
-
-    Parameters
-    ----------
-    users : numpy.ndarray
-        Integer user codes, one per interaction.
-    seed : int
-        Same seed, same split.
-    ratios : tuple of float (default: (0.8, 0.1, 0.1))
-        Train, validation and test fractions.
-    """
-    users = np.asarray(users, dtype=np.int64)
-    keys = np.random.default_rng([seed, 0x5B17]).random(len(users))
-    order = np.lexsort((keys, users))
-    return _ratio_split(users, order, ratios)

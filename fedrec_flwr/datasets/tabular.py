@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..paths import data_home
+from ..paths import data_home, staged
+from ..progress import progress
 from ._errors import DataFileError
 from ._frame import (
     IdTypes,
@@ -145,7 +146,13 @@ def _raw_chunks(
         _parquet_types(path, pf, columns, id_types)
         wanted = list(dict.fromkeys([*columns.values(), *extra]))
         start = 1
-        batches = pf.iter_batches(batch_size=chunksize, columns=wanted)
+        batches = progress(
+            pf.iter_batches(batch_size=chunksize, columns=wanted),
+            f"reading {path.name}",
+            total=pf.metadata.num_rows,
+            step=lambda batch: batch.num_rows,
+            unit="rows",
+        )
         while True:
             try:
                 batch = next(batches)
@@ -348,7 +355,8 @@ def stream_log_to_parquet(
         As in :func:`read_log`.
     out : str or pathlib.Path, optional (default: None)
         The Parquet file to write (columns ``user``, ``item``, ``rating`` and,
-        when mapped, ``timestamp``); written to a temporary name and renamed.
+        when mapped, ``timestamp``); staged beside it and renamed into place
+        (:func:`~fedrec_flwr.paths.staged`), so a failure leaves no part file.
         ``None``: ``$FEDREC_FLWR_HOME/data/logs/<name>.parquet``.
     id_type : str (default: "auto")
         ``int``, ``str``, or ``auto`` (the type of the first chunk's ids; a
@@ -370,26 +378,24 @@ def stream_log_to_parquet(
     # The first chunk decides an "auto" type for the whole file; a later
     # chunk's id that does not fit is a bad-id row (the hint names the fix).
     id_types = IdTypes.of(id_type, hint=_HINT if id_type == "auto" else "")
-    tmp = out.with_name(out.name + ".partial")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    try:
-        for frame, _ in _validated_chunks(
-            path, columns, (), sep, rating_range, lenient, report, chunksize, id_types
-        ):
-            frame = frame.drop(columns="line")
-            if len(frame) == 0:
-                continue
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise DataFileError(f"{path}: no interactions found ({report.summary()})")
-    tmp.replace(out)
+    with staged(out) as tmp:
+        writer = None
+        try:
+            for frame, _ in _validated_chunks(
+                path, columns, (), sep, rating_range, lenient, report, chunksize, id_types
+            ):
+                frame = frame.drop(columns="line")
+                if len(frame) == 0:
+                    continue
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise DataFileError(f"{path}: no interactions found ({report.summary()})")
     return report
 
 

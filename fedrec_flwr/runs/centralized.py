@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..config import LEAKY_POOL_WARNING, ConfigError, RunConfig
-from ..datasets import client_data_from, prepare_data
+from ..datasets import prepare_data
 from ..models.ncf import NCF
 from ..protocol import TEST_PART, VAL_PART
 from ..threads import apply_num_threads
@@ -62,7 +62,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         cfg = dataclasses.replace(cfg, data_dir=str(paths.data_dir))  # ~ and $VARS expanded
     num_threads = apply_num_threads(cfg.num_threads)
     prepared = prepare_data(cfg.data_options())
-    data = client_data_from(prepared, 0, 1, cfg.seed)  # everybody in one group
+    data = prepared.client_data()  # everybody in one group
     model = NCF(
         data.num_users,
         data.num_items,

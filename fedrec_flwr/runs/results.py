@@ -8,7 +8,6 @@ per round or epoch, and the validation-selected round), a ``model.pt`` and a
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,14 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..paths import HOME_ENV_VAR, check_input_path, check_output_dir, resolve_user_path, runs_home
+from ..paths import (
+    HOME_ENV_VAR,
+    check_input_path,
+    check_output_dir,
+    replace_symlink,
+    resolve_user_path,
+    runs_home,
+)
 from ..protocol import ITEM_CATALOGUE_KEY, TEST_PART, TRAIN_LOSS_KEY, VAL_PART
 from ..threads import CLIENT_DEFAULT_THREADS, resolve_num_threads
 
@@ -327,9 +333,5 @@ def write_run(
         xlabel="round" if mode == "federated" else "epoch",
     )
     if out_dir.parent == runs_home():
-        link = out_dir.parent / "latest"
-        tmp = out_dir.parent / f".latest-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(out_dir.name)
-        tmp.replace(link)
+        replace_symlink(out_dir.parent / "latest", out_dir.name)
     return results_path
