@@ -47,6 +47,7 @@ import numpy as np
 
 from ..paths import data_home, fedrec_home, staged
 from ..progress import progress
+from ..protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from ._errors import DataFileError
 from .catalogue import write_catalogue
 from .negatives import InteractionSet
@@ -187,7 +188,7 @@ def _cache_dir_for(options: DataOptions, num_partitions: int | None, *, extra: A
     record = {
         "format": CACHE_FORMAT,
         "options": options.to_dict(),
-        "num-partitions": num_partitions,
+        NUM_PARTITIONS_KEY: num_partitions,
         "source": _fingerprint(_source_path(options)),
         "extra": extra,
     }
@@ -256,7 +257,7 @@ def _write_partition_cache(
         ]
         full_meta = {
             "format": CACHE_FORMAT,
-            "num-partitions": k,
+            NUM_PARTITIONS_KEY: k,
             "num-items": prepared.num_items,
             "labels": labels,
             **meta,
@@ -382,7 +383,7 @@ def _ensure(
 
     meta = _built(target, contents, full=full)
     if decided and num_partitions is not None:
-        made = meta["num-partitions"]
+        made = meta[NUM_PARTITIONS_KEY]
         if made != num_partitions:
             by = ""
             if options.partitioner == "attribute":
@@ -444,7 +445,7 @@ def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
         for name in _WHOLE if full else ():
             if _file_sha256(directory / name) != files[name]["sha256"]:
                 raise _DamagedError(f"{name} does not match its checksum")
-        if len(meta["checksums"]["partitions"]) != meta["num-partitions"]:
+        if len(meta["checksums"]["partitions"]) != meta[NUM_PARTITIONS_KEY]:
             raise _DamagedError("meta.json lists a checksum per partition for too few")
     except (KeyError, TypeError) as exc:  # a well-formed digest over a malformed record
         raise _DamagedError(f"meta.json lacks {exc}") from exc
@@ -476,7 +477,7 @@ def _read_verified(
     metadata, if the caller has it)."""
     if meta is None:
         meta = _verified_meta(directory, full=False)
-    k, num_items = meta["num-partitions"], meta["num-items"]
+    k, num_items = meta[NUM_PARTITIONS_KEY], meta["num-items"]
     if not 0 <= partition_id < k:
         raise ValueError(f"partition-id={partition_id}: must be in [0, num-partitions={k})")
     digest, part = _partition_sha256(_open(directory, meta), partition_id)
@@ -603,7 +604,7 @@ def _local_client_data(
         record (called only when no intact cache exists).
     """
     target = _cache_dir_for(
-        options, 1, extra={"catalogue": _fingerprint(catalogue), "partition-id": partition_id}
+        options, 1, extra={"catalogue": _fingerprint(catalogue), PARTITION_ID_KEY: partition_id}
     )
 
     def whole() -> _Contents:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..protocol import NUM_USERS_KEY
 from .atomic import read_atomic
 from .encoder import IdEncoder
 from .grouplens import load_movielens
@@ -93,7 +94,7 @@ class PreparedData:
         """Sizes, for results files."""
         return {
             "name": self.name,
-            "num-users": self.num_users,
+            NUM_USERS_KEY: self.num_users,
             "num-items": self.num_items,
             "num-interactions": len(self.train_items) + 2 * self.num_users,
             "num-train-interactions": len(self.train_items),

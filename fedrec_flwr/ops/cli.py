@@ -23,6 +23,7 @@ from ..datasets import DataFileError, DataOptions, build_partition_cache, read_c
 from ..datasets.options import SOURCES
 from ..datasets.partitioners import DATA_DECIDED, PARTITIONERS, PartitionStats
 from ..datasets.validation import DUPLICATE_POLICIES
+from ..protocol import NUM_PARTITIONS_KEY, NUM_USERS_KEY
 
 __all__ = ["main"]
 
@@ -74,7 +75,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     work (numpy would say only "expected non-negative integer" for a seed of -1)."""
     if args.seed < 0:
         raise ValueError(f"seed={args.seed}: must be a non-negative integer")
-    lowest = {"seed": 0, "num-eval-negatives": 1, "k-core": 0, "num-partitions": 1}
+    lowest = {"seed": 0, "num-eval-negatives": 1, "k-core": 0, NUM_PARTITIONS_KEY: 1}
     if args.action == "stats":
         lowest["max-rows"] = 0
     for key, low in lowest.items():
@@ -115,7 +116,7 @@ def _stats_text(meta: dict[str, Any], max_rows: int) -> str:
     dropped = {k: v for k, v in report.get("dropped", {}).items() if v}
     stats = PartitionStats.from_dict(meta["partition-stats"])
     lines = [
-        f"dataset {ds['name']}: {ds['num-users']} users, {ds['num-items']} items, "
+        f"dataset {ds['name']}: {ds[NUM_USERS_KEY]} users, {ds['num-items']} items, "
         f"{ds['num-interactions']} interactions ({ds['num-train-interactions']} for training)",
         f"validation: read {report.get('rows-read')} rows, kept {report.get('rows-kept')}, "
         f"dropped {dropped or 'none'}",

@@ -30,6 +30,7 @@ from ..protocol import (
     ITEM_CATALOGUE_KEY,
     LOSS_KEY,
     NUM_PARTITIONS_KEY,
+    NUM_USERS_KEY,
     TEST_PART,
     TRAIN_LOSS_KEY,
     VAL_PART,
@@ -115,7 +116,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         stats = prepared.stats()
         protocol = with_negative_pool(prepared.protocol(), cfg.negative_pool)
         # No partition can hold more than the whole dataset.
-        max_train = stats["num-users" if cfg.weight_key == "users" else "num-train-interactions"]
+        max_train = stats[NUM_USERS_KEY if cfg.weight_key == "users" else "num-train-interactions"]
         max_evaluate = prepared.num_users
         # Exact per-partition caps, once the nodes tell how many partitions there are.
         sizes = functools.partial(partition_sizes, cfg.data_options())

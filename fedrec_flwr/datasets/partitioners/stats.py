@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...protocol import NUM_PARTITIONS_KEY
 from ..negatives import sorted_unique
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class PartitionStats:
         """Plain mapping (kebab-case keys) for JSON."""
         return {
             "partitioner": self.partitioner,
-            "num-partitions": len(self.labels),
+            NUM_PARTITIONS_KEY: len(self.labels),
             "gini-users": round(self.gini_users, 6),
             "gini-interactions": round(self.gini_interactions, 6),
             "partitions": [
