@@ -16,7 +16,7 @@ from typing import Any
 
 from .datasets.options import DataOptions
 from .datasets.prepare import DATASETS, NEGATIVE_POOLS
-from .models.ncf import ARCHITECTURES
+from .models import ARCHITECTURES
 from .threads import MAX_THREADS
 
 __all__ = [
