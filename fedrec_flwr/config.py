@@ -17,7 +17,7 @@ from typing import Any
 from .datasets.options import DataOptions
 from .datasets.prepare import DATASETS, NEGATIVE_POOLS
 from .errors import ConfigError
-from .models.ncf import ARCHITECTURES
+from .models import ARCHITECTURES
 from .protocol import PRIVATE_LAYERS_KEY, PROXIMAL_MU_KEY
 from .strategies.registry import STRATEGIES
 from .threads import MAX_THREADS

@@ -353,7 +353,7 @@ def test_out_of_memory_names_the_size_keys(data, tmp_path, monkeypatch, capsys):
             "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
         )
 
-    monkeypatch.setattr(centralized, "NCF", oom)
+    monkeypatch.setattr(centralized, "build_model", oom)
     assert _run(data, tmp_path / "out") == 2
     assert capsys.readouterr().err.strip() == (
         "error: out of memory building or training the model; lower factors, "
@@ -363,6 +363,6 @@ def test_out_of_memory_names_the_size_keys(data, tmp_path, monkeypatch, capsys):
     def other(*args, **kwargs):
         raise RuntimeError("something else")
 
-    monkeypatch.setattr(centralized, "NCF", other)  # negative control: not swallowed
+    monkeypatch.setattr(centralized, "build_model", other)  # negative control: not swallowed
     with pytest.raises(RuntimeError, match=r"^something else$"):
         _run(data, tmp_path / "out")

@@ -2,9 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec_flwr.models.ncf import (
+from fedrec_flwr.models import (
     ARCHITECTURES,
+    MODELS,
     NCF,
+    Recommender,
+    build_model,
     is_private,
     load_arrays,
     private_arrays,
@@ -61,3 +64,60 @@ def test_load_arrays_rejects_foreign_models():
 def test_unknown_architecture():
     with pytest.raises(ValueError, match=r"model='bpr'.*gmf, mlp, neumf"):
         NCF(1, 1, "bpr")
+
+
+def test_registry_builds_each_ncf_architecture_as_ncf_itself():
+    assert ARCHITECTURES == tuple(MODELS) == ("gmf", "mlp", "neumf")
+    for arch in ARCHITECTURES:
+        built = build_model(arch, 4, 9, factors=4, mlp_layers=(8, 4), seed=3)
+        direct = NCF(4, 9, arch, 4, (8, 4), seed=3)
+        assert isinstance(built, Recommender) and built.arch == arch
+        a, b = built.state_dict(), direct.state_dict()
+        assert list(a) == list(b)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match=r"model='bpr': unknown; accepted: gmf, mlp, neumf"):
+        build_model("bpr", 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("arch", "tables"),
+    [
+        ("gmf", ("item_gmf.weight",)),
+        ("mlp", ("item_mlp.weight",)),
+        ("neumf", ("item_gmf.weight", "item_mlp.weight")),
+    ],
+)
+def test_ncf_declares_its_item_embeddings_as_item_tables(arch, tables):
+    model = NCF(3, 9, arch, factors=4, mlp_layers=(8, 4))
+    assert model.item_tables() == tables
+    for name in tables:
+        assert model.state_dict()[name].shape[0] == 9 and not model.is_private(name)
+
+
+def test_array_helpers_split_by_the_models_own_rule():
+    class Personal(NCF):
+        """Keeps its output layer private too (a FedPer-like split)."""
+
+        def is_private(self, name: str) -> bool:
+            return super().is_private(name) or name.startswith("output.")
+
+    model = Personal(2, 5, "gmf", factors=4)
+    assert set(private_arrays(model)) == {"user_gmf.weight", "output.weight", "output.bias"}
+    assert set(shared_arrays(model)) == {"item_gmf.weight"}
+    with pytest.raises(ValueError, match=r"unexpected \['output.bias', 'output.weight'\]"):
+        load_arrays(model, shared_arrays(NCF(2, 5, "gmf", factors=4)), private=False)
+
+
+def test_default_reset_private_touches_only_private_rows():
+    model = NCF(3, 9, "neumf", factors=4, mlp_layers=(8, 4), seed=1)
+    shared = shared_arrays(model)
+    private = private_arrays(model)
+    model.reset_private(5)
+    for name, value in shared_arrays(model).items():
+        np.testing.assert_array_equal(value, shared[name])
+    assert all(not np.array_equal(v, private[k]) for k, v in private_arrays(model).items())
+    again = NCF(3, 9, "neumf", factors=4, mlp_layers=(8, 4), seed=1)
+    again.reset_private(5)
+    for name, value in private_arrays(again).items():
+        np.testing.assert_array_equal(value, private_arrays(model)[name])

@@ -7,14 +7,73 @@ import pytest
 import torch
 
 from fedrec_flwr.datasets.negatives import InteractionSet
-from fedrec_flwr.models.ncf import NCF, load_arrays, private_arrays, shared_arrays
+from fedrec_flwr.models import (
+    MODELS,
+    Recommender,
+    build_model,
+    load_arrays,
+    private_arrays,
+    shared_arrays,
+)
 from fedrec_flwr.train.group import train_epochs
-from fedrec_flwr.train.peruser import finetune_users_and_score, train_users_independently
+from fedrec_flwr.train.peruser import (
+    _adam_step_keeping,
+    finetune_users_and_score,
+    train_users_independently,
+)
 
 NUM_ITEMS = 40
+NUM_USERS = 11
 
 
-def _log(seed: int = 0, num_users: int = 11) -> tuple[np.ndarray, np.ndarray]:
+class _BiasedMF(Recommender):
+    """Test-only model unlike NCF: a dot product of the user vector through a
+    tanh layer with the item vector, plus an item bias and a global offset."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 6, seed: int = 0) -> None:
+        super().__init__()
+        self.item_vec = torch.nn.Embedding(num_items, dim)
+        self.item_bias = torch.nn.Embedding(num_items, 1)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.offset = torch.nn.Parameter(torch.zeros(()))
+        self.user_vec = torch.nn.Embedding(num_users, dim)
+        self.reset_parameters(seed)
+
+    def item_tables(self) -> tuple[str, ...]:
+        return ("item_vec.weight", "item_bias.weight")
+
+    def reset_parameters(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.uniform_(-0.5, 0.5, generator=gen)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        user = torch.tanh(self.proj(self.user_vec(users)))
+        dot = (user * self.item_vec(items)).sum(-1)
+        return dot + self.item_bias(items).squeeze(-1) + self.offset
+
+
+class _WholeTablesMF(_BiasedMF):
+    """The same model declaring no item tables: users get whole tables."""
+
+    def item_tables(self) -> tuple[str, ...]:
+        return ()
+
+
+def _factory(name: str):
+    """``build(num_users, seed)`` for a registered model or a test-only one."""
+    if name == "biased-mf":
+        return lambda n, seed: _BiasedMF(n, NUM_ITEMS, seed=seed)
+    if name == "whole-tables-mf":
+        return lambda n, seed: _WholeTablesMF(n, NUM_ITEMS, seed=seed)
+    return lambda n, seed: build_model(name, n, NUM_ITEMS, factors=8, mlp_layers=(16, 8), seed=seed)
+
+
+MODEL_NAMES = [*MODELS, "biased-mf", "whole-tables-mf"]
+
+
+def _log(seed: int = 0, num_users: int = NUM_USERS) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     users, items = [], []
     for u in range(num_users):
@@ -26,32 +85,41 @@ def _log(seed: int = 0, num_users: int = 11) -> tuple[np.ndarray, np.ndarray]:
     return np.array(users), np.array(items)
 
 
-def _loop(model, users, items, seeds, *, epochs, batch, lr, wd, negs):
+def _one_user(build, model, u: int):
+    """User ``u``'s own one-user client model: global shared arrays, its rows."""
+    one = build(1, 0)
+    load_arrays(one, shared_arrays(model), private=False)
+    load_arrays(one, {k: v[u : u + 1] for k, v in private_arrays(model).items()}, private=True)
+    return one
+
+
+def _train_alone(one, items_u, seed, *, epochs, batch, lr, wd, negs, params=None):
+    n = len(items_u)
+    opt = torch.optim.Adam(one.parameters() if params is None else params, lr=lr, weight_decay=wd)
+    train_epochs(
+        one,
+        np.zeros(n, dtype=np.int64),
+        items_u,
+        InteractionSet(np.zeros(n), items_u, NUM_ITEMS),
+        epochs=epochs,
+        batch_size=batch,
+        optimizer=opt,
+        num_negatives=negs,
+        rng=np.random.default_rng(seed),
+    )
+
+
+def _loop(build, model, users, items, seeds, **settings):
     """The reference: every user its own client, trained alone, then FedAvg."""
-    shared0 = shared_arrays(model)
-    private = private_arrays(model)
-    acc = {k: np.zeros(v.shape) for k, v in shared0.items()}
-    out_private = {k: v.copy() for k, v in private.items()}
+    acc = {k: np.zeros(v.shape) for k, v in shared_arrays(model).items()}
+    out_private = {k: v.copy() for k, v in private_arrays(model).items()}
     total = 0
-    for u in range(11):
+    for u in range(NUM_USERS):
         mask = users == u
         if not mask.any():
             continue
-        one = NCF(1, NUM_ITEMS, model.arch, 8, (16, 8), seed=0)
-        load_arrays(one, shared0, private=False)
-        load_arrays(one, {k: v[u : u + 1] for k, v in private.items()}, private=True)
-        opt = torch.optim.Adam(one.parameters(), lr=lr, weight_decay=wd)
-        train_epochs(
-            one,
-            np.zeros(mask.sum(), dtype=np.int64),
-            items[mask],
-            InteractionSet(np.zeros(mask.sum()), items[mask], NUM_ITEMS),
-            epochs=epochs,
-            batch_size=batch,
-            optimizer=opt,
-            num_negatives=negs,
-            rng=np.random.default_rng(seeds[u]),
-        )
+        one = _one_user(build, model, u)
+        _train_alone(one, items[mask], seeds[u], **settings)
         n = int(mask.sum())
         total += n
         for k, v in shared_arrays(one).items():
@@ -61,19 +129,20 @@ def _loop(model, users, items, seeds, *, epochs, batch, lr, wd, negs):
     return {k: v / total for k, v in acc.items()}, out_private, total
 
 
-@pytest.mark.parametrize("arch", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("wd", [0.0, 1e-3])
-def test_matches_independent_users(arch: str, wd: float) -> None:
+def test_matches_independent_users(name: str, wd: float) -> None:
+    build = _factory(name)
     users, items = _log()
-    model = NCF(11, NUM_ITEMS, arch, 8, (16, 8), seed=3)
+    model = build(NUM_USERS, 3)
     model.reset_private(7)
-    seeds = [100 + u for u in range(11)]
+    seeds = [100 + u for u in range(NUM_USERS)]
     exclude = InteractionSet(users, items, NUM_ITEMS)
     settings = dict(epochs=2, batch=8, lr=0.01, wd=wd, negs=3)
-    want_shared, want_private, want_total = _loop(model, users, items, seeds, **settings)
+    want_shared, want_private, want_total = _loop(build, model, users, items, seeds, **settings)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     got = train_users_independently(
-        shared_arrays(model),
-        private_arrays(model),
+        model,
         users,
         items,
         exclude,
@@ -87,27 +156,110 @@ def test_matches_independent_users(arch: str, wd: float) -> None:
     )
     assert got.weight == want_total == len(users)
     assert set(got.shared) == set(want_shared)
-    for name, want in want_shared.items():
-        np.testing.assert_allclose(got.shared[name], want, rtol=0, atol=2e-6, err_msg=name)
-    for name, want in want_private.items():
-        np.testing.assert_allclose(got.private[name], want, rtol=0, atol=2e-6, err_msg=name)
+    for name_, want in want_shared.items():
+        np.testing.assert_allclose(got.shared[name_], want, rtol=0, atol=2e-6, err_msg=name_)
+    for name_, want in want_private.items():
+        np.testing.assert_allclose(got.private[name_], want, rtol=0, atol=2e-6, err_msg=name_)
     # Training moved the model: the comparison above is not trivially true.
     moved = max(float(np.abs(got.shared[k] - v).max()) for k, v in shared_arrays(model).items())
     assert moved > 1e-3
     assert np.isfinite(got.loss)
+    # The model passed in is only read.
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize(("scope", "wd"), [("private", 0.0), ("all", 0.0), ("all", 1e-3)])
+def test_finetune_scores_match_independent_users(name: str, scope: str, wd: float) -> None:
+    build = _factory(name)
+    users, items = _log()
+    model = build(NUM_USERS, 3)
+    model.reset_private(7)
+    seeds = [200 + u for u in range(NUM_USERS)]
+    candidates = np.random.default_rng(1).integers(0, NUM_ITEMS, size=(NUM_USERS, 6))
+    settings = dict(epochs=2, batch=8, lr=0.05, wd=wd, negs=2)
+    want = np.zeros(candidates.shape, dtype=np.float32)
+    for u in range(NUM_USERS):
+        one = _one_user(build, model, u)
+        mask = users == u
+        if mask.any():
+            params = [p for n, p in one.named_parameters() if scope == "all" or one.is_private(n)]
+            _train_alone(one, items[mask], seeds[u], params=params, **settings)
+        with torch.no_grad():
+            want[u] = one(torch.zeros(6, dtype=torch.int64), torch.from_numpy(candidates[u]))
+    got = finetune_users_and_score(
+        model,
+        users,
+        items,
+        InteractionSet(users, items, NUM_ITEMS),
+        seeds,
+        candidates,
+        scope=scope,
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.05,
+        num_negatives=2,
+        weight_decay=wd,
+        chunk_users=4,
+    )
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    # Fine-tuning changed the scores: the comparison above is not trivially true.
+    with torch.no_grad():
+        plain = model(
+            torch.arange(NUM_USERS).repeat_interleave(6), torch.from_numpy(candidates.ravel())
+        ).reshape(candidates.shape)
+    assert float(np.abs(got - plain.numpy()).max()) > 1e-3
+    np.testing.assert_allclose(got[3], plain[3].numpy(), rtol=0, atol=2e-6)  # nothing to train
+
+
+def test_exhausted_users_are_left_exactly_unchanged() -> None:
+    param = torch.nn.Parameter(torch.linspace(-1, 1, 12).reshape(3, 4))
+    opt = torch.optim.Adam([param], lr=0.1)
+    param.grad = torch.ones_like(param)
+    opt.step()  # every user has moments now
+    before = param.detach().clone()
+    moments = {k: opt.state[param][k].clone() for k in ("exp_avg", "exp_avg_sq")}
+    param.grad = torch.full_like(param, 0.5)
+    keep = torch.tensor([False, True, False])
+    _adam_step_keeping(opt, [param], keep)
+    assert torch.equal(param[1], before[1])
+    for k, v in moments.items():
+        assert torch.equal(opt.state[param][k][1], v[1])
+        assert not torch.equal(opt.state[param][k][0], v[0])  # the others did step
+    assert not torch.equal(param[0], before[0])
+
+
+def test_item_tables_must_be_shared_entries() -> None:
+    class Wrong(_BiasedMF):
+        def item_tables(self) -> tuple[str, ...]:
+            return ("user_vec.weight",)
+
+    users, items = _log()
+    with pytest.raises(ValueError, match=r"Wrong.item_tables\(\) names \['user_vec.weight'\]"):
+        train_users_independently(
+            Wrong(NUM_USERS, NUM_ITEMS),
+            users,
+            items,
+            InteractionSet(users, items, NUM_ITEMS),
+            list(range(NUM_USERS)),
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.01,
+            num_negatives=2,
+        )
 
 
 def test_user_without_interactions_keeps_its_embedding() -> None:
     users, items = _log()
-    model = NCF(11, NUM_ITEMS, "neumf", 8, (16, 8), seed=3)
+    model = _factory("neumf")(NUM_USERS, 3)
     before = private_arrays(model)
     got = train_users_independently(
-        shared_arrays(model),
-        before,
+        model,
         users,
         items,
         InteractionSet(users, items, NUM_ITEMS),
-        list(range(11)),
+        list(range(NUM_USERS)),
         epochs=1,
         batch_size=8,
         learning_rate=0.01,
@@ -120,11 +272,10 @@ def test_user_without_interactions_keeps_its_embedding() -> None:
 
 def test_seed_count_must_match_users() -> None:
     users, items = _log()
-    model = NCF(11, NUM_ITEMS, "gmf", 8, (16, 8))
+    model = _factory("gmf")(NUM_USERS, 0)
     with pytest.raises(ValueError, match="1 user seeds for 11 users"):
         train_users_independently(
-            shared_arrays(model),
-            private_arrays(model),
+            model,
             users,
             items,
             InteractionSet(users, items, NUM_ITEMS),
@@ -275,16 +426,15 @@ def test_per_user_finetuning_refuses_personal_layers() -> None:
 
 def test_finetune_scope_must_be_known() -> None:
     users, items = _log()
-    model = NCF(11, NUM_ITEMS, "gmf", 8, (16, 8))
+    model = _factory("gmf")(NUM_USERS, 0)
     with pytest.raises(ValueError, match="scope='rows': expected 'private' or 'all'"):
         finetune_users_and_score(
-            shared_arrays(model),
-            private_arrays(model),
+            model,
             users,
             items,
             InteractionSet(users, items, NUM_ITEMS),
-            list(range(11)),
-            np.zeros((11, 3), dtype=np.int64),
+            list(range(NUM_USERS)),
+            np.zeros((NUM_USERS, 3), dtype=np.int64),
             scope="rows",
             epochs=1,
             batch_size=8,

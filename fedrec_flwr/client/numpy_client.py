@@ -44,7 +44,7 @@ from flwr.compat.client.numpy_client import NumPyClient
 
 from ..config import RunConfig
 from ..datasets.prepare import ClientData
-from ..models.ncf import NCF, is_private, load_arrays, private_arrays, shared_arrays
+from ..models import build_model, load_arrays, private_arrays, shared_arrays
 from ..protocol import (
     COMPUTE_SECONDS_KEY,
     FINETUNE_EPOCHS_KEY,
@@ -91,12 +91,12 @@ class NCFClient(NumPyClient):
         # One thread per client unless num-threads says otherwise: simulation
         # runs several clients side by side on one machine's CPUs.
         apply_num_threads(config.num_threads, default=CLIENT_DEFAULT_THREADS)
-        self.model = NCF(
+        self.model = build_model(
+            config.model,
             data.num_users,
             data.num_items,
-            config.model,
-            config.factors,
-            config.mlp_layers,
+            factors=config.factors,
+            mlp_layers=config.mlp_layers,
             seed=config.seed,
         )
         if PRIVATE_STATE_KEY in state.array_records:
@@ -114,7 +114,7 @@ class NCFClient(NumPyClient):
         draw them (``NCF.reset_private`` with the user's code as partition id),
         so per-user mode starts where one-user-per-client FedAvg starts."""
         with torch.no_grad():
-            privates = [p for n, p in self.model.named_parameters() if is_private(n)]
+            privates = [p for n, p in self.model.named_parameters() if self.model.is_private(n)]
             for row, code in enumerate(self.data.users):
                 gen = torch.Generator().manual_seed(_seed(self.config.seed, int(code), 0))
                 for param in privates:
@@ -150,7 +150,7 @@ class NCFClient(NumPyClient):
 
     def array_names(self) -> list[str]:
         """Names of the shared arrays, in the order of the NumPy lists."""
-        return [name for name in self.model.state_dict() if not is_private(name)]
+        return [name for name in self.model.state_dict() if not self.model.is_private(name)]
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """Shared arrays only; user embeddings are never returned."""
@@ -243,8 +243,7 @@ class NCFClient(NumPyClient):
         cfg, data = self.config, self.data
         round_ = server_round(config)
         update = train_users_independently(
-            shared_arrays(self.model),
-            private_arrays(self.model),
+            self.model,
             data.train_users,
             data.train_items,
             self.exclude,
@@ -311,7 +310,7 @@ class NCFClient(NumPyClient):
             params = [
                 p
                 for n, p in self.model.named_parameters()
-                if scope == "all" or is_private(n) or n in personal
+                if scope == "all" or self.model.is_private(n) or n in personal
             ]
             optimizer = torch.optim.Adam(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
             train_epochs(
@@ -347,8 +346,7 @@ class NCFClient(NumPyClient):
             [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1
         )
         scores = finetune_users_and_score(
-            shared_arrays(self.model),
-            private_arrays(self.model),
+            self.model,
             data.train_users,
             data.train_items,
             self.exclude,

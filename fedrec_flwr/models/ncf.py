@@ -1,21 +1,30 @@
 """Neural collaborative filtering: GMF, MLP and NeuMF (He et al., WWW 2017).
 
-Parameters are split by name. Everything whose name starts with ``user_`` is a
-*private* user embedding: it lives on the client that owns the user and is never
-sent anywhere. All other parameters (item embeddings, MLP tower, output layer) are
-*shared* and aggregated by the server.
+The first :class:`~fedrec_flwr.models.base.Recommender`. Parameters are split
+by name: everything whose name starts with ``user_`` is a *private* user
+embedding, living on the client that owns the user and never sent anywhere. All
+other parameters (item embeddings, MLP tower, output layer) are *shared* and
+aggregated by the server; the item embeddings are its item tables.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from .base import (
+    PRIVATE_PREFIX,
+    Recommender,
+    is_private,
+    load_arrays,
+    private_arrays,
+    shared_arrays,
+)
+
+# The array helpers live in .base; re-exported so `models.ncf` imports keep working.
 __all__ = [
     "ARCHITECTURES",
     "NCF",
@@ -27,15 +36,9 @@ __all__ = [
 ]
 
 ARCHITECTURES = ("gmf", "mlp", "neumf")
-PRIVATE_PREFIX = "user_"
 
 
-def is_private(name: str) -> bool:
-    """Whether a parameter name denotes a private (user) parameter."""
-    return name.startswith(PRIVATE_PREFIX)
-
-
-class NCF(nn.Module):
+class NCF(Recommender):
     """GMF, MLP or NeuMF scoring ``(user, item)`` pairs.
 
     Parameters
@@ -103,7 +106,14 @@ class NCF(nn.Module):
 
     def reset_parameters(self, seed: int) -> None:
         """Initialise as the NCF reference code: N(0, 0.01) embeddings, Xavier
-        MLP, Kaiming output layer, zero biases; deterministic in ``seed``."""
+        MLP, Kaiming output layer, zero biases.
+
+        Parameters
+        ----------
+        seed : int
+            Generator seed; modules are drawn in creation order (user tables
+            last), so shared parameters do not depend on ``num_users``.
+        """
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, module in self.named_modules():
@@ -118,68 +128,34 @@ class NCF(nn.Module):
                     nn.init.xavier_uniform_(module.weight, generator=gen)
                     module.bias.zero_()
 
-    def reset_private(self, seed: int) -> None:
-        """Re-draw only the user embeddings (a client's own initialisation)."""
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, param in self.named_parameters():
-                if is_private(name):
-                    param.normal_(0.0, 0.01, generator=gen)
+    def item_tables(self) -> tuple[str, ...]:
+        """The item embeddings (``item_gmf.weight``, ``item_mlp.weight``) present.
+
+        Returns
+        -------
+        tuple of str
+            Item-table names in ``state_dict`` order.
+        """
+        return (("item_gmf.weight",) if self.use_gmf else ()) + (
+            ("item_mlp.weight",) if self.use_mlp else ()
+        )
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Return one logit per ``(user, item)`` pair."""
+        """Return one logit per ``(user, item)`` pair.
+
+        Parameters
+        ----------
+        users, items : torch.Tensor
+            ``(B,)`` user rows and item rows (int64).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` logits.
+        """
         parts = []
         if self.use_gmf:
             parts.append(self.user_gmf(users) * self.item_gmf(items))
         if self.use_mlp:
             parts.append(self.mlp(torch.cat([self.user_mlp(users), self.item_mlp(items)], -1)))
         return self.output(torch.cat(parts, -1) if len(parts) > 1 else parts[0]).squeeze(-1)
-
-    @torch.no_grad()
-    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Interaction probabilities in (0, 1) (the paper's sigmoid output)."""
-        return torch.sigmoid(self.forward(users, items))
-
-
-def _arrays(model: nn.Module, private: bool) -> OrderedDict[str, np.ndarray]:
-    return OrderedDict(
-        (name, t.detach().cpu().numpy().copy())
-        for name, t in model.state_dict().items()
-        if is_private(name) == private
-    )
-
-
-def shared_arrays(model: nn.Module) -> OrderedDict[str, np.ndarray]:
-    """Shared parameters by name, as NumPy copies (what goes on the wire)."""
-    return _arrays(model, private=False)
-
-
-def private_arrays(model: nn.Module) -> OrderedDict[str, np.ndarray]:
-    """Private user-embedding parameters by name (what never leaves a client)."""
-    return _arrays(model, private=True)
-
-
-def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray], *, private: bool) -> None:
-    """Copy named arrays into the shared (or private) parameters of ``model``.
-
-    Raises
-    ------
-    ValueError
-        If names or shapes differ from the model's: the sender runs another
-        model configuration.
-    """
-    state = model.state_dict()
-    expected = {n for n in state if is_private(n) == private}
-    if set(arrays) != expected:
-        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
-        raise ValueError(
-            f"parameter names differ from the model's: missing {missing}, unexpected {extra}"
-        )
-    with torch.no_grad():
-        for name, value in arrays.items():
-            if tuple(value.shape) != tuple(state[name].shape):
-                raise ValueError(
-                    f"parameter {name!r}: shape {tuple(value.shape)} does not match the "
-                    f"model's {tuple(state[name].shape)} (different model config?)"
-                )
-            state[name].copy_(torch.from_numpy(np.asarray(value)))

@@ -20,7 +20,7 @@ import torch
 
 from ..config import LEAKY_POOL_WARNING, ConfigError, RunConfig
 from ..datasets import prepare_data
-from ..models.ncf import NCF
+from ..models import build_model
 from ..protocol import TEST_PART, VAL_PART
 from ..threads import apply_num_threads
 from ..train.evaluate import evaluate_ranking
@@ -63,12 +63,12 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     num_threads = apply_num_threads(cfg.num_threads)
     prepared = prepare_data(cfg.data_options())
     data = prepared.client_data()  # everybody in one group
-    model = NCF(
+    model = build_model(
+        cfg.model,
         data.num_users,
         data.num_items,
-        cfg.model,
-        cfg.factors,
-        cfg.mlp_layers,
+        factors=cfg.factors,
+        mlp_layers=cfg.mlp_layers,
         seed=cfg.seed,
     )
     rng = np.random.default_rng([cfg.seed, 0xCE47])

@@ -23,7 +23,7 @@ from ..datasets import (
     read_cache_meta,
     read_catalogue,
 )
-from ..models.ncf import NCF, shared_arrays
+from ..models import build_model, shared_arrays
 from ..paths import resolve_user_path
 from ..protocol import (
     GLOBAL_PREFIX,
@@ -74,7 +74,9 @@ def partition_sizes(options: DataOptions, num_partitions: int) -> PartitionSizes
 
 def initial_arrays(cfg: RunConfig, num_items: int) -> ArrayRecord:
     """Shared arrays of a freshly initialised model (no user rows on the server)."""
-    model = NCF(0, num_items, cfg.model, cfg.factors, cfg.mlp_layers, seed=cfg.seed)
+    model = build_model(
+        cfg.model, 0, num_items, factors=cfg.factors, mlp_layers=cfg.mlp_layers, seed=cfg.seed
+    )
     return ArrayRecord({k: Array(v) for k, v in shared_arrays(model).items()})
 
 

@@ -1,4 +1,4 @@
-"""Per-user federated training at group cost.
+"""Per-user federated training at group cost, for any :class:`Recommender`.
 
 In per-user federated recommendation every user is its own client: it starts
 from the global shared model, trains on its own interactions only (fresh Adam,
@@ -21,28 +21,37 @@ FedAvg while paying Flower's per-message cost once per group.
 personalisation: each user fine-tunes its own copy alone and scores its own
 candidates with it, as a one-user client would.
 
-How it stays cheap: users are trained side by side, each with its own stacked
-copy of the dense layers and of only the item-embedding rows it touches this
-round (rows it never touches receive no gradient and, with Adam and no weight
-decay, never move). A step runs every user's next mini-batch with batched
-matrix products; a user whose batches are exhausted is masked out.
+How it stays generic: the model is defined once, by its own ``forward``.
+Users are trained side by side on stacked per-user copies of the parameters;
+one step runs every user's next mini-batch through
+``torch.func.vmap(torch.func.functional_call(model, ...))`` and one
+``torch.optim.Adam`` over the stacked tensors (Adam is elementwise, so that is
+one independent Adam per user). A user whose batches are exhausted is put back
+exactly as it was, parameters and optimiser state.
+
+How it stays cheap: each user carries only the rows of the model's item tables
+(:meth:`Recommender.item_tables`) it touches this round, indexed by local row
+(rows it never touches receive no gradient and, with Adam and no weight decay,
+never move), plus one row of each private table; frozen parameters are not
+copied at all.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.func import functional_call, vmap
 from torch.nn import functional
 
 from ..datasets.negatives import InteractionSet, sample_train_negatives
+from ..models.base import Recommender
 
 __all__ = ["PerUserUpdate", "finetune_users_and_score", "train_users_independently"]
-
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class PerUserUpdate:
     shared : dict of str to numpy.ndarray
         Weighted mean of the users' shared arrays, ``sum n_u w_u / sum n_u``.
     private : dict of str to numpy.ndarray
-        Each user's own trained embedding rows (``user_*`` arrays).
+        Each user's own trained private rows (the model's private arrays).
     weight : int
         ``sum n_u``: the group's number of training interactions.
     loss : float
@@ -92,7 +101,7 @@ def _plan_user(
     all_rows: bool,
     extra_rows: np.ndarray | None = None,
 ) -> _UserPlan:
-    # Same draws, in the same order, as training.train_epochs on this user alone.
+    # Same draws, in the same order, as train.group.train_epochs on this user alone.
     n_pos = len(items)
     n = n_pos * (1 + num_negatives)
     labels_once = np.concatenate([np.ones(n_pos), np.zeros(n_pos * num_negatives)])
@@ -125,36 +134,82 @@ def _plan_user(
     return _UserPlan(user, rows, local, lab, wts, last, epochs * per_epoch)
 
 
-def _tower_names(shared: Iterable[str]) -> list[str]:
-    """``mlp.<i>`` prefixes of the tower's linear layers, in order."""
-    prefixes = {name.rsplit(".", 1)[0] for name in shared if name.startswith("mlp.")}
-    return sorted(prefixes, key=lambda p: int(p.split(".")[1]))
+@dataclass(frozen=True)
+class _Layout:
+    """How a model's state is laid out per user for one call."""
+
+    state: dict[str, torch.Tensor]  # the model's state_dict, detached views: read only
+    private: tuple[str, ...]  # user tables: one row per group-local user
+    tables: frozenset[str]  # declared item tables
+    trained: tuple[str, ...]  # parameters the optimiser moves, state order
+    sliced: bool  # item tables cut to each user's rows; items are local rows
+    num_users: int
 
 
-def _forward(p: dict[str, torch.Tensor], tower: Sequence[str], idx: torch.Tensor) -> torch.Tensor:
-    """Logits ``(U, B)`` for each user's batch of local item rows ``idx``."""
-    parts = []
-    if "item_gmf.weight" in p:
-        table = p["item_gmf.weight"]
-        item = torch.gather(table, 1, idx[..., None].expand(-1, -1, table.shape[-1]))
-        parts.append(p["user_gmf.weight"][:, None, :] * item)
-    if "item_mlp.weight" in p:
-        table = p["item_mlp.weight"]
-        item = torch.gather(table, 1, idx[..., None].expand(-1, -1, table.shape[-1]))
-        user = p["user_mlp.weight"][:, None, :].expand(-1, idx.shape[1], -1)
-        x = torch.cat([user, item], -1)
-        for name in tower:
-            w, b = p[f"{name}.weight"], p[f"{name}.bias"]
-            x = torch.relu(torch.baddbmm(b[:, None, :], x, w.transpose(1, 2)))
-        parts.append(x)
-    z = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-    out = torch.baddbmm(p["output.bias"][:, None, :], z, p["output.weight"].transpose(1, 2))
-    return out.squeeze(-1)
+def _layout(model: Recommender, *, frozen_shared: bool, weight_decay: float) -> _Layout:
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    private = tuple(n for n in state if model.is_private(n))
+    tables = frozenset(model.item_tables())
+    wrong = sorted(t for t in tables if t not in state or t in private)
+    if wrong:
+        raise ValueError(
+            f"{type(model).__name__}.item_tables() names {wrong}, which are not shared "
+            "state_dict entries; declare only shared tables row-indexed by item code"
+        )
+    parameters = {n for n, _ in model.named_parameters()}
+    trained = tuple(
+        n for n in state if n in parameters and not (frozen_shared and n not in private)
+    )
+    if not private:
+        raise ValueError(
+            f"{type(model).__name__} has no private (user) parameters: per-user "
+            "training needs at least one user table (see Recommender.is_private)"
+        )
+    sizes = {n: state[n].shape[0] if state[n].dim() else 0 for n in private}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(
+            f"private tables disagree on the number of users: {sizes}; each must have "
+            "one row per user"
+        )
+    trains_table = any(t in trained for t in tables)
+    # With weight decay every row of a trained table moves: carry whole tables.
+    sliced = trains_table and weight_decay == 0
+    return _Layout(state, private, tables, trained, sliced, next(iter(sizes.values())))
+
+
+@contextmanager
+def _mode(model: Recommender, training: bool) -> Iterator[None]:
+    """``model.train(training)`` for the block, then the caller's mode again."""
+    was = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def _vmapped_logits(
+    model: Recommender,
+    params: Mapping[str, torch.Tensor],
+    dims: Mapping[str, int | None],
+    items: torch.Tensor,
+) -> torch.Tensor:
+    """Logits ``(U, B)``: user ``j``'s own parameters on its items ``items[j]``.
+
+    Each user's private tables hold its one row, so its user index is 0.
+    """
+    users = torch.zeros(items.shape[1], dtype=torch.int64)
+
+    def one(p: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = functional_call(model, p, (users, idx))
+        return out
+
+    logits: torch.Tensor = vmap(one, in_dims=(dict(dims), 0))(dict(params), items)
+    return logits
 
 
 def train_users_independently(
-    shared: Mapping[str, np.ndarray],
-    private: Mapping[str, np.ndarray],
+    model: Recommender,
     users: np.ndarray,
     items: np.ndarray,
     exclude: InteractionSet,
@@ -169,19 +224,18 @@ def train_users_independently(
 ) -> PerUserUpdate:
     """Train each user of a group as its own FedAvg client; return the mean.
 
-    Every user ``u`` starts from ``shared`` and its own ``private`` rows, and
-    trains exactly as :func:`fedrec_flwr.train.group.train_epochs` would on ``u``
-    alone with a fresh ``torch.optim.Adam``, drawing negatives and batch order
-    from ``numpy.random.default_rng(user_seeds[u])``. The users run side by side;
+    Every user ``u`` starts from ``model``'s shared arrays and its own rows of
+    the private tables, and trains exactly as
+    :func:`fedrec_flwr.train.group.train_epochs` would on ``u`` alone with a
+    fresh ``torch.optim.Adam``, drawing negatives and batch order from
+    ``numpy.random.default_rng(user_seeds[u])``. The users run side by side;
     the result equals a loop over users up to float rounding (tested).
 
     Parameters
     ----------
-    shared : mapping of str to numpy.ndarray
-        The global shared arrays, named as in :class:`fedrec_flwr.models.ncf.NCF`.
-    private : mapping of str to numpy.ndarray
-        The group's user-embedding tables (``user_gmf.weight`` ...), one row per
-        group-local user.
+    model : Recommender
+        The global shared arrays and the group's private tables (one row per
+        group-local user). Read only: neither its parameters nor its mode change.
     users, items : numpy.ndarray
         Training positives (group-local user index, catalogue item code).
     exclude : InteractionSet
@@ -201,63 +255,67 @@ def train_users_independently(
     PerUserUpdate
         The weighted mean of the users' shared arrays (weight = interactions),
         the users' trained private rows, the total weight and the mean loss.
+
+    Raises
+    ------
+    ValueError
+        If no user has a training interaction, the seed count differs from
+        the number of users, or the model breaks the :class:`Recommender`
+        contract (see :meth:`Recommender.item_tables`).
     """
+    layout = _layout(model, frozen_shared=False, weight_decay=weight_decay)
     users = np.asarray(users, dtype=np.int64)
-    num_users = next(iter(private.values())).shape[0]
-    counts = np.bincount(users, minlength=num_users)
+    counts = np.bincount(users, minlength=layout.num_users)
     total = int(counts.sum())
     if total == 0:
         raise ValueError("no user of the group has a training interaction")
-    item_tables = [name for name in shared if name.startswith("item_")]
-    dense = [name for name in shared if name not in item_tables]
-    global_t = _as_tensors(shared)
-    acc = {k: np.zeros(v.shape, dtype=np.float64) for k, v in shared.items()}
-    out_private = {k: np.array(v, dtype=np.float32, copy=True) for k, v in private.items()}
+    shared = [n for n in layout.state if n not in layout.private]
+    acc = {n: torch.zeros(layout.state[n].shape, dtype=torch.float64) for n in shared}
+    out_private = {n: layout.state[n].numpy().copy() for n in layout.private}
     loss_sum, loss_n = 0.0, 0.0
     for chunk in _train_chunks(
-        global_t,
-        private,
+        model,
+        layout,
         users,
         items,
         exclude,
         user_seeds,
         _Local(epochs, batch_size, learning_rate, num_negatives, weight_decay, chunk_users),
-        frozen=frozenset(),
         with_empty=False,
     ):
         loss_sum += chunk.loss_sum
         loss_n += chunk.loss_n
         with torch.no_grad():
             weights = torch.from_numpy(counts[chunk.ids].astype(np.float64))
-            for name in item_tables:
-                # Rows a user never touched equal the global rows: only deltas move.
-                base = global_t[name][chunk.rows].double()
-                delta = (chunk.params[name].double() - base) * weights[:, None, None]
-                flat = torch.zeros(acc[name].shape, dtype=torch.float64)
-                flat.index_add_(0, chunk.rows[chunk.valid], delta[chunk.valid])
-                acc[name] += flat.numpy()
-            for name in dense:
-                acc[name] += torch.einsum(
-                    "u,u...->...", weights, chunk.params[name].double()
-                ).numpy()
-            for name in out_private:
-                out_private[name][chunk.ids] = chunk.params[name].detach().numpy()
+            for name in shared:
+                if name not in layout.trained:
+                    continue
+                value = chunk.params[name].double()
+                if layout.sliced and name in layout.tables:
+                    # Rows a user never touched equal the global rows: only deltas move.
+                    base = layout.state[name].double()[chunk.rows]
+                    delta = (value - base) * weights.view(-1, *[1] * (value.dim() - 1))
+                    acc[name].index_add_(0, chunk.rows[chunk.valid], delta[chunk.valid])
+                else:
+                    acc[name] += torch.einsum("u,u...->...", weights, value)
+            for name in layout.private:
+                out_private[name][chunk.ids] = chunk.params[name][:, 0].numpy()
 
     mean: dict[str, np.ndarray] = {}
-    for name, value in shared.items():
-        if name in item_tables:
-            mean[name] = (np.asarray(value, dtype=np.float64) + acc[name] / total).astype(
-                np.float32
-            )
+    for name in shared:
+        value = layout.state[name]
+        if name not in layout.trained:
+            mean[name] = value.numpy().copy()  # nobody moves it: the global value, exactly
+        elif layout.sliced and name in layout.tables:
+            mean[name] = (value.double() + acc[name] / total).numpy().astype(np.float32)
         else:
-            mean[name] = (acc[name] / total).astype(np.float32)
+            mean[name] = (acc[name] / total).numpy().astype(np.float32)
     loss = loss_sum / loss_n if loss_n else float("nan")
     return PerUserUpdate(shared=mean, private=out_private, weight=total, loss=loss)
 
 
 def finetune_users_and_score(
-    shared: Mapping[str, np.ndarray],
-    private: Mapping[str, np.ndarray],
+    model: Recommender,
     users: np.ndarray,
     items: np.ndarray,
     exclude: InteractionSet,
@@ -275,21 +333,21 @@ def finetune_users_and_score(
     """Personalise the global model for each user alone; score its candidates.
 
     Each user fine-tunes its own copy of the model (global shared arrays plus
-    its own ``private`` rows) on its own training interactions, exactly as
+    its own private rows) on its own training interactions, exactly as
     :func:`train_users_independently` trains it, then scores its own row of
     ``candidates`` with that copy. The copies are discarded: nothing leaves
     the function but the scores.
 
     Parameters
     ----------
-    shared, private, users, items, exclude, user_seeds
+    model, users, items, exclude, user_seeds
         As for :func:`train_users_independently`.
     candidates : numpy.ndarray
         ``(num_users, C)`` catalogue item codes to score for each user.
     scope : {"private", "all"}
-        ``private`` fine-tunes only the user's embedding rows (the shared
+        ``private`` fine-tunes only the user's private rows (the shared
         arrays stay global); ``all`` fine-tunes every parameter, so each user
-        ends with its own item embeddings and tower.
+        ends with its own item tables and dense layers.
     epochs, batch_size, learning_rate, num_negatives, weight_decay, chunk_users
         As for :func:`train_users_independently`; ``epochs`` = fine-tuning epochs.
 
@@ -298,44 +356,45 @@ def finetune_users_and_score(
     numpy.ndarray
         ``(num_users, C)`` logits. A user with no training interaction is scored
         by the global model with its current private rows.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``scope``, a candidate row count other than the number
+        of users, and as for :func:`train_users_independently`.
     """
     if scope not in ("private", "all"):
         raise ValueError(f"scope={scope!r}: expected 'private' or 'all'")
+    layout = _layout(model, frozen_shared=scope == "private", weight_decay=weight_decay)
     candidates = np.asarray(candidates, dtype=np.int64)
-    num_users = next(iter(private.values())).shape[0]
-    if candidates.shape[0] != num_users:
-        raise ValueError(f"{candidates.shape[0]} candidate rows for {num_users} users")
-    global_t = _as_tensors(shared)
-    tower = _tower_names(shared)
-    frozen = frozenset(shared) if scope == "private" else frozenset()
+    if candidates.shape[0] != layout.num_users:
+        raise ValueError(f"{candidates.shape[0]} candidate rows for {layout.num_users} users")
     scores = np.zeros(candidates.shape, dtype=np.float32)
     for chunk in _train_chunks(
-        global_t,
-        private,
+        model,
+        layout,
         np.asarray(users, dtype=np.int64),
         items,
         exclude,
         user_seeds,
         _Local(epochs, batch_size, learning_rate, num_negatives, weight_decay, chunk_users),
-        frozen=frozen,
         with_empty=True,
         extra_rows=candidates,
     ):
-        rows = chunk.rows.numpy()
-        local = np.stack(
-            [
-                np.searchsorted(rows[j, : chunk.num_rows[j]], candidates[u])
-                for j, u in enumerate(chunk.ids)
-            ]
-        )
-        with torch.no_grad():
-            logits = _forward(chunk.params, tower, torch.from_numpy(local))
+        if layout.sliced:
+            rows = chunk.rows.numpy()
+            local = np.stack(
+                [
+                    np.searchsorted(rows[j, : chunk.num_rows[j]], candidates[u])
+                    for j, u in enumerate(chunk.ids)
+                ]
+            )
+        else:
+            local = candidates[chunk.ids]
+        with torch.no_grad(), _mode(model, training=False):
+            logits = _vmapped_logits(model, chunk.params, chunk.dims, torch.from_numpy(local))
         scores[chunk.ids] = logits.numpy()
     return scores
-
-
-def _as_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
 
 
 @dataclass(frozen=True)
@@ -358,34 +417,83 @@ class _TrainedChunk:
     rows: torch.Tensor  # (U, R) catalogue item per local item row, padded
     num_rows: np.ndarray  # real rows per user
     valid: torch.Tensor  # (U, R) row is real, not padding
-    params: dict[str, torch.Tensor]
+    params: dict[str, torch.Tensor]  # every state entry, stacked per user or shared
+    dims: dict[str, int | None]  # vmap dimension per entry: 0 stacked, None shared
     loss_sum: float
     loss_n: float
 
 
+def _stack(
+    layout: _Layout, ids: np.ndarray, rows: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, int | None]]:
+    """Each user's starting copy: its private rows, its item-table rows, and
+    the trained dense entries; untrained entries are shared, not copied."""
+    n_u = len(ids)
+    ids_t = torch.from_numpy(ids)
+    params: dict[str, torch.Tensor] = {}
+    dims: dict[str, int | None] = {}
+    for name, value in layout.state.items():
+        if name in layout.private:
+            params[name], dims[name] = value[ids_t].unsqueeze(1).clone(), 0
+        elif layout.sliced and name in layout.tables:
+            params[name], dims[name] = value[rows].clone(), 0
+        elif name in layout.trained:
+            params[name], dims[name] = value.expand(n_u, *value.shape).clone(), 0
+        else:
+            params[name], dims[name] = value, None
+    for name in layout.trained:
+        params[name].requires_grad_(True)
+    return params, dims
+
+
+@torch.no_grad()
+def _adam_step_keeping(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], keep: torch.Tensor
+) -> None:
+    """``optimizer.step()``, then users ``keep`` put back exactly as they were.
+
+    Adam moves a parameter even at zero gradient (momentum), so an exhausted
+    user's rows and optimiser state are saved and restored around the step.
+    Its step counter is shared with the others; it never steps again.
+    """
+    saved = []
+    for p in params:
+        state = optimizer.state.get(p, {})
+        moments = {k: state[k][keep].clone() for k in ("exp_avg", "exp_avg_sq") if k in state}
+        saved.append((p[keep].clone(), moments))
+    optimizer.step()
+    for p, (value, moments) in zip(params, saved, strict=True):
+        p[keep] = value
+        state = optimizer.state.get(p, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k not in state:
+                continue  # no gradient ever reached p: Adam skipped it
+            # Before its first step a user had no moments: Adam's initial zeros.
+            state[k][keep] = moments.get(k, 0.0)
+
+
 def _train_chunks(
-    global_t: Mapping[str, torch.Tensor],
-    private: Mapping[str, np.ndarray],
+    model: Recommender,
+    layout: _Layout,
     users: np.ndarray,
     items: np.ndarray,
     exclude: InteractionSet,
     user_seeds: Sequence[int],
     local: _Local,
     *,
-    frozen: frozenset[str],
     with_empty: bool,
     extra_rows: np.ndarray | None = None,
 ) -> Iterator[_TrainedChunk]:
     """Train every user independently, ``local.chunk_users`` at a time; yield chunks.
 
-    ``frozen`` names shared arrays that are not trained (their rows still take
-    part in the forward pass). ``extra_rows[u]`` are item rows added to user
-    ``u``'s local table without being trained on (an untouched row gets no
-    gradient, and Adam leaves it exactly where it was). Users without training
+    Parameters not in ``layout.trained`` are not trained (they still take part
+    in the forward pass). ``extra_rows[u]`` are item rows added to user ``u``'s
+    local tables without being trained on (an untouched row gets no gradient,
+    and Adam leaves it exactly where it was). Users without training
     interactions are skipped unless ``with_empty``.
     """
     items = np.asarray(items, dtype=np.int64)
-    num_users = next(iter(private.values())).shape[0]
+    num_users = layout.num_users
     if len(user_seeds) != num_users:
         raise ValueError(f"{len(user_seeds)} user seeds for {num_users} users")
     order = np.argsort(users, kind="stable")
@@ -399,15 +507,13 @@ def _train_chunks(
             epochs=local.epochs,
             batch_size=local.batch_size,
             num_negatives=local.num_negatives,
-            all_rows=local.weight_decay > 0 and set(global_t) - frozen != set(),
+            # Unsliced: local rows of the whole catalogue are the item codes.
+            all_rows=not layout.sliced,
             extra_rows=None if extra_rows is None else extra_rows[u],
         )
         for u in range(num_users)
         if with_empty or bounds[u + 1] > bounds[u]
     ]
-    tower = _tower_names(global_t)
-    item_tables = [name for name in global_t if name.startswith("item_")]
-    dense = [name for name in global_t if name not in item_tables]
 
     # Users with similar step counts together: less padding per chunk.
     plans.sort(key=lambda plan: (plan.steps, len(plan.rows)))
@@ -436,79 +542,31 @@ def _train_chunks(
         valid = torch.arange(max_rows)[None, :] < torch.from_numpy(num_rows)[:, None]
         ids = np.array([plan.user for plan in chunk], dtype=np.int64)
 
-        params: dict[str, torch.Tensor] = {}
-        for name in item_tables:
-            params[name] = global_t[name][rows_t].clone()
-        for name in dense:
-            params[name] = global_t[name].expand(n_u, *global_t[name].shape).clone()
-        for name, table in private.items():
-            params[name] = torch.from_numpy(np.asarray(table, dtype=np.float32)[ids]).clone()
-        trained = {k: v for k, v in params.items() if k not in frozen}
-        for tensor in trained.values():
-            tensor.requires_grad_(True)
-        exp_avg = {k: torch.zeros_like(v) for k, v in trained.items()}
-        exp_avg_sq = {k: torch.zeros_like(v) for k, v in trained.items()}
-
+        params, dims = _stack(layout, ids, rows_t)
+        trained = [params[n] for n in layout.trained]
+        optimizer = torch.optim.Adam(
+            trained, lr=local.learning_rate, weight_decay=local.weight_decay
+        )
         seq_t, lab_t, wts_t = torch.from_numpy(seq), torch.from_numpy(lab), torch.from_numpy(wts)
         last_t = torch.from_numpy(last)
         loss_sum, loss_n = 0.0, 0.0
-        for step in range(max_steps):
-            cut = slice(step * batch_size, (step + 1) * batch_size)
-            logits = _forward(params, tower, seq_t[:, cut])
-            per_sample = functional.binary_cross_entropy_with_logits(
-                logits, lab_t[:, cut], reduction="none"
-            )
-            for p in trained.values():
-                p.grad = None
-            (per_sample * wts_t[:, cut]).sum().backward()
-            in_last = last_t[:, cut]
-            loss_sum += float(per_sample.detach()[in_last].double().sum())
-            loss_n += float(in_last.sum())
-            active = steps > step
-            _adam_step(
-                trained,
-                exp_avg,
-                exp_avg_sq,
-                active,
-                step + 1,
-                local.learning_rate,
-                local.weight_decay,
-            )
-        yield _TrainedChunk(ids, rows_t, num_rows, valid, params, loss_sum, loss_n)
-
-
-@torch.no_grad()
-def _adam_step(
-    params: dict[str, torch.Tensor],
-    exp_avg: dict[str, torch.Tensor],
-    exp_avg_sq: dict[str, torch.Tensor],
-    active: torch.Tensor,
-    step: int,
-    lr: float,
-    weight_decay: float,
-) -> None:
-    """``torch.optim.Adam``'s update, one independent optimiser per user row of
-    the stacked tensors; users in ``~active`` are left exactly as they are.
-
-    Every active user is at the same step count (all start together and a user
-    only ever drops out), so one bias correction serves them all.
-    """
-    bias1 = 1 - _BETA1**step
-    bias2_sqrt = math.sqrt(1 - _BETA2**step)
-    every = bool(active.all())
-    for name, param in params.items():
-        grad = param.grad if param.grad is not None else torch.zeros_like(param)
-        if weight_decay:
-            grad = grad.add(param, alpha=weight_decay)
-        m = exp_avg[name].lerp(grad, 1 - _BETA1)
-        v = exp_avg_sq[name].mul(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        denom = (v.sqrt() / bias2_sqrt).add_(_EPS)
-        new = param.detach().addcdiv(m, denom, value=-lr / bias1)
-        if every:
-            exp_avg[name], exp_avg_sq[name] = m, v
-            param.copy_(new)
-        else:
-            mask = active.view(-1, *([1] * (param.dim() - 1)))
-            exp_avg[name] = torch.where(mask, m, exp_avg[name])
-            exp_avg_sq[name] = torch.where(mask, v, exp_avg_sq[name])
-            param.copy_(torch.where(mask, new, param.detach()))
+        with _mode(model, training=True):
+            for step in range(max_steps):
+                cut = slice(step * batch_size, (step + 1) * batch_size)
+                logits = _vmapped_logits(model, params, dims, seq_t[:, cut])
+                per_sample = functional.binary_cross_entropy_with_logits(
+                    logits, lab_t[:, cut], reduction="none"
+                )
+                optimizer.zero_grad(set_to_none=True)
+                (per_sample * wts_t[:, cut]).sum().backward()
+                in_last = last_t[:, cut]
+                loss_sum += float(per_sample.detach()[in_last].double().sum())
+                loss_n += float(in_last.sum())
+                done = steps <= step
+                if bool(done.any()):
+                    _adam_step_keeping(optimizer, trained, done)
+                else:
+                    optimizer.step()
+        for name in layout.trained:
+            params[name] = params[name].detach()
+        yield _TrainedChunk(ids, rows_t, num_rows, valid, params, dims, loss_sum, loss_n)

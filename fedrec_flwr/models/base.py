@@ -1,0 +1,240 @@
+"""The :class:`Recommender` interface every model family implements.
+
+A recommender scores ``(user, item)`` pairs. Its parameters are split by name:
+*private* ones (user-side tables, one row per model-local user) stay on the
+client that owns the user; *shared* ones (item tables, dense layers) are
+aggregated by the server. Some shared parameters are *item tables*: row ``i``
+belongs to catalogue item ``i`` and the forward pass only reads the rows of the
+items it scores, so a single user only needs the rows it touches
+(:mod:`fedrec_flwr.train.peruser` relies on this).
+
+The array helpers (:func:`shared_arrays`, :func:`private_arrays`,
+:func:`load_arrays`) split a model's ``state_dict`` with the model's own
+:meth:`Recommender.is_private`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "PRIVATE_PREFIX",
+    "Recommender",
+    "is_private",
+    "load_arrays",
+    "private_arrays",
+    "shared_arrays",
+]
+
+PRIVATE_PREFIX = "user_"
+
+
+def is_private(name: str) -> bool:
+    """The default rule: whether a parameter name denotes a private (user) parameter.
+
+    Parameters
+    ----------
+    name : str
+        A ``state_dict`` key.
+
+    Returns
+    -------
+    bool
+        ``True`` for names starting with :data:`PRIVATE_PREFIX` (``"user_"``).
+    """
+    return name.startswith(PRIVATE_PREFIX)
+
+
+class Recommender(nn.Module, ABC):
+    """A model scoring ``(user, item)`` batches, with shared and private parameters.
+
+    Subclasses implement :meth:`forward` and :meth:`reset_parameters`, create
+    their parameters so that the shared ones do not depend on ``num_users``,
+    and list their item tables in :meth:`item_tables`. The contract the
+    per-user trainer builds on:
+
+    - every private ``state_dict`` entry is a user table: its first dimension is
+      the model-local user, and :meth:`forward` reads row ``u`` only for ``u``
+      in ``users``;
+    - :meth:`forward` uses ``items`` only to index the tables named by
+      :meth:`item_tables` (first dimension = catalogue item code), and reads the
+      parameters through the module's attributes (so
+      :func:`torch.func.functional_call` can substitute per-user copies whose
+      row counts differ from the module's);
+    - :meth:`forward` is deterministic (no dropout) and treats every pair
+      independently (no batch statistics).
+    """
+
+    def is_private(self, name: str) -> bool:
+        """Whether ``state_dict`` entry ``name`` is private to the user's client.
+
+        Parameters
+        ----------
+        name : str
+            A ``state_dict`` key.
+
+        Returns
+        -------
+        bool
+            Default rule: the name starts with ``"user_"`` (:func:`is_private`).
+        """
+        return is_private(name)
+
+    def item_tables(self) -> tuple[str, ...]:
+        """Shared ``state_dict`` entries row-indexed by catalogue item code.
+
+        Returns
+        -------
+        tuple of str
+            Names of the item tables (default: none, so a per-user trainer then
+            gives every user whole copies of every table).
+        """
+        return ()
+
+    @abstractmethod
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Score a batch of pairs.
+
+        Parameters
+        ----------
+        users : torch.Tensor
+            ``(B,)`` model-local user indices (int64).
+        items : torch.Tensor
+            ``(B,)`` item codes (int64), or row indices into the item tables.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` logits (trained with ``BCEWithLogitsLoss``).
+        """
+
+    @abstractmethod
+    def reset_parameters(self, seed: int) -> None:
+        """Initialise every parameter, deterministically in ``seed``.
+
+        Parameters
+        ----------
+        seed : int
+            Initialisation seed. Shared parameters must come out the same
+            whatever ``num_users``: a server and every client build the same
+            shared initialisation from the same seed.
+        """
+
+    def reset_private(self, seed: int) -> None:
+        """Re-draw only the private parameters (a client's own initialisation).
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the generator; private parameters are drawn in creation
+            order from N(0, 0.01).
+        """
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if self.is_private(name):
+                    param.normal_(0.0, 0.01, generator=gen)
+
+    @torch.no_grad()
+    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Interaction probabilities in (0, 1): the sigmoid of :meth:`forward`.
+
+        Parameters
+        ----------
+        users, items : torch.Tensor
+            As for :meth:`forward`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` probabilities.
+        """
+        return torch.sigmoid(self.forward(users, items))
+
+
+def _private_rule(model: nn.Module) -> Callable[[str], bool]:
+    return model.is_private if isinstance(model, Recommender) else is_private
+
+
+def _arrays(model: nn.Module, private: bool) -> OrderedDict[str, np.ndarray]:
+    rule = _private_rule(model)
+    return OrderedDict(
+        (name, t.detach().cpu().numpy().copy())
+        for name, t in model.state_dict().items()
+        if rule(name) == private
+    )
+
+
+def shared_arrays(model: nn.Module) -> OrderedDict[str, np.ndarray]:
+    """Shared parameters by name, as NumPy copies (what goes on the wire).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`Recommender` (split by its own rule) or any module (split by
+        the default ``user_`` rule).
+
+    Returns
+    -------
+    collections.OrderedDict of str to numpy.ndarray
+        In ``state_dict`` order.
+    """
+    return _arrays(model, private=False)
+
+
+def private_arrays(model: nn.Module) -> OrderedDict[str, np.ndarray]:
+    """Private user-side parameters by name (what never leaves a client).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        As for :func:`shared_arrays`.
+
+    Returns
+    -------
+    collections.OrderedDict of str to numpy.ndarray
+        In ``state_dict`` order.
+    """
+    return _arrays(model, private=True)
+
+
+def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray], *, private: bool) -> None:
+    """Copy named arrays into the shared (or private) parameters of ``model``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        As for :func:`shared_arrays`; modified in place.
+    arrays : mapping of str to numpy.ndarray
+        Exactly the model's shared (or private) names.
+    private : bool
+        Which half of the model ``arrays`` is.
+
+    Raises
+    ------
+    ValueError
+        If names or shapes differ from the model's: the sender runs another
+        model configuration.
+    """
+    rule = _private_rule(model)
+    state = model.state_dict()
+    expected = {n for n in state if rule(n) == private}
+    if set(arrays) != expected:
+        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        raise ValueError(
+            f"parameter names differ from the model's: missing {missing}, unexpected {extra}"
+        )
+    with torch.no_grad():
+        for name, value in arrays.items():
+            if tuple(value.shape) != tuple(state[name].shape):
+                raise ValueError(
+                    f"parameter {name!r}: shape {tuple(value.shape)} does not match the "
+                    f"model's {tuple(state[name].shape)} (different model config?)"
+                )
+            state[name].copy_(torch.from_numpy(np.asarray(value)))
