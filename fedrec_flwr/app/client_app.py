@@ -63,18 +63,16 @@ def client_fn(context: Context) -> NCFClient:
                 "\"partition-id=0 num-partitions=2 data-file='/data/site0.csv' "
                 "item-catalogue='/data/catalogue.txt'\""
             )
-        data = load_local_client_data(
-            data_file, catalogue, cfg.data_options(), partition_id, num_partitions
-        )
+        data = load_local_client_data(data_file, catalogue, cfg.data, partition_id, num_partitions)
     else:
         data = load_client_data(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.seed,
-            cfg.num_eval_negatives,
+            cfg.data.dataset,
+            cfg.data.data_dir,
+            cfg.data.seed,
+            cfg.data.num_eval_negatives,
             partition_id,
             num_partitions,
-            cfg.data_options(),
+            cfg.data,
         )
     return NCFClient(data, cfg, context.state)
 

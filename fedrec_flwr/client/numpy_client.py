@@ -6,7 +6,8 @@ they are kept in the node's ``context.state`` between rounds and never appear in
 a reply.
 
 Strategy knobs (each read from the message's config first, so a server can set
-them per round, else from the run config):
+them per round, else from the run config; see :meth:`RunConfig.round_knobs
+<fedrec_flwr.config.RunConfig.round_knobs>`):
 
 - ``proximal-mu``: FedProx term on the shared parameters during ``fit``.
 - ``private-layers``: shared-parameter prefixes kept private across rounds
@@ -47,14 +48,10 @@ from ..datasets.prepare import ClientData
 from ..models.ncf import NCF, is_private, load_arrays, private_arrays, shared_arrays
 from ..protocol import (
     COMPUTE_SECONDS_KEY,
-    FINETUNE_EPOCHS_KEY,
-    FINETUNE_SCOPE_KEY,
     GLOBAL_PREFIX,
     ITEM_COUNTS_KEY,
     PERSONAL_STATE_KEY,
-    PRIVATE_LAYERS_KEY,
     PRIVATE_STATE_KEY,
-    PROXIMAL_MU_KEY,
     TEST_PART,
     TRAIN_LOSS_KEY,
     VAL_PART,
@@ -78,7 +75,7 @@ class NCFClient(NumPyClient):
     data : ClientData
         The group's users, training interactions and evaluation candidates.
     config : RunConfig
-        Model and training settings.
+        The run's settings (its ``model`` and ``training`` groups and the seed).
     state : flwr.app.RecordDict
         The node's ``context.state``: private user embeddings are read from and
         written to it, so they persist across rounds on this node only.
@@ -90,24 +87,24 @@ class NCFClient(NumPyClient):
         self.state = state
         # One thread per client unless num-threads says otherwise: simulation
         # runs several clients side by side on one machine's CPUs.
-        apply_num_threads(config.num_threads, default=CLIENT_DEFAULT_THREADS)
+        apply_num_threads(config.training.num_threads, default=CLIENT_DEFAULT_THREADS)
         self.model = NCF(
             data.num_users,
             data.num_items,
-            config.model,
-            config.factors,
-            config.mlp_layers,
-            seed=config.seed,
+            config.model.model,
+            config.model.factors,
+            config.model.mlp_layers,
+            seed=config.data.seed,
         )
         if PRIVATE_STATE_KEY in state.array_records:
             record = state.array_records[PRIVATE_STATE_KEY]
             load_arrays(self.model, {k: v.numpy() for k, v in record.items()}, private=True)
-        elif config.client_mode == "per-user":
+        elif config.training.client_mode == "per-user":
             self._reset_private_per_user()
         else:
-            self.model.reset_private(_seed(config.seed, data.partition_id, 0))
-        # Which training interactions negatives avoid (see RunConfig.negative_pool).
-        self.exclude = data.negative_pool(config.negative_pool)
+            self.model.reset_private(_seed(config.data.seed, data.partition_id, 0))
+        # Which training interactions negatives avoid (see TrainingOptions.negative_pool).
+        self.exclude = data.negative_pool(config.training.negative_pool)
 
     def _reset_private_per_user(self) -> None:
         """Each user's rows from its own seed, drawn as a one-user client would
@@ -116,20 +113,12 @@ class NCFClient(NumPyClient):
         with torch.no_grad():
             privates = [p for n, p in self.model.named_parameters() if is_private(n)]
             for row, code in enumerate(self.data.users):
-                gen = torch.Generator().manual_seed(_seed(self.config.seed, int(code), 0))
+                gen = torch.Generator().manual_seed(_seed(self.config.data.seed, int(code), 0))
                 for param in privates:
                     param[row : row + 1].normal_(0.0, 0.01, generator=gen)
 
-    def _knob(self, config: dict[str, Any], key: str) -> Any:
-        """A strategy knob: the message's config wins over the run config."""
-        if key in config:
-            return config[key]
-        return getattr(self.config, key.replace("-", "_"))
-
-    def _personal_names(self, config: dict[str, Any]) -> list[str]:
-        prefixes = [
-            p.strip() for p in str(self._knob(config, PRIVATE_LAYERS_KEY)).split(",") if p.strip()
-        ]
+    def _personal_names(self, prefixes: tuple[str, ...]) -> list[str]:
+        """The shared arrays named by ``private-layers`` prefixes (already parsed)."""
         names = self.array_names()
         unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
         if unknown:
@@ -176,14 +165,15 @@ class NCFClient(NumPyClient):
         """
         started = time.perf_counter()
         self._set_shared(parameters)
-        if self.config.client_mode == "per-user":
+        if self.config.training.client_mode == "per-user":
             return self._fit_per_user(parameters, config, started)
-        personal = self._personal_names(config)
+        knobs = self.config.round_knobs(config)
+        personal = self._personal_names(knobs.private_layers)
         self._load_personal(personal)
         round_ = server_round(config)
-        rng = np.random.default_rng(_seed(self.config.seed, self.data.partition_id, round_))
-        cfg, data = self.config, self.data
-        mu = float(self._knob(config, PROXIMAL_MU_KEY))
+        rng = np.random.default_rng(_seed(self.config.data.seed, self.data.partition_id, round_))
+        train, data = self.config.training, self.data
+        mu = knobs.proximal_mu
         anchor = (
             {
                 n: torch.from_numpy(np.asarray(a))
@@ -196,17 +186,17 @@ class NCFClient(NumPyClient):
         # A fresh optimizer each round: no optimizer state crosses rounds, as in
         # FedAvg (the server only averages parameters).
         optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+            self.model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
         )
         loss = train_epochs(
             self.model,
             data.train_users,
             data.train_items,
             self.exclude,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
+            epochs=train.local_epochs,
+            batch_size=train.batch_size,
             optimizer=optimizer,
-            num_negatives=cfg.num_negatives,
+            num_negatives=train.num_negatives,
             rng=rng,
             proximal_mu=mu,
             anchor=anchor,
@@ -240,7 +230,7 @@ class NCFClient(NumPyClient):
         partition id would use, so the server's FedAvg over nodes equals FedAvg
         over one-user clients (tested against exactly that).
         """
-        cfg, data = self.config, self.data
+        train, data = self.config.training, self.data
         round_ = server_round(config)
         update = train_users_independently(
             shared_arrays(self.model),
@@ -248,12 +238,12 @@ class NCFClient(NumPyClient):
             data.train_users,
             data.train_items,
             self.exclude,
-            [_seed(cfg.seed, int(code), round_) for code in data.users],
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            num_negatives=cfg.num_negatives,
-            weight_decay=cfg.weight_decay,
+            [_seed(self.config.data.seed, int(code), round_) for code in data.users],
+            epochs=train.local_epochs,
+            batch_size=train.batch_size,
+            learning_rate=train.learning_rate,
+            num_negatives=train.num_negatives,
+            weight_decay=train.weight_decay,
         )
         load_arrays(self.model, update.private, private=True)
         self.state[PRIVATE_STATE_KEY] = ArrayRecord(
@@ -284,45 +274,43 @@ class NCFClient(NumPyClient):
         metrics: dict[str, Any] = node_metrics(
             data.partition_id, data.num_partitions, data.num_users
         )
-        personal = self._personal_names(config)
-        epochs = int(self._knob(config, FINETUNE_EPOCHS_KEY))
+        # A server's per-round private-layers with per-user fine-tuning is refused here.
+        knobs = self.config.round_knobs(config)
+        personal = self._personal_names(knobs.private_layers)
+        epochs = knobs.finetune_epochs
         if not personal and epochs <= 0:
             loss = self._rank_into(metrics, "")
             metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
             return loss, self.data.num_users, metrics
         self._rank_into(metrics, GLOBAL_PREFIX)
-        if self.config.finetunes_per_user and epochs > 0:
-            if personal:  # a server may send private-layers per round
-                raise ValueError(
-                    "private-layers with per-user fine-tuning: personal layers belong to "
-                    "a client, not to each user"
-                )
-            loss = self._finetune_per_user(metrics, epochs, config)
+        if self.config.training.finetunes_per_user and epochs > 0:
+            loss = self._finetune_per_user(metrics, epochs, knobs.finetune_scope, config)
             metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
             return loss, self.data.num_users, metrics
         self._load_personal(personal)
         if epochs > 0:
             round_ = server_round(config)
             rng = np.random.default_rng(
-                _seed(self.config.seed, self.data.partition_id, round_, _FINETUNE)
+                _seed(self.config.data.seed, self.data.partition_id, round_, _FINETUNE)
             )
-            cfg, data = self.config, self.data
-            scope = str(self._knob(config, FINETUNE_SCOPE_KEY))
+            train, data = self.config.training, self.data
             params = [
                 p
                 for n, p in self.model.named_parameters()
-                if scope == "all" or is_private(n) or n in personal
+                if knobs.finetune_scope == "all" or is_private(n) or n in personal
             ]
-            optimizer = torch.optim.Adam(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+            optimizer = torch.optim.Adam(
+                params, lr=train.finetune_lr, weight_decay=train.weight_decay
+            )
             train_epochs(
                 self.model,
                 data.train_users,
                 data.train_items,
                 self.exclude,
                 epochs=epochs,
-                batch_size=cfg.batch_size,
+                batch_size=train.batch_size,
                 optimizer=optimizer,
-                num_negatives=cfg.num_negatives,
+                num_negatives=train.num_negatives,
                 rng=rng,
             )
         # Nothing of the fine-tuned copy is stored: the next message rebuilds the
@@ -332,7 +320,7 @@ class NCFClient(NumPyClient):
         return loss, self.data.num_users, metrics
 
     def _finetune_per_user(
-        self, metrics: dict[str, Any], epochs: int, config: dict[str, Any]
+        self, metrics: dict[str, Any], epochs: int, scope: str, config: dict[str, Any]
     ) -> float:
         """Per-user personalisation: each user fine-tunes its own copy alone.
 
@@ -340,7 +328,7 @@ class NCFClient(NumPyClient):
         as partition id), scored on the user's validation and test candidates,
         then discarded. Adds ``val-*-sum``/``test-*-sum``; returns the val loss.
         """
-        cfg, data = self.config, self.data
+        train, data = self.config.training, self.data
         round_ = server_round(config)
         # One fine-tuning serves both parts: columns 0/1 are the val/test items.
         candidates = np.concatenate(
@@ -352,19 +340,19 @@ class NCFClient(NumPyClient):
             data.train_users,
             data.train_items,
             self.exclude,
-            [_seed(cfg.seed, int(code), round_, _FINETUNE) for code in data.users],
+            [_seed(self.config.data.seed, int(code), round_, _FINETUNE) for code in data.users],
             candidates,
-            scope=str(self._knob(config, FINETUNE_SCOPE_KEY)),
+            scope=scope,
             epochs=epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.finetune_lr,
-            num_negatives=cfg.num_negatives,
-            weight_decay=cfg.weight_decay,
+            batch_size=train.batch_size,
+            learning_rate=train.finetune_lr,
+            num_negatives=train.num_negatives,
+            weight_decay=train.weight_decay,
         )
         results = {
             part: rank_logits(
                 torch.from_numpy(np.concatenate([scores[:, [column]], scores[:, 2:]], axis=1)),
-                cfg.ks,
+                train.ks,
             )
             for part, column in ((VAL_PART, 0), (TEST_PART, 1))
         }
@@ -381,7 +369,7 @@ class NCFClient(NumPyClient):
             (TEST_PART, self.data.test_items),
         ):
             result = evaluate_ranking(
-                self.model, users, positives, self.data.eval_negatives, self.config.ks
+                self.model, users, positives, self.data.eval_negatives, self.config.training.ks
             )
             metrics.update({sum_key(part, k, prefix): v for k, v in result.sums.items()})
             if part == VAL_PART:
