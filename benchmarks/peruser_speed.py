@@ -87,42 +87,42 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fedrec_flwr.config import RunConfig
-    from fedrec_flwr.datasets import client_data_from
     from fedrec_flwr.datasets.prepare import prepare_data
     from fedrec_flwr.models import build_model, private_arrays, shared_arrays
     from fedrec_flwr.train import peruser as new
 
     torch.set_num_threads(1)  # as each client
     old = _old_module(args.old_rev)
-    cfg = RunConfig(data_dir=args.data_dir, seed=args.seed)
-    prepared = prepare_data(cfg.data_options())
+    cfg = RunConfig.from_mapping({"data-dir": args.data_dir, "seed": args.seed})
+    m, train, seed = cfg.model, cfg.training, cfg.data.seed
+    prepared = prepare_data(cfg.data)
     groups = range(args.groups) if args.all_groups else range(1)
     totals = {"old": 0.0, "new": 0.0}
     worst = 0.0
     print(
-        f"model={cfg.model} factors={cfg.factors} mlp-layers={cfg.mlp_layers} "
-        f"batch-size={cfg.batch_size} negatives={cfg.num_negatives} local-epochs=1 "
+        f"model={m.model} factors={m.factors} mlp-layers={m.mlp_layers} "
+        f"batch-size={train.batch_size} negatives={train.num_negatives} local-epochs=1 "
         f"chunk-users={args.chunk_users}"
     )
     for g in groups:
-        data = client_data_from(prepared, g, args.groups, cfg.seed)
+        data = prepared.client_data(g, args.groups)
         model = build_model(
-            cfg.model,
+            m.model,
             data.num_users,
             data.num_items,
-            factors=cfg.factors,
-            mlp_layers=cfg.mlp_layers,
-            seed=cfg.seed,
+            factors=m.factors,
+            mlp_layers=m.mlp_layers,
+            seed=seed,
         )
         model.reset_private(g)
-        exclude = data.negative_pool(cfg.negative_pool)
+        exclude = data.negative_pool(train.negative_pool)
         seeds = [int(code) for code in data.users]
         local = {
             "epochs": 1,
-            "batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate,
-            "num_negatives": cfg.num_negatives,
-            "weight_decay": cfg.weight_decay,
+            "batch_size": train.batch_size,
+            "learning_rate": train.learning_rate,
+            "num_negatives": train.num_negatives,
+            "weight_decay": train.weight_decay,
             "chunk_users": args.chunk_users,
         }
         inputs = (data.train_users, data.train_items, exclude, seeds)

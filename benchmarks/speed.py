@@ -45,10 +45,11 @@ def centralised_epoch_seconds(data_dir: str, seed: int, repeats: int = 2) -> flo
     from fedrec_flwr.train.group import train_epochs
 
     torch.set_num_threads(1)  # as each client
-    cfg = RunConfig(data_dir=data_dir, seed=seed)
-    data = prepare_data(cfg.data_options()).client_data()
-    model = NCF(data.num_users, data.num_items, cfg.model, cfg.factors, cfg.mlp_layers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    cfg = RunConfig.from_mapping({"data-dir": data_dir, "seed": seed})
+    d, m, train = cfg.data, cfg.model, cfg.training
+    data = prepare_data(d).client_data()
+    model = NCF(data.num_users, data.num_items, m.model, m.factors, m.mlp_layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
     best = float("inf")
     for r in range(repeats):
         t0 = time.perf_counter()
@@ -58,9 +59,9 @@ def centralised_epoch_seconds(data_dir: str, seed: int, repeats: int = 2) -> flo
             data.train_items,
             data.train_set,
             epochs=1,
-            batch_size=cfg.batch_size,
+            batch_size=train.batch_size,
             optimizer=optimizer,
-            num_negatives=cfg.num_negatives,
+            num_negatives=train.num_negatives,
             rng=np.random.default_rng(r),
         )
         best = min(best, time.perf_counter() - t0)

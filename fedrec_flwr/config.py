@@ -1,39 +1,67 @@
-"""Run configuration: parsed once, validated, frozen.
+"""Run configuration: parsed once, validated, frozen, declared once.
 
-The keys are those of ``[tool.flwr.app.config]`` in ``pyproject.toml``; the
-ServerApp, the ClientApp and the centralised baseline all read them through
-:meth:`RunConfig.from_mapping`, so a bad value fails the same way everywhere with
-a one-line error naming the key and what is accepted.
+A run's settings are the keys of ``[tool.flwr.app.config]`` in ``pyproject.toml``.
+Each key is one field of one option group, declared with
+:func:`~fedrec_flwr.settings.option` (default, help text, accepted values, and
+whether the centralised baseline uses it): :class:`DataOptions` (``data``),
+:class:`ModelOptions` (``model``), :class:`TrainingOptions` (``training``),
+:class:`StrategyOptions` (``strategy``) and the run-level keys of
+:class:`RunConfig` itself. Each group checks its own keys; :class:`RunConfig`
+checks the combinations across groups. The ServerApp, the ClientApp and the
+centralised baseline all read the keys through :meth:`RunConfig.from_mapping`, so
+a bad value fails the same way everywhere with a one-line error naming the key
+and what is accepted.
+
+The pyproject table and the README table are generated from the same fields:
+``python -m fedrec_flwr.config --toml`` and ``--markdown`` print them (tests check
+that both files hold exactly that text).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .datasets.options import DataOptions
-from .datasets.prepare import DATASETS, NEGATIVE_POOLS
+from .datasets.prepare import NEGATIVE_POOLS
 from .errors import ConfigError
 from .models import ARCHITECTURES
-from .protocol import PRIVATE_LAYERS_KEY, PROXIMAL_MU_KEY
-from .strategies.registry import STRATEGIES
+from .protocol import KNOB_KEYS, PRIVATE_LAYERS_KEY, PROXIMAL_MU_KEY
+from .settings import (
+    check_choices,
+    check_numbers,
+    coerce,
+    describe,
+    documented,
+    key_of,
+    option,
+    shown,
+)
+from .strategies.registry import ITEM_AGGREGATIONS, STRATEGIES, WEIGHT_KEYS
 from .threads import MAX_THREADS
 
 __all__ = [
     "CLIENT_MODES",
     "FINETUNE_SCOPES",
-    "ITEM_AGGREGATIONS",
+    "FINETUNE_UNITS",
     "LEAKY_POOL_WARNING",
-    "WEIGHT_KEYS",
     "ConfigError",
+    "DataOptions",
+    "ModelOptions",
+    "RoundKnobs",
     "RunConfig",
+    "StrategyOptions",
+    "TrainingOptions",
+    "markdown_table",
+    "toml_table",
 ]
 
-WEIGHT_KEYS = ("interactions", "users", "uniform")
-ITEM_AGGREGATIONS = ("dense", "rowwise")
 FINETUNE_SCOPES = ("all", "private")
 CLIENT_MODES = ("group", "per-user")
 FINETUNE_UNITS = ("client", "user")
@@ -44,359 +72,165 @@ LEAKY_POOL_WARNING = (
     "protocol is negative-pool='train'."
 )
 
-
-# Flower carries run-config integers as 64-bit; larger ones overflow in torch too.
-MAX_INT = 2**63 - 1
 # Embedding/tower widths and training negatives per positive: far above any NCF
 # setting, low enough that torch allocates instead of overflowing its size type.
 MAX_WIDTH = 2**16
 
 
-def _int_list(key: str, text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(
-            f"{key}={text!r}: expected comma-separated positive integers, e.g. '64,32,16'"
-        ) from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{key}={text!r}: expected comma-separated positive integers")
-    return values
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 1:
+            raise ConfigError(f"{key_of(name)}={value}: must be >= 1")
 
 
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"{key_of(name)}={value}: must be a finite number >= 0")
+
+
+def _widths(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+@documented
 @dataclass(frozen=True)
-class RunConfig:
-    """Every knob of a run, with its run-config key in brackets.
+class ModelOptions:
+    """The NCF architecture and its widths."""
 
-    Parameters
-    ----------
-    num_server_rounds : int (default: 25) [num-server-rounds]
-        Federated rounds (the centralised baseline trains this many epochs).
-    model : str (default: "neumf") [model]
-        ``gmf``, ``mlp`` or ``neumf``.
-    factors : int (default: 16) [factors]
-        GMF embedding size.
-    mlp_layers : tuple of int (default: (64, 32, 16)) [mlp-layers, "64,32,16"]
-        MLP tower widths; the first is the concatenated user+item embedding.
-    learning_rate : float (default: 0.001) [learning-rate]
-        Adam learning rate.
-    weight_decay : float (default: 0.0) [weight-decay]
-        Adam L2 penalty.
-    local_epochs : int (default: 2) [local-epochs]
-        Passes over a client's data per round.
-    batch_size : int (default: 256) [batch-size]
-        Mini-batch size.
-    num_negatives : int (default: 4) [num-negatives]
-        Training negatives per positive.
-    num_eval_negatives : int (default: 99) [num-eval-negatives]
-        Negatives ranked against each held-out item.
-    top_k : tuple of int (default: (10,)) [top-k, "10" or "5,10,20"]
-        Cut-offs for HR@K/NDCG@K; 10 is always included.
-    seed : int (default: 42) [seed]
-        Non-negative; seeds initialisation, partitions, negatives and shuffling.
-    dataset : str (default: "ml-100k") [dataset]
-        ``ml-100k``, ``ml-1m``, ``ml-10m``, ``ml-20m``, ``ml-25m``, ``ml-32m``,
-        ``ml-latest-small``, ``atomic`` (RecBole files) or ``log`` (CSV/TSV/
-        Parquet); see datasets/README.md.
-    data_dir : str (default: "") [data-dir]
-        Absolute directory with the dataset files (for ``atomic`` and ``log``:
-        the file); empty = download into the cache (``$FEDREC_FLWR_HOME/data``).
-    output_dir : str (default: "") [output-dir]
-        Absolute directory for results; empty = ``$FEDREC_FLWR_HOME/runs/<run>``.
-    strategy : str (default: "fedavg") [strategy]
-        Server strategy name.
-    fraction_train : float (default: 1.0) [fraction-train]
-        Fraction of clients trained each round, in (0, 1]. Below 1 the sample is
-        drawn from the clients' partition ids and ``seed`` (reproducible).
-    min_nodes : int (default: 2) [min-nodes]
-        Nodes that must be connected before a round starts, and the least
-        trained and evaluated per round. A deployment that must outlive losing
-        nodes sets it below the number of SuperNodes.
-    implicit_threshold : float (default: 0.0) [implicit-threshold]
-        Interactions rated below it are dropped; 0 keeps all as positives.
-    k_core : int (default: 0) [k-core]
-        Repeatedly drop users and items with fewer interactions (0 = off).
-    duplicates : str (default: "keep-latest") [duplicates]
-        Repeated (user, item) pairs: keep-latest, keep-first, keep-all, error.
-    validation : str (default: "strict") [validation]
-        ``strict``: the first bad row is an error naming file:line;
-        ``lenient``: bad rows are dropped and counted per kind.
-    split : str (default: "leave-one-out") [split]
-        Evaluation split (temporal leave-one-out with validation).
-    partitioner : str (default: "random") [partitioner]
-        User groups: random, natural, attribute, hash, range, dirichlet,
-        power-law (see datasets/README.md).
-    partition_by : str (default: "occupation") [partition-by]
-        Users-table column for ``attribute``: age-bucket, gender, occupation,
-        zip-prefix, or any custom column.
-    dirichlet_alpha : float (default: 0.5) [dirichlet-alpha]
-        Concentration of ``dirichlet`` (small = skewed).
-    power_law_exponent : float (default: 1.0) [power-law-exponent]
-        Size exponent of ``power-law`` (0 = equal).
-    log_columns : str (default: "") [log-columns]
-        For ``dataset = "log"`` (a CSV/TSV/Parquet file at data-dir): the column
-        mapping, e.g. ``"user=customer,item=sku,timestamp=ts"``.
-    weight_key : str (default: "interactions") [weight-key]
-        FedAvg weight ``n_k``: ``interactions`` (training interactions),
-        ``users`` (users in the group) or ``uniform`` (1 per client).
-    item_aggregation : str (default: "dense") [item-aggregation]
-        ``rowwise`` averages each item-embedding row only over the clients that
-        trained that item, weighted by their counts for it (clients send
-        per-item counts: which items a group used is revealed to the server;
-        fedavg only). ``dense`` averages whole arrays.
-    proximal_mu : float (default: 0.0) [proximal-mu]
-        FedProx term ``mu/2 ||w - w_global||^2`` on the shared parameters in
-        local training; 0 = off.
-    finetune_epochs : int (default: 0) [finetune-epochs]
-        Personalised evaluation: before evaluating, each client fine-tunes the
-        global model on its own data for this many epochs; 0 = off. With
-        ``client-mode=per-user`` each *user* fine-tunes its own copy alone.
-    private_layers : str (default: "") [private-layers]
-        Comma-separated shared-parameter prefixes (e.g. ``"output"``) that each
-        client keeps private across rounds (FedPer-style personal layers).
-    finetune_scope : str (default: "private") [finetune-scope]
-        What fine-tuning trains: ``all`` parameters, or only the ``private``
-        ones (user embeddings and ``private-layers``).
-    finetune_unit : str (default: "client") [finetune-unit]
-        Who fine-tunes a copy: the ``client`` (its whole user group together)
-        or each ``user`` alone, on its own interactions only, as a one-user
-        client would (PFedRec-style personalisation inside a group node).
-        ``client-mode=per-user`` always fine-tunes per user.
-    finetune_learning_rate : float (default: 0.0) [finetune-learning-rate]
-        Adam's learning rate for fine-tuning; 0 = ``learning-rate``.
-    max_client_weight : float (default: 0.0) [max-client-weight]
-        Replies claiming a larger weight are dropped; 0 = the dataset's size
-        (training interactions, or users with ``weight-key=users``).
-    server_learning_rate : float (default: 0.0) [server-learning-rate]
-        Server step for fedadam/fedyogi (``eta``) and fedavgm; 0 = Flower's
-        default (0.1, 0.01, 1.0).
-    server_momentum : float (default: 0.5) [server-momentum]
-        fedavgm server momentum (0.9 diverged on ML-100K, see strategies/README.md).
-    trimmed_beta : float (default: 0.2) [trimmed-beta]
-        fedtrimmedavg: fraction cut at each end, in [0, 0.5).
-    num_malicious_nodes : int (default: 0) [num-malicious-nodes]
-        krum: assumed number of Byzantine clients ``f``.
-    client_mode : str (default: "group") [client-mode]
-        ``group``: a node trains its user group as one client. ``per-user``:
-        every user of the group trains its own update from the global model
-        and the node returns their interaction-weighted mean, so FedAvg over
-        nodes equals FedAvg with one user per client (see
-        :mod:`fedrec_flwr.train.peruser`) at the cost of one message per group.
-    negative_pool : str (default: "train") [negative-pool]
-        Items excluded from a user's *training* negatives: ``train`` (its
-        training interactions; the honest protocol) or ``history`` (also its
-        held-out items). ``history`` leaks the answer and exists only to
-        reproduce published federated code; a warning is logged.
-    item_catalogue : str (default: "") [item-catalogue]
-        Absolute path of the shared item catalogue on the *server* machine, for
-        deployments whose SuperNodes read their own logs (node-config
-        ``data-file`` + ``item-catalogue``): the server then sizes the model from
-        it and reads no interaction data. Empty = the server prepares ``dataset``.
-    max_update_norm : float (default: 0.0) [max-update-norm]
-        Training replies whose update ``||w_k - w||_2`` (over every shared
-        array, against the global model sent) exceeds this are dropped with a
-        reason; 0 = off (exact FedAvg accepts any finite update).
-    node_weight_caps : str (default: "") [node-weight-caps]
-        Absolute path of a TOML file, on the server, declaring each node's
-        largest weight by ``partition-id`` (tables ``[num-examples]`` and
-        ``[num-users]``, e.g. ``0 = 9800``); replies claiming more are dropped.
-    weight_clip_multiple : float (default: 4.0) [weight-clip-multiple]
-        A reply whose weight has no declared or data-derived cap is clipped to
-        this multiple of the round's median weight (logged and recorded), so no
-        single node can dominate the aggregate; 0 = off.
-    num_threads : int (default: 0) [num-threads]
-        torch intra-op threads per process for training and evaluation, at most
-        1024; recorded in ``results.json``. 0 = automatic: a federated client
-        uses 1 (simulation runs several clients side by side); the centralised
-        baseline uses 1 when fewer than 4 CPUs are available to the process
-        (affinity and cgroup quota), else one per CPU. One thread was 2-20x
-        faster than two on a shared 2-CPU machine (:mod:`fedrec_flwr.threads`).
-        The count does not change the results (same bits with 1 and 2 threads).
-    """
-
-    num_server_rounds: int = 25
-    model: str = "neumf"
-    factors: int = 16
-    mlp_layers: tuple[int, ...] = (64, 32, 16)
-    learning_rate: float = 0.001
-    weight_decay: float = 0.0
-    local_epochs: int = 2
-    batch_size: int = 256
-    num_negatives: int = 4
-    num_eval_negatives: int = 99
-    top_k: tuple[int, ...] = field(default=(10,))
-    seed: int = 42
-    dataset: str = "ml-100k"
-    data_dir: str = ""
-    output_dir: str = ""
-    strategy: str = "fedavg"
-    fraction_train: float = 1.0
-    min_nodes: int = 2
-    implicit_threshold: float = 0.0
-    k_core: int = 0
-    duplicates: str = "keep-latest"
-    validation: str = "strict"
-    split: str = "leave-one-out"
-    partitioner: str = "random"
-    partition_by: str = "occupation"
-    dirichlet_alpha: float = 0.5
-    power_law_exponent: float = 1.0
-    log_columns: str = ""
-    # issue 4 (strategies): keep these together, appended last.
-    weight_key: str = "interactions"
-    item_aggregation: str = "dense"
-    proximal_mu: float = 0.0
-    finetune_epochs: int = 0
-    private_layers: str = ""
-    finetune_scope: str = "private"
-    max_client_weight: float = 0.0
-    server_learning_rate: float = 0.0
-    server_momentum: float = 0.5
-    trimmed_beta: float = 0.2
-    num_malicious_nodes: int = 0
-    # issue 6 (benchmarks): per-user clients at group cost; the leaky pool on request.
-    client_mode: str = "group"
-    negative_pool: str = "train"
-    item_catalogue: str = ""
-    finetune_unit: str = "client"
-    finetune_learning_rate: float = 0.0
-    max_update_norm: float = 0.0
-    node_weight_caps: str = ""
-    weight_clip_multiple: float = 4.0
-    num_threads: int = 0
+    model: str = option(
+        "neumf",
+        "NCF architecture: `gmf` (generalised matrix factorisation), `mlp` (a tower over "
+        "the concatenated user and item embeddings) or `neumf` (both, fused).",
+        choices=ARCHITECTURES,
+    )
+    factors: int = option(16, "GMF embedding size.")
+    mlp_layers: tuple[int, ...] = option(
+        (64, 32, 16),
+        "MLP tower widths, comma-separated; the first (even) is the concatenated "
+        "user+item embedding.",
+    )
 
     def __post_init__(self) -> None:
-        self._check_number_ranges()
-        positive = (
-            "num_server_rounds",
-            "factors",
-            "local_epochs",
-            "batch_size",
-            "num_negatives",
-            "num_eval_negatives",
-            "min_nodes",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{_key(name)}={getattr(self, name)}: must be >= 1")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning-rate={self.learning_rate}: must be > 0")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"weight-decay={self.weight_decay}: must be >= 0")
-        if not 0 < self.fraction_train <= 1:
-            raise ConfigError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
-        self._check_strategy_knobs()
-        choices = {
-            "model": ARCHITECTURES,
-            "dataset": DATASETS,
-            "strategy": STRATEGIES,
-            "weight_key": WEIGHT_KEYS,
-            "item_aggregation": ITEM_AGGREGATIONS,
-            "finetune_scope": FINETUNE_SCOPES,
-            "client_mode": CLIENT_MODES,
-            "finetune_unit": FINETUNE_UNITS,
-            "negative_pool": NEGATIVE_POOLS,
-        }
-        for name, accepted in choices.items():
-            if getattr(self, name) not in accepted:
-                raise ConfigError(
-                    f"{_key(name)}={getattr(self, name)!r}: unknown; "
-                    f"accepted: {', '.join(accepted)}"
-                )
-        if self.model != "gmf" and self.mlp_layers[0] % 2:
-            raise ConfigError(
-                f"mlp-layers={','.join(map(str, self.mlp_layers))}: the first width must "
-                "be even (user and item embeddings concatenated)"
-            )
-        try:
-            self.data_options()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
-    def _check_number_ranges(self) -> None:
-        """Bounds that no key may leave, checked first: otherwise such a value
-        passes here and fails deep in numpy or torch with a message naming no key."""
-        for f in dataclasses.fields(self):
-            key, value = _key(f.name), getattr(self, f.name)
-            if isinstance(f.default, float) and not math.isfinite(value):
-                raise ConfigError(f"{key}={value}: must be a finite number")
-            values = value if isinstance(f.default, tuple) else (value,)
-            if isinstance(f.default, (int, tuple)) and max(values) > MAX_INT:
-                shown = ",".join(map(str, values))
-                raise ConfigError(
-                    f"{key}={shown}: must be at most {MAX_INT} (run-config integers are 64-bit)"
-                )
-        if self.seed < 0:
-            # numpy's SeedSequence would say only "expected non-negative integer".
-            raise ConfigError(f"seed={self.seed}: must be a non-negative integer")
-        for name in ("factors", "num_negatives"):
-            if getattr(self, name) > MAX_WIDTH:
-                raise ConfigError(f"{_key(name)}={getattr(self, name)}: must be <= {MAX_WIDTH}")
+        check_numbers(self)
+        if self.factors > MAX_WIDTH:
+            raise ConfigError(f"factors={self.factors}: must be <= {MAX_WIDTH}")
         if max(self.mlp_layers) > MAX_WIDTH:
             raise ConfigError(
-                f"mlp-layers={','.join(map(str, self.mlp_layers))}: widths must be <= {MAX_WIDTH}"
+                f"mlp-layers={_widths(self.mlp_layers)}: widths must be <= {MAX_WIDTH}"
             )
+        _positive(self, "factors")
+        check_choices(self)
+        if self.model != "gmf" and self.mlp_layers[0] % 2:
+            raise ConfigError(
+                f"mlp-layers={_widths(self.mlp_layers)}: the first width must "
+                "be even (user and item embeddings concatenated)"
+            )
+
+
+@documented
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Local optimisation, evaluation cut-offs and personalisation."""
+
+    learning_rate: float = option(0.001, "Adam learning rate.")
+    weight_decay: float = option(0.0, "Adam L2 penalty.")
+    local_epochs: int = option(2, "Passes over a client's data per round.", centralized=False)
+    batch_size: int = option(256, "Mini-batch size.")
+    num_negatives: int = option(4, "Training negatives per positive.")
+    top_k: tuple[int, ...] = option(
+        (10,), "Cut-offs for HR@K and NDCG@K, e.g. `5,10,20`; 10 is always reported."
+    )
+    negative_pool: str = option(
+        "train",
+        "Items kept out of a user's *training* negatives: `train` (its training "
+        "interactions; the honest protocol) or `history` (also its held-out items: it "
+        "leaks the answer and exists only to reproduce published numbers; a warning is "
+        "logged).",
+        choices=NEGATIVE_POOLS,
+    )
+    client_mode: str = option(
+        "group",
+        "`group`: a node trains its user group as one client. `per-user`: each user of "
+        "the group trains its own update from the global model and the node returns their "
+        "interaction-weighted mean, which makes FedAvg over nodes *equal* to FedAvg with "
+        "one user per client (`tests/test_peruser.py`) at one message per node; "
+        "fine-tuning is then per user too.",
+        choices=CLIENT_MODES,
+        centralized=False,
+    )
+    proximal_mu: float = option(
+        0.0,
+        "FedProx term `mu/2 ||w - w_global||^2` on the shared parameters in local "
+        "training; 0 = off. A server may send it per round.",
+        centralized=False,
+    )
+    private_layers: str = option(
+        "",
+        "Comma-separated shared-parameter prefixes (e.g. `output`) that each client keeps "
+        "private across rounds (FedPer-style personal layers). A server may send it per "
+        "round.",
+        centralized=False,
+    )
+    finetune_epochs: int = option(
+        0,
+        "Personalised evaluation: before evaluating, each client fine-tunes the global "
+        "model on its own data for this many epochs (`val`/`test` are then the "
+        "personalised model's, `global-val`/`global-test` the global model's); 0 = off. "
+        "A server may send it per round.",
+        centralized=False,
+    )
+    finetune_scope: str = option(
+        "private",
+        "What fine-tuning trains: `all` parameters, or only the `private` ones (user "
+        "embeddings and `private-layers`). A server may send it per round.",
+        choices=FINETUNE_SCOPES,
+        centralized=False,
+    )
+    finetune_unit: str = option(
+        "client",
+        "Who fine-tunes a copy: the `client` (its whole user group together) or each "
+        "`user` alone, on its own interactions only, as a one-user client would "
+        "(PFedRec-style); `client-mode=per-user` always fine-tunes per user.",
+        choices=FINETUNE_UNITS,
+        centralized=False,
+    )
+    finetune_learning_rate: float = option(
+        0.0, "Adam's learning rate for fine-tuning; 0 = `learning-rate`.", centralized=False
+    )
+    num_threads: int = option(
+        0,
+        "torch intra-op threads per process (at most 1024), recorded in `results.json`. "
+        "0 = automatic: 1 per federated client (simulation runs several side by side); "
+        "the centralised baseline uses 1 below 4 available CPUs (affinity and cgroup "
+        "quota), else one per CPU. One thread was 2-20x faster than two on a shared "
+        "2-CPU machine; the results are the same bits with 1 and 2 threads.",
+    )
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        if self.num_negatives > MAX_WIDTH:
+            raise ConfigError(f"num-negatives={self.num_negatives}: must be <= {MAX_WIDTH}")
         if self.num_threads > MAX_THREADS:
             raise ConfigError(
                 f"num-threads={self.num_threads}: must be <= {MAX_THREADS} (0 = automatic)"
             )
-        candidates = 1 + self.num_eval_negatives
-        if max(self.top_k) > candidates and self.num_eval_negatives >= 1:
-            # HR@K is then 1 for every model: a number that measures nothing.
-            raise ConfigError(
-                f"top-k={','.join(map(str, self.top_k))}: cut-offs must be <= {candidates} "
-                f"(1 held-out item + num-eval-negatives={self.num_eval_negatives}); "
-                "lower top-k or raise num-eval-negatives"
-            )
-
-    def data_options(self) -> DataOptions:
-        """The data-related fields, as the datasets package takes them."""
-        names = {f.name for f in dataclasses.fields(DataOptions)}
-        return DataOptions(**{n: getattr(self, n) for n in names})
-
-    def _check_strategy_knobs(self) -> None:
-        nonneg = (
-            "proximal_mu",
-            "finetune_epochs",
-            "max_client_weight",
-            "server_learning_rate",
-            "finetune_learning_rate",
-            "server_momentum",
-            "num_malicious_nodes",
-            "max_update_norm",
-            "weight_clip_multiple",
-            "num_threads",
+        _positive(self, "local_epochs", "batch_size", "num_negatives")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning-rate={self.learning_rate}: must be > 0")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight-decay={self.weight_decay}: must be >= 0")
+        _non_negative(
+            self, "proximal_mu", "finetune_epochs", "finetune_learning_rate", "num_threads"
         )
-        for name in nonneg:
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise ConfigError(f"{_key(name)}={value}: must be a finite number >= 0")
-        if not 0 <= self.trimmed_beta < 0.5:
-            raise ConfigError(f"trimmed-beta={self.trimmed_beta}: must be in [0, 0.5)")
-        if self.client_mode == "per-user":
-            clashes = {
-                PROXIMAL_MU_KEY: self.proximal_mu != 0,
-                PRIVATE_LAYERS_KEY: bool(self.private_layers.strip()),
-                "item-aggregation": self.item_aggregation != "dense",
-                "weight-key": self.weight_key != "interactions",
-            }
-            bad = [key for key, clash in clashes.items() if clash]
-            if bad:
-                raise ConfigError(
-                    f"client-mode='per-user' supports plain FedAvg-style local training "
-                    f"weighted by interactions; reset {', '.join(bad)} to the default"
-                )
-        if self.finetunes_per_user and self.private_layers.strip():
-            raise ConfigError(
-                f"private-layers={self.private_layers!r} with per-user fine-tuning: personal "
-                "layers belong to a client, not to each user; set finetune-unit='client' "
-                "or private-layers=''"
-            )
-        if self.item_aggregation == "rowwise" and self.strategy != "fedavg":
-            raise ConfigError(
-                f"item-aggregation='rowwise' with strategy={self.strategy!r}: row-wise "
-                "item aggregation is a fedavg option; use strategy='fedavg'"
-            )
+        check_choices(self)
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """Cut-offs to report, always including 10."""
+        return tuple(sorted(set(self.top_k) | {10}))
 
     @property
     def finetune_lr(self) -> float:
@@ -413,55 +247,352 @@ class RunConfig:
         """``private-layers`` split on commas, blanks dropped."""
         return tuple(p.strip() for p in self.private_layers.split(",") if p.strip())
 
+
+@documented
+@dataclass(frozen=True)
+class StrategyOptions:
+    """The server's aggregation, client sampling and reply validation."""
+
+    strategy: str = option(
+        "fedavg",
+        "Server strategy (see strategies/README.md).",
+        choices=tuple(STRATEGIES),
+        centralized=False,
+    )
+    fraction_train: float = option(
+        1.0,
+        "Fraction of clients trained each round, in (0, 1]; below 1 the sample is drawn "
+        "from the clients' partition ids and `seed` (reproducible).",
+        centralized=False,
+    )
+    min_nodes: int = option(
+        2,
+        "Nodes connected before a round starts, and the least trained and evaluated per "
+        "round; set it below the number of SuperNodes so a deployment outlives losing some.",
+        centralized=False,
+    )
+    weight_key: str = option(
+        "interactions",
+        "FedAvg weight `n_k`: `interactions` (training interactions), `users` (users in "
+        "the group) or `uniform` (1 per client).",
+        choices=WEIGHT_KEYS,
+        centralized=False,
+    )
+    item_aggregation: str = option(
+        "dense",
+        "`dense` averages whole arrays; `rowwise` averages each item-embedding row only "
+        "over the clients that trained that item, weighted by their counts for it "
+        "(clients send per-item counts, revealing to the server which items a group "
+        "used; fedavg only).",
+        choices=ITEM_AGGREGATIONS,
+        centralized=False,
+    )
+    max_client_weight: float = option(
+        0.0,
+        "Replies claiming a larger weight are dropped; 0 = the dataset's size (training "
+        "interactions, or users with `weight-key=users`).",
+        centralized=False,
+    )
+    server_learning_rate: float = option(
+        0.0,
+        "Server step of fedadam/fedyogi (`eta`) and fedavgm; 0 = Flower's default (0.1, "
+        "0.01, 1.0).",
+        centralized=False,
+    )
+    server_momentum: float = option(
+        0.5,
+        "fedavgm server momentum (0.9 diverged on ML-100K, see strategies/README.md).",
+        centralized=False,
+    )
+    trimmed_beta: float = option(
+        0.2, "fedtrimmedavg: fraction cut at each end, in [0, 0.5).", centralized=False
+    )
+    num_malicious_nodes: int = option(
+        0, "krum: assumed number of Byzantine clients `f`.", centralized=False
+    )
+    max_update_norm: float = option(
+        0.0,
+        "Training replies whose update norm (L2 of `w_k - w` over every shared array, "
+        "against the global model sent) exceeds it are dropped with a reason; 0 = off.",
+        centralized=False,
+    )
+    node_weight_caps: str = option(
+        "",
+        "Absolute path, on the server, of a TOML file declaring each node's largest "
+        "weight by partition id (tables `[num-examples]` and `[num-users]`, e.g. "
+        "`0 = 9800`); replies claiming more are dropped.",
+        centralized=False,
+    )
+    weight_clip_multiple: float = option(
+        4.0,
+        "A reply whose weight has no declared or data-derived cap is clipped to this "
+        "multiple of the round's median weight (logged and recorded); 0 = off.",
+        centralized=False,
+    )
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        _positive(self, "min_nodes")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train={self.fraction_train}: must be in (0, 1]")
+        _non_negative(
+            self,
+            "max_client_weight",
+            "server_learning_rate",
+            "server_momentum",
+            "num_malicious_nodes",
+            "max_update_norm",
+            "weight_clip_multiple",
+        )
+        if not 0 <= self.trimmed_beta < 0.5:
+            raise ConfigError(f"trimmed-beta={self.trimmed_beta}: must be in [0, 0.5)")
+        check_choices(self)
+        if self.item_aggregation == "rowwise" and self.strategy != "fedavg":
+            raise ConfigError(
+                f"item-aggregation='rowwise' with strategy={self.strategy!r}: row-wise "
+                "item aggregation is a fedavg option; use strategy='fedavg'"
+            )
+
+
+@dataclass(frozen=True)
+class RoundKnobs:
+    """The training keys a server may override per round (:data:`~fedrec_flwr.protocol.KNOB_KEYS`).
+
+    Parameters
+    ----------
+    proximal_mu : float
+        FedProx ``mu``; 0 = off.
+    private_layers : tuple of str
+        Parsed ``private-layers`` prefixes (blanks dropped).
+    finetune_epochs : int
+        Fine-tuning epochs before evaluation; 0 = off.
+    finetune_scope : str
+        ``all`` or ``private``.
+    """
+
+    proximal_mu: float
+    private_layers: tuple[str, ...]
+    finetune_epochs: int
+    finetune_scope: str
+
+
+@documented
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run: the run-level keys and four option groups.
+
+    Each group's own docstring lists its keys; ``RunConfig.from_mapping`` reads
+    them all from one flat kebab-case mapping and ``to_dict`` writes it back.
+    """
+
+    num_server_rounds: int = option(
+        25, "Federated rounds (the centralised baseline trains this many epochs)."
+    )
+    output_dir: str = option(
+        "",
+        "Absolute folder for the results; empty = `$FEDREC_FLWR_HOME/runs/run-<id>` "
+        "(`centralized-<model>-seed<seed>-<time>` for the baseline).",
+    )
+    item_catalogue: str = option(
+        "",
+        "Absolute path of the shared item catalogue on the *server* machine, for "
+        "deployments whose SuperNodes read their own logs (node-config `data-file` + "
+        "`item-catalogue`): the server then sizes the model from it and reads no "
+        "interaction data. Empty = the server prepares `dataset`.",
+        centralized=False,
+    )
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    strategy: StrategyOptions = field(default_factory=StrategyOptions)
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        _positive(self, "num_server_rounds")
+        self._check_across_groups()
+
+    def _check_across_groups(self) -> None:
+        """Combinations of keys from different groups (each group checked its own)."""
+        training, strategy = self.training, self.strategy
+        candidates = 1 + self.data.num_eval_negatives
+        if max(training.top_k) > candidates:
+            # HR@K is then 1 for every model: a number that measures nothing.
+            raise ConfigError(
+                f"top-k={_widths(training.top_k)}: cut-offs must be <= {candidates} "
+                f"(1 held-out item + num-eval-negatives={self.data.num_eval_negatives}); "
+                "lower top-k or raise num-eval-negatives"
+            )
+        if training.client_mode == "per-user":
+            clashes = {
+                PROXIMAL_MU_KEY: training.proximal_mu != 0,
+                PRIVATE_LAYERS_KEY: bool(training.private_layers.strip()),
+                key_of("item_aggregation"): strategy.item_aggregation != "dense",
+                key_of("weight_key"): strategy.weight_key != "interactions",
+            }
+            bad = [key for key, clash in clashes.items() if clash]
+            if bad:
+                raise ConfigError(
+                    f"client-mode='per-user' supports plain FedAvg-style local training "
+                    f"weighted by interactions; reset {', '.join(bad)} to the default"
+                )
+        if training.finetunes_per_user and training.private_layers.strip():
+            raise ConfigError(
+                f"private-layers={training.private_layers!r} with per-user fine-tuning: "
+                "personal layers belong to a client, not to each user; set "
+                "finetune-unit='client' or private-layers=''"
+            )
+
+    @classmethod
+    def settings(cls) -> Iterator[tuple[str | None, dataclasses.Field[Any]]]:
+        """Every key's field, in table order, with its group's attribute name.
+
+        Yields
+        ------
+        tuple
+            ``(group, field)``: ``group`` is ``"data"``, ``"model"``, ... or None
+            for a run-level key; ``field`` carries the key's
+            :class:`~fedrec_flwr.settings.Setting`.
+        """
+        for f in dataclasses.fields(cls):
+            group = _group_class(f)
+            if group is None:
+                yield None, f
+            else:
+                for member in dataclasses.fields(group):
+                    yield f.name, member
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
-        """Build from kebab-case keys (a Flower ``run_config``); absent keys
-        take their defaults, unknown keys are ignored (a drop-in ServerApp may
-        carry its own)."""
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            key = _key(f.name)
-            if key not in values:
-                continue
-            kwargs[f.name] = _coerce(key, values[key], f.default)
-        return cls(**kwargs)
+        """Build from kebab-case keys (a Flower ``run_config``).
+
+        Absent keys take their defaults; unknown keys are ignored (a drop-in
+        ServerApp may carry its own). Every value is coerced before any group
+        is checked, so a value of the wrong type is reported first.
+
+        Parameters
+        ----------
+        values : Mapping
+            Run-config keys and values.
+
+        Raises
+        ------
+        ConfigError
+            One line naming the first bad key and what is accepted.
+        """
+        kwargs: dict[str | None, dict[str, Any]] = {}
+        for group, f in cls.settings():
+            key = key_of(f.name)
+            if key in values:
+                kwargs.setdefault(group, {})[f.name] = coerce(key, values[key], f.default)
+        groups = {
+            f.name: _group_class(f)(**kwargs.get(f.name, {}))
+            for f in dataclasses.fields(cls)
+            if _group_class(f) is not None
+        }
+        return cls(**kwargs.get(None, {}), **groups)
 
     def to_dict(self) -> dict[str, Any]:
-        """Kebab-case mapping, as written into results files."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[_key(f.name)] = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        return out
+        """Kebab-case mapping of every key, as written into results files."""
+        return {
+            key_of(f.name): shown(getattr(self if group is None else getattr(self, group), f.name))
+            for group, f in self.settings()
+        }
 
-    @property
-    def ks(self) -> tuple[int, ...]:
-        """Cut-offs to report, always including 10."""
-        return tuple(sorted(set(self.top_k) | {10}))
+    def round_knobs(self, message_config: Mapping[str, Any]) -> RoundKnobs:
+        """The per-round training knobs: a message's value wins over the run config.
+
+        A key of :data:`~fedrec_flwr.protocol.KNOB_KEYS` in ``message_config``
+        is coerced and checked as the run config's own value would be (its
+        group's checks and the checks across groups).
+
+        Parameters
+        ----------
+        message_config : Mapping
+            The config a server sent with this round's message.
+
+        Raises
+        ------
+        ConfigError
+            A knob sent by the server is of the wrong type or out of range.
+        """
+        training = self.training
+        by_key = {key_of(f.name): f for f in dataclasses.fields(TrainingOptions)}
+        overrides = {
+            by_key[key].name: coerce(key, message_config[key], by_key[key].default)
+            for key in KNOB_KEYS
+            if key in message_config
+        }
+        if overrides:
+            training = dataclasses.replace(training, **overrides)
+            dataclasses.replace(self, training=training)  # the checks across groups
+        return RoundKnobs(
+            proximal_mu=training.proximal_mu,
+            private_layers=training.private_layer_prefixes,
+            finetune_epochs=training.finetune_epochs,
+            finetune_scope=training.finetune_scope,
+        )
 
 
-def _key(name: str) -> str:
-    return name.replace("_", "-")
+def _group_class(f: dataclasses.Field[Any]) -> Any:
+    """The option-group class of a :class:`RunConfig` group field, None for a key."""
+    factory = f.default_factory
+    return factory if isinstance(factory, type) else None
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, tuple):
-        return _int_list(key, value)
-    if isinstance(default, bool) or isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r}: expected {type(default).__name__}")
-    if isinstance(default, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-        return value
-    if isinstance(default, float):
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        try:
-            return float(value)
-        except OverflowError:  # an int beyond float range
-            raise ConfigError(f"{key}={value}: must be a finite number") from None
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}={value!r}: expected a string")
-    return value.strip()
+def _toml_value(value: Any) -> str:
+    value = shown(value)
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def _group_comment(group: str | None) -> str:
+    if group is None:
+        return "# run (RunConfig): rounds, results folder, the server's item catalogue"
+    cls = _group_class(RunConfig.__dataclass_fields__[group])
+    summary = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
+    return f"# {group} ({cls.__name__}): {summary}"
+
+
+def toml_table() -> str:
+    """The ``[tool.flwr.app.config]`` table of ``pyproject.toml``: every key and
+    default in table order, a comment line before each group (a test checks
+    that the file holds exactly this text)."""
+    lines = ["[tool.flwr.app.config]", "# Every key is documented in fedrec_flwr/config.py."]
+    current: object = ()
+    for group, f in RunConfig.settings():
+        if group != current:
+            current = group
+            lines.append(_group_comment(group))
+        lines.append(f"{key_of(f.name)} = {_toml_value(f.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_default(default: Any) -> str:
+    if isinstance(default, tuple) or default == "":
+        return f'`"{shown(default)}"`'
+    return f"`{default}`" if isinstance(default, str) else repr(default)
+
+
+def markdown_table() -> str:
+    """The ``| key | default | meaning |`` table of README.md, one row per key in
+    table order (a test checks that the README holds exactly this text)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for _, f in RunConfig.settings():
+        lines.append(f"| `{key_of(f.name)}` | {_markdown_default(f.default)} | {describe(f)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fedrec_flwr.config",
+        description="Print the run-config tables generated from the option groups.",
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--markdown", action="store_true", help="README.md's key table")
+    which.add_argument("--toml", action="store_true", help="pyproject.toml's config table")
+    args = parser.parse_args(argv)
+    sys.stdout.write(markdown_table() if args.markdown else toml_table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

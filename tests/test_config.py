@@ -5,18 +5,218 @@ import tomllib
 import pytest
 from conftest import REPO, checkerboard_rows, write_u_data
 
+from fedrec_flwr import config, settings
 from fedrec_flwr.config import ConfigError, RunConfig
+from fedrec_flwr.datasets.options import SOURCES, DataOptions
+from fedrec_flwr.datasets.partitioners import PARTITIONERS
+from fedrec_flwr.models.ncf import ARCHITECTURES
+from fedrec_flwr.ops import cli
 from fedrec_flwr.paths import resolve_user_path
+from fedrec_flwr.protocol import KNOB_KEYS
+from fedrec_flwr.runs import centralized
 from fedrec_flwr.runs.centralized import main as centralized_main
 from fedrec_flwr.runs.results import resolve_output_dir
+from fedrec_flwr.strategies.registry import STRATEGIES, WEIGHT_KEYS
+
+
+def _table_disagreements(table):
+    """Keys missing or extra, and defaults differing in value or type, vs RunConfig."""
+    expected = RunConfig().to_dict()
+    problems = [f"missing {k}" for k in expected if k not in table]
+    problems += [f"extra {k}" for k in table if k not in expected]
+    problems += [
+        f"{k}: {table[k]!r} != {v!r}"
+        for k, v in expected.items()
+        if k in table and (table[k] != v or type(table[k]) is not type(v))
+    ]
+    return problems
+
+
+def _pyproject_table():
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
 def test_pyproject_defaults_are_exactly_the_run_config():
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    defaults = pyproject["tool"]["flwr"]["app"]["config"]
-    assert set(defaults) == {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)}
-    cfg = RunConfig.from_mapping(defaults)
-    assert cfg.to_dict() == defaults
+    defaults = _pyproject_table()
+    assert _table_disagreements(defaults) == []
+    # Grouped in table order, and reading the table gives the same config back.
+    assert list(defaults) == list(RunConfig().to_dict())
+    assert RunConfig.from_mapping(defaults) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ({"factors": 8}, "factors: 8 != 16"),
+        ({"learning-rate": 0.01}, "learning-rate: 0.01 != 0.001"),
+        ({"weight-decay": 0}, "weight-decay: 0 != 0.0"),  # an int where a float belongs
+        ({"mlp-layers": "64,32"}, "mlp-layers: '64,32' != '64,32,16'"),
+        ({"seed": None}, "missing seed"),
+        ({"mystery": 1}, "extra mystery"),
+    ],
+)
+def test_the_pyproject_check_detects_a_changed_or_missing_default(edit, problem):
+    # Negative control for the test above.
+    table = {**_pyproject_table(), **edit}
+    table = {k: v for k, v in table.items() if v is not None}
+    assert _table_disagreements(table) == [problem]
+
+
+def test_pyproject_holds_the_generated_table():
+    text = (REPO / "pyproject.toml").read_text()
+    assert config.toml_table() in text
+    assert "# model (ModelOptions): The NCF architecture and its widths\n" in config.toml_table()
+
+
+def test_readme_holds_exactly_the_generated_table():
+    readme = (REPO / "README.md").read_text()
+    table = config.markdown_table()
+    assert table in readme
+    start = readme.index("| key | default | meaning |")
+    rows = readme[start:].split("\n\n", 1)[0] + "\n"
+    assert rows == table  # no stale row after the generated ones
+    assert len(table.splitlines()) == 2 + len(RunConfig().to_dict())
+    assert "| `model` | `neumf` | NCF architecture: `gmf` (generalised" in table
+    assert '| `mlp-layers` | `"64,32,16"` |' in table and "| `seed` | 42 |" in table
+
+
+def test_markdown_and_toml_come_from_the_command_line(capsys):
+    assert config._main(["--markdown"]) == 0
+    assert capsys.readouterr().out == config.markdown_table()
+    assert config._main(["--toml"]) == 0
+    assert capsys.readouterr().out == config.toml_table()
+
+
+def test_every_key_lives_in_one_group_with_help():
+    keys = [settings.key_of(f.name) for _, f in RunConfig.settings()]
+    assert len(keys) == len(set(keys)) == 48
+    groups = {g for g, _ in RunConfig.settings()}
+    assert groups == {None, "data", "model", "training", "strategy"}
+    for _, f in RunConfig.settings():
+        assert settings.setting(f).help.endswith((".", ")")), f.name
+    owner = {settings.key_of(f.name): g for g, f in RunConfig.settings()}
+    assert (owner["seed"], owner["num-eval-negatives"], owner["top-k"]) == (
+        "data",
+        "data",
+        "training",
+    )
+    assert owner["num-server-rounds"] is None and owner["node-weight-caps"] == "strategy"
+
+
+def test_choices_come_from_their_owners():
+    by_key = {settings.key_of(f.name): settings.setting(f) for _, f in RunConfig.settings()}
+    assert by_key["model"].choices == ARCHITECTURES
+    assert by_key["strategy"].choices == tuple(STRATEGIES)
+    assert by_key["dataset"].choices == SOURCES
+    assert by_key["partitioner"].choices == PARTITIONERS
+    assert by_key["weight-key"].choices == WEIGHT_KEYS
+
+
+def test_to_dict_round_trips_and_groups_are_frozen():
+    rc = {"model": "gmf", "mlp-layers": "8,4", "top-k": "5,20", "proximal-mu": 0.5}
+    cfg = RunConfig.from_mapping({**rc, "strategy": "krum", "a-drop-in-key": 1})  # ignored
+    assert cfg.model.model == "gmf" and cfg.model.mlp_layers == (8, 4)
+    assert cfg.training.top_k == (5, 20) and cfg.strategy.strategy == "krum"
+    out = cfg.to_dict()
+    assert {k: out[k] for k in rc} == rc and out["strategy"] == "krum"
+    assert RunConfig.from_mapping(out) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.training.learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_generated_docstrings_list_every_field():
+    for cls in (config.DataOptions, config.ModelOptions, config.TrainingOptions,
+                config.StrategyOptions, RunConfig):  # fmt: skip
+        doc = cls.__doc__
+        for f in dataclasses.fields(cls):
+            assert f"\n{f.name} : " in doc, (cls.__name__, f.name)
+    assert "mlp_layers : tuple of int (default: (64, 32, 16)) [mlp-layers]" in (
+        config.ModelOptions.__doc__
+    )
+    assert "``gmf``" in config.ModelOptions.__doc__  # Markdown literals become RST
+
+
+def test_round_knobs_message_wins_and_is_checked():
+    cfg = RunConfig.from_mapping({"proximal-mu": 0.1, "private-layers": "output, mlp"})
+    base = cfg.round_knobs({})
+    assert base == config.RoundKnobs(0.1, ("output", "mlp"), 0, "private")
+    sent = cfg.round_knobs(
+        {"proximal-mu": 0, "finetune-epochs": 2.0, "finetune-scope": "all", "server-round": 3}
+    )
+    assert sent == config.RoundKnobs(0.0, ("output", "mlp"), 2, "all")
+    assert isinstance(sent.proximal_mu, float) and isinstance(sent.finetune_epochs, int)
+    assert cfg.round_knobs({"private-layers": ""}).private_layers == ()
+    with pytest.raises(ConfigError, match=r"^proximal-mu=-1.0: must be a finite number >= 0$"):
+        cfg.round_knobs({"proximal-mu": -1.0})
+    with pytest.raises(ConfigError, match=r"^finetune-scope='items': unknown; accepted: all"):
+        cfg.round_knobs({"finetune-scope": "items"})
+    with pytest.raises(ConfigError, match=r"^finetune-epochs='2': expected an integer$"):
+        cfg.round_knobs({"finetune-epochs": "2"})
+    # Checks across groups too: per-user fine-tuning has no personal layers.
+    per_user = RunConfig.from_mapping({"finetune-unit": "user"})
+    with pytest.raises(ConfigError, match="with per-user fine-tuning"):
+        per_user.round_knobs({"private-layers": "output"})
+
+
+def test_every_knob_is_a_training_key():
+    training = {settings.key_of(f.name) for f in dataclasses.fields(config.TrainingOptions)}
+    assert set(KNOB_KEYS) <= training
+
+
+def test_centralized_cli_has_exactly_the_applicable_keys():
+    parser = centralized._parser()
+    flags = {a.dest: a.default for a in parser._actions if a.option_strings and a.dest != "help"}
+    applicable = {f.name for f in centralized.centralized_fields()}
+    defaults = {
+        f.name: settings.shown(f.default) for _, f in RunConfig.settings() if f.name in applicable
+    }
+    assert flags == defaults
+    # Written out, not read from the metadata: the keys that apply without a federation.
+    assert set(flags) == {
+        "num_server_rounds", "output_dir", "num_threads",
+        "dataset", "data_dir", "seed", "num_eval_negatives", "implicit_threshold", "k_core",
+        "duplicates", "validation", "split", "log_columns",
+        "model", "factors", "mlp_layers",
+        "learning_rate", "weight_decay", "batch_size", "num_negatives", "top_k",
+        "negative_pool",
+    }  # fmt: skip
+    inapplicable = {f.name for _, f in RunConfig.settings()} - set(flags)
+    assert {f.name for f in dataclasses.fields(config.StrategyOptions)} <= inapplicable
+    federation_only = {
+        "item_catalogue", "client_mode", "proximal_mu", "private_layers", "local_epochs",
+        "finetune_epochs", "finetune_scope", "finetune_unit", "finetune_learning_rate",
+        "partitioner", "partition_by", "dirichlet_alpha", "power_law_exponent",
+    }  # fmt: skip
+    assert federation_only <= inapplicable
+    model = next(a for a in parser._actions if a.dest == "model")
+    assert model.metavar == "{gmf,mlp,neumf}" and "NCF architecture" in model.help
+
+
+def test_centralized_cli_refuses_a_federation_key(capsys):
+    with pytest.raises(SystemExit) as exc:
+        centralized_main(["--strategy", "krum"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --strategy krum" in capsys.readouterr().err
+
+
+def test_fedrec_cli_flags_are_the_data_options():
+    parser = cli._parser()
+    stats = parser._subparsers._group_actions[0].choices["data"]
+    stats = stats._subparsers._group_actions[0].choices["stats"]
+    flags = {a.dest: a.default for a in stats._actions if a.option_strings and a.dest != "help"}
+    expected = {f.name: f.default for f in dataclasses.fields(DataOptions) if f.name != "dataset"}
+    assert {k: flags[k] for k in expected} == expected
+    assert set(flags) - set(expected) == {"num_partitions", "figure", "json", "max_rows"}
+
+
+def test_fedrec_cli_bad_choice_is_one_line(tmp_path, capsys):
+    data = ["--data-dir", str(tmp_path)]
+    assert cli.main(["data", "stats", "ml-100k", *data, "--partitioner", "metis"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: partitioner='metis': unknown; accepted: random, natural")
+    assert "\n" not in err
+    assert cli.main(["data", "stats", "ml-2m", *data]) == 2
+    assert capsys.readouterr().err.startswith("error: dataset='ml-2m': unknown; accepted: ml-100k")
 
 
 @pytest.mark.parametrize(
@@ -43,7 +243,7 @@ def test_bad_values_name_the_key_and_what_is_accepted(override, match):
 
 
 def test_top_k_always_reports_ten():
-    assert RunConfig.from_mapping({"top-k": "20,5"}).ks == (5, 10, 20)
+    assert RunConfig.from_mapping({"top-k": "20,5"}).training.ks == (5, 10, 20)
 
 
 def test_relative_paths_are_refused(tmp_path, monkeypatch):

@@ -184,14 +184,14 @@ def test_run_config_data_keys():
     cfg = RunConfig.from_mapping(
         {"partitioner": "dirichlet", "dirichlet-alpha": 0.1, "k-core": 5, "validation": "lenient"}
     )
-    opts = cfg.data_options()
+    opts = cfg.data
     assert (opts.partitioner, opts.dirichlet_alpha, opts.k_core, opts.lenient) == (
         "dirichlet",
         0.1,
         5,
         True,
     )
-    assert RunConfig().data_options() == DataOptions()
+    assert RunConfig().data == DataOptions()
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,8 @@ def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
 
 
 def _shared_names(cfg: RunConfig, num_items: int) -> tuple[list[str], list[str]]:
-    names = list(NCF(1, num_items, cfg.model, cfg.factors, cfg.mlp_layers).state_dict())
+    m = cfg.model
+    names = list(NCF(1, num_items, m.model, m.factors, m.mlp_layers).state_dict())
     return [n for n in names if not is_private(n)], [n for n in names if is_private(n)]
 
 
@@ -98,7 +99,7 @@ def test_deployment_trains_like_simulation(deployment, ml100k_slice, tmp_path):
     # User embeddings never left a SuperNode: the server received exactly the
     # shared arrays, and the saved model has no user rows.
     cfg = RunConfig.from_mapping({"data-dir": str(ml100k_slice)})
-    prepared = prepare_data(cfg.data_options())
+    prepared = prepare_data(cfg.data)
     shared, private = _shared_names(cfg, prepared.num_items)
     assert private == ["user_gmf.weight", "user_mlp.weight"]
     assert results["arrays-received"] == sorted(shared)

@@ -345,7 +345,7 @@ def _inflate(partition, by):
 
 
 def test_a_server_with_the_data_caps_each_partition_by_its_true_size(rc, tmp_path):
-    options = RunConfig.from_mapping(rc).data_options()
+    options = RunConfig.from_mapping(rc).data
     truth = [prepare_data(options).client_data(p, 3) for p in range(3)]
     run = {**rc, "num-server-rounds": 2}
     grid = InProcessGrid(_app(_inflate(1, 1)), _nodes(3), run)

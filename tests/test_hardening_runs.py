@@ -121,23 +121,36 @@ def test_server_output_dir_check_runs_in_resolve_output_dir(tmp_path, monkeypatc
             "give the absolute path of the folder holding the ml-100k files, or '' to "
             "download them",
         ),
-        (
-            ["--item-catalogue", "/nonexistent/catalogue.txt"],
-            "error: item-catalogue='/nonexistent/catalogue.txt': no such file "
-            "/nonexistent/catalogue.txt; give the absolute path of the item catalogue "
-            "(write it with `fedrec data catalogue`)",
-        ),
-        (
-            ["--node-weight-caps", "/"],
-            "error: node-weight-caps='/': a directory, not a file; give the absolute path "
-            "of the TOML file of per-node weight caps",
-        ),
     ],
 )
 def test_input_paths_are_checked_first(data, tmp_path, monkeypatch, capsys, flags, message):
     _no_training(monkeypatch)
     assert _run(data, tmp_path / "out", *flags) == 2
     assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"item-catalogue": "/nonexistent/catalogue.txt"},
+            "item-catalogue='/nonexistent/catalogue.txt': no such file "
+            "/nonexistent/catalogue.txt; give the absolute path of the item catalogue "
+            "(write it with `fedrec data catalogue`)",
+        ),
+        (
+            {"node-weight-caps": "/"},
+            "node-weight-caps='/': a directory, not a file; give the absolute path "
+            "of the TOML file of per-node weight caps",
+        ),
+    ],
+)
+def test_server_input_paths_are_checked_first(tmp_path, override, message):
+    # Server-side keys: no flags of the centralised baseline, checked all the same.
+    cfg = RunConfig.from_mapping({**override, "output-dir": str(tmp_path / "out")})
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        check_run_paths(cfg, "run-1", reads_data=not cfg.item_catalogue)
     assert not (tmp_path / "out").exists()
 
 
@@ -223,8 +236,9 @@ def test_in_range_numbers_pass():
             "num-eval-negatives": 99,
         }
     )
-    assert cfg.seed == 0 and cfg.ks == (5, 10, 100)
-    assert RunConfig.from_mapping({"seed": 2**63 - 1, "num-eval-negatives": 9}).seed == 2**63 - 1
+    assert cfg.data.seed == 0 and cfg.training.ks == (5, 10, 100)
+    big = RunConfig.from_mapping({"seed": 2**63 - 1, "num-eval-negatives": 9})
+    assert big.data.seed == 2**63 - 1
 
 
 def test_centralized_negative_seed_is_one_line(data, tmp_path, monkeypatch, capsys):
@@ -327,7 +341,7 @@ def test_client_threads_default_to_one(data):
         cfg = RunConfig.from_mapping(
             {"data-dir": str(data), "num-eval-negatives": 20, "num-threads": requested}
         )
-        client_data = load_client_data(cfg.data_options(), 0, 2)
+        client_data = load_client_data(cfg.data, 0, 2)
         torch.set_num_threads(3)
         NCFClient(client_data, cfg, RecordDict())
         assert torch.get_num_threads() == expected

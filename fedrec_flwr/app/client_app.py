@@ -63,11 +63,9 @@ def client_fn(context: Context) -> NCFClient:
                 "\"partition-id=0 num-partitions=2 data-file='/data/site0.csv' "
                 "item-catalogue='/data/catalogue.txt'\""
             )
-        data = load_local_client_data(
-            data_file, catalogue, cfg.data_options(), partition_id, num_partitions
-        )
+        data = load_local_client_data(data_file, catalogue, cfg.data, partition_id, num_partitions)
     else:
-        data = load_client_data(cfg.data_options(), partition_id, num_partitions)
+        data = load_client_data(cfg.data, partition_id, num_partitions)
     return NCFClient(data, cfg, context.state)
 
 

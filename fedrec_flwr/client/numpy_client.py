@@ -1,34 +1,20 @@
-"""The NCF client: a Flower ``NumPyClient`` over one user group.
+"""The client: a Flower ``NumPyClient`` over one user group, thin.
 
 It receives and returns only the *shared* arrays (by name, see
 :meth:`NCFClient.array_names`). The user embeddings of its users are private:
 they are kept in the node's ``context.state`` between rounds and never appear in
-a reply.
+a reply. The learning is delegated to a :class:`~fedrec_flwr.train.trainer.Trainer`
+(``client-mode``: the group as one client, or every user alone) and personal
+layers to :class:`~fedrec_flwr.client.personal.PersonalLayers`.
 
-Strategy knobs (each read from the message's config first, so a server can set
-them per round, else from the run config):
-
-- ``proximal-mu``: FedProx term on the shared parameters during ``fit``.
-- ``private-layers``: shared-parameter prefixes kept private across rounds
-  (FedPer-style personal layers): the client trains its own copy, stored in
-  ``context.state``, and echoes the server's copy back unchanged.
-- ``finetune-epochs``: personalised evaluation. ``val-*``/``test-*`` are then
-  the personalised model's (global model + personal layers, fine-tuned locally
-  for that many epochs on the group's training data) and ``global-val-*``/
-  ``global-test-*`` the global model's; the fine-tuned copy is discarded.
-- ``finetune-scope``: ``private`` (default) fine-tunes only the user embeddings
-  and personal layers, re-aligning them to the new global item embeddings
-  without moving those; ``all`` fine-tunes every parameter.
-- ``finetune-unit`` (run config): ``user`` fine-tunes a copy per user, each on
-  its own interactions alone (as a one-user client would), instead of one copy
-  for the whole group.
-- ``client-mode`` (run config): ``per-user`` trains every user of the group as
-  its own FedAvg client and returns their interaction-weighted mean (see
-  :mod:`fedrec_flwr.train.peruser`); fine-tuning is then per user too.
-  ``negative-pool`` picks the training-negative pool.
-- ``item-counts`` (message config only): when true, ``fit`` also reports
-  ``item-counts``, the group's training interactions per item, for row-wise
-  item aggregation.
+Per-round knobs (``proximal-mu``, ``private-layers``, ``finetune-epochs``,
+``finetune-scope``) are read from the message's config first, so a server can
+set them per round (:meth:`~fedrec_flwr.config.RunConfig.round_knobs`). With
+``finetune-epochs`` > 0 or personal layers, ``val-*``/``test-*`` are the
+personalised model's metrics and ``global-val-*``/``global-test-*`` the global
+model's; the fine-tuned copy is discarded. ``item-counts`` in the message config
+asks ``fit`` for the group's training interactions per item (row-wise item
+aggregation).
 """
 
 from __future__ import annotations
@@ -38,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.compat.client.numpy_client import NumPyClient
 
@@ -47,14 +32,9 @@ from ..datasets.prepare import ClientData
 from ..models import build_model, load_arrays, private_arrays, shared_arrays
 from ..protocol import (
     COMPUTE_SECONDS_KEY,
-    FINETUNE_EPOCHS_KEY,
-    FINETUNE_SCOPE_KEY,
     GLOBAL_PREFIX,
     ITEM_COUNTS_KEY,
-    PERSONAL_STATE_KEY,
-    PRIVATE_LAYERS_KEY,
     PRIVATE_STATE_KEY,
-    PROXIMAL_MU_KEY,
     TEST_PART,
     TRAIN_LOSS_KEY,
     VAL_PART,
@@ -63,22 +43,22 @@ from ..protocol import (
     sum_key,
 )
 from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
-from ..train.evaluate import evaluate_ranking, rank_logits
-from ..train.group import train_epochs
-from ..train.peruser import finetune_users_and_score, train_users_independently
+from ..train.evaluate import EvalResult
+from ..train.trainer import GroupTrainer, PerUserTrainer, Trainer, rank_val_test
+from .personal import PersonalLayers
 
 __all__ = ["NCFClient"]
 
 
 class NCFClient(NumPyClient):
-    """Train and evaluate NCF on one user group.
+    """Train and evaluate a recommender on one user group.
 
     Parameters
     ----------
     data : ClientData
         The group's users, training interactions and evaluation candidates.
     config : RunConfig
-        Model and training settings.
+        The run's settings (its ``model`` and ``training`` groups and the seed).
     state : flwr.app.RecordDict
         The node's ``context.state``: private user embeddings are read from and
         written to it, so they persist across rounds on this node only.
@@ -88,65 +68,31 @@ class NCFClient(NumPyClient):
         self.data = data
         self.config = config
         self.state = state
+        training, seed = config.training, config.data.seed
         # One thread per client unless num-threads says otherwise: simulation
         # runs several clients side by side on one machine's CPUs.
-        apply_num_threads(config.num_threads, default=CLIENT_DEFAULT_THREADS)
+        apply_num_threads(training.num_threads, default=CLIENT_DEFAULT_THREADS)
         self.model = build_model(
-            config.model,
+            config.model.model,
             data.num_users,
             data.num_items,
-            factors=config.factors,
-            mlp_layers=config.mlp_layers,
-            seed=config.seed,
+            factors=config.model.factors,
+            mlp_layers=config.model.mlp_layers,
+            seed=seed,
         )
+        per_user = training.client_mode == "per-user"
+        self.trainer: Trainer = (PerUserTrainer if per_user else GroupTrainer)(training, seed)
+        self.finetuner: Trainer = (PerUserTrainer if training.finetunes_per_user else GroupTrainer)(
+            training, seed
+        )
+        self.personal = PersonalLayers(state)
         if PRIVATE_STATE_KEY in state.array_records:
             record = state.array_records[PRIVATE_STATE_KEY]
             load_arrays(self.model, {k: v.numpy() for k, v in record.items()}, private=True)
-        elif config.client_mode == "per-user":
-            self._reset_private_per_user()
         else:
-            self.model.reset_private(_seed(config.seed, data.partition_id, 0))
-        # Which training interactions negatives avoid (see RunConfig.negative_pool).
-        self.exclude = data.negative_pool(config.negative_pool)
-
-    def _reset_private_per_user(self) -> None:
-        """Each user's rows from its own seed, drawn as a one-user client would
-        draw them (``NCF.reset_private`` with the user's code as partition id),
-        so per-user mode starts where one-user-per-client FedAvg starts."""
-        with torch.no_grad():
-            privates = [p for n, p in self.model.named_parameters() if self.model.is_private(n)]
-            for row, code in enumerate(self.data.users):
-                gen = torch.Generator().manual_seed(_seed(self.config.seed, int(code), 0))
-                for param in privates:
-                    param[row : row + 1].normal_(0.0, 0.01, generator=gen)
-
-    def _knob(self, config: dict[str, Any], key: str) -> Any:
-        """A strategy knob: the message's config wins over the run config."""
-        if key in config:
-            return config[key]
-        return getattr(self.config, key.replace("-", "_"))
-
-    def _personal_names(self, config: dict[str, Any]) -> list[str]:
-        prefixes = [
-            p.strip() for p in str(self._knob(config, PRIVATE_LAYERS_KEY)).split(",") if p.strip()
-        ]
-        names = self.array_names()
-        unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
-        if unknown:
-            raise ValueError(
-                f"private-layers={','.join(prefixes)}: {unknown} match no shared parameter; "
-                f"shared parameters: {names}"
-            )
-        return [n for n in names if any(n.startswith(p) for p in prefixes)]
-
-    def _load_personal(self, names: list[str]) -> None:
-        """Overwrite personal layers with this client's own copy, if it has one."""
-        if names and PERSONAL_STATE_KEY in self.state.array_records:
-            record = self.state.array_records[PERSONAL_STATE_KEY]
-            state = self.model.state_dict()
-            with torch.no_grad():
-                for name in names:
-                    state[name].copy_(torch.from_numpy(record[name].numpy()))
+            self.trainer.init_private(self.model, data)
+        # Which training interactions negatives avoid (see TrainingOptions.negative_pool).
+        self.exclude = data.negative_pool(training.negative_pool)
 
     def array_names(self) -> list[str]:
         """Names of the shared arrays, in the order of the NumPy lists."""
@@ -156,115 +102,55 @@ class NCFClient(NumPyClient):
         """Shared arrays only; user embeddings are never returned."""
         return list(shared_arrays(self.model).values())
 
-    def _set_shared(self, parameters: Sequence[np.ndarray]) -> None:
+    def _set_shared(self, parameters: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         names = self.array_names()
         if len(parameters) != len(names):
             raise ValueError(
                 f"received {len(parameters)} arrays, the model shares {len(names)}: {names}"
             )
-        load_arrays(self.model, dict(zip(names, parameters, strict=True)), private=False)
+        received = dict(zip(names, parameters, strict=True))
+        load_arrays(self.model, received, private=False)
+        return received
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         """Train locally from the global shared arrays; keep user embeddings here.
 
-        Returns the updated shared arrays, the number of training interactions
-        (the FedAvg weight) and ``train-loss`` plus ``partition-id`` (used by the
-        server to order replies deterministically) and ``num-partitions`` (the
-        server checks that every node cut the same number of groups).
+        Returns the updated shared arrays, the FedAvg weight (training
+        interactions) and ``train-loss`` plus the node's identity
+        (:func:`~fedrec_flwr.protocol.node_metrics`: the server orders replies
+        by ``partition-id`` and checks ``num-partitions``).
         """
         started = time.perf_counter()
-        self._set_shared(parameters)
-        if self.config.client_mode == "per-user":
-            return self._fit_per_user(parameters, config, started)
-        personal = self._personal_names(config)
-        self._load_personal(personal)
-        round_ = server_round(config)
-        rng = np.random.default_rng(_seed(self.config.seed, self.data.partition_id, round_))
-        cfg, data = self.config, self.data
-        mu = float(self._knob(config, PROXIMAL_MU_KEY))
-        anchor = (
-            {
-                n: torch.from_numpy(np.asarray(a))
-                for n, a in zip(self.array_names(), parameters, strict=True)
-                if n not in personal
-            }
-            if mu > 0
-            else None
-        )
-        # A fresh optimizer each round: no optimizer state crosses rounds, as in
-        # FedAvg (the server only averages parameters).
-        optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
-        loss = train_epochs(
+        received = self._set_shared(parameters)
+        knobs = self.config.round_knobs(config)
+        personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
+        self.personal.load(self.model, personal)
+        update = self.trainer.train(
             self.model,
-            data.train_users,
-            data.train_items,
+            self.data,
             self.exclude,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            optimizer=optimizer,
-            num_negatives=cfg.num_negatives,
-            rng=rng,
-            proximal_mu=mu,
-            anchor=anchor,
+            server_round=server_round(config),
+            knobs=knobs,
+            anchor={n: a for n, a in received.items() if n not in personal},
         )
+        load_arrays(self.model, update.private, private=True)
         self.state[PRIVATE_STATE_KEY] = ArrayRecord(
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )
-        updated = shared_arrays(self.model)
-        if personal:
-            self.state[PERSONAL_STATE_KEY] = ArrayRecord({n: Array(updated[n]) for n in personal})
-            # Echo the server's copy: personal layers never leave the client.
-            received = dict(zip(self.array_names(), parameters, strict=True))
-            for name in personal:
-                updated[name] = np.array(received[name], copy=True)
+        shared = dict(update.shared)
+        self.personal.keep(personal, shared, received)
+        data = self.data
         metrics: dict[str, Any] = {
-            TRAIN_LOSS_KEY: loss,
+            TRAIN_LOSS_KEY: update.loss,
             **node_metrics(data.partition_id, data.num_partitions, data.num_users),
         }
         if config.get(ITEM_COUNTS_KEY):
             counts = np.bincount(data.train_items, minlength=data.num_items)
             metrics[ITEM_COUNTS_KEY] = [int(c) for c in counts]
         metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
-        return list(updated.values()), self.data.num_train, metrics
-
-    def _fit_per_user(
-        self, parameters: list[np.ndarray], config: dict[str, Any], started: float
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        """Every user trains alone from the global model; return their mean.
-
-        Each user draws from the seed a one-user client with the user's code as
-        partition id would use, so the server's FedAvg over nodes equals FedAvg
-        over one-user clients (tested against exactly that).
-        """
-        cfg, data = self.config, self.data
-        round_ = server_round(config)
-        update = train_users_independently(
-            self.model,
-            data.train_users,
-            data.train_items,
-            self.exclude,
-            [_seed(cfg.seed, int(code), round_) for code in data.users],
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            num_negatives=cfg.num_negatives,
-            weight_decay=cfg.weight_decay,
-        )
-        load_arrays(self.model, update.private, private=True)
-        self.state[PRIVATE_STATE_KEY] = ArrayRecord(
-            {k: Array(v) for k, v in private_arrays(self.model).items()}
-        )
-        metrics: dict[str, Any] = {
-            TRAIN_LOSS_KEY: update.loss,
-            **node_metrics(data.partition_id, data.num_partitions, data.num_users),
-            COMPUTE_SECONDS_KEY: time.perf_counter() - started,
-        }
-        names = self.array_names()
-        return [update.shared[n] for n in names], update.weight, metrics
+        return [shared[n] for n in self.array_names()], update.weight, metrics
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
@@ -283,114 +169,28 @@ class NCFClient(NumPyClient):
         metrics: dict[str, Any] = node_metrics(
             data.partition_id, data.num_partitions, data.num_users
         )
-        personal = self._personal_names(config)
-        epochs = int(self._knob(config, FINETUNE_EPOCHS_KEY))
-        if not personal and epochs <= 0:
-            loss = self._rank_into(metrics, "")
-            metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
-            return loss, self.data.num_users, metrics
-        self._rank_into(metrics, GLOBAL_PREFIX)
-        if self.config.finetunes_per_user and epochs > 0:
-            if personal:  # a server may send private-layers per round
-                raise ValueError(
-                    "private-layers with per-user fine-tuning: personal layers belong to "
-                    "a client, not to each user"
-                )
-            loss = self._finetune_per_user(metrics, epochs, config)
-            metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
-            return loss, self.data.num_users, metrics
-        self._load_personal(personal)
-        if epochs > 0:
-            round_ = server_round(config)
-            rng = np.random.default_rng(
-                _seed(self.config.seed, self.data.partition_id, round_, _FINETUNE)
-            )
-            cfg, data = self.config, self.data
-            scope = str(self._knob(config, FINETUNE_SCOPE_KEY))
-            params = [
-                p
-                for n, p in self.model.named_parameters()
-                if scope == "all" or self.model.is_private(n) or n in personal
-            ]
-            optimizer = torch.optim.Adam(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
-            train_epochs(
+        knobs = self.config.round_knobs(config)
+        personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
+        ranked = rank_val_test(self.model, data, self.config.training.ks)
+        if personal or knobs.finetune_epochs > 0:
+            _add_sums(metrics, ranked, GLOBAL_PREFIX)
+            self.personal.load(self.model, personal)
+            # Nothing of the fine-tuned copy is stored: the next message rebuilds
+            # the model from the global arrays and the stored private state.
+            ranked = self.finetuner.personalised_rank(
                 self.model,
-                data.train_users,
-                data.train_items,
+                data,
                 self.exclude,
-                epochs=epochs,
-                batch_size=cfg.batch_size,
-                optimizer=optimizer,
-                num_negatives=cfg.num_negatives,
-                rng=rng,
+                server_round=server_round(config),
+                knobs=knobs,
+                personal=personal,
             )
-        # Nothing of the fine-tuned copy is stored: the next message rebuilds the
-        # model from the global arrays and the stored private state.
-        loss = self._rank_into(metrics, "")
+        _add_sums(metrics, ranked, "")
         metrics[COMPUTE_SECONDS_KEY] = time.perf_counter() - started
-        return loss, self.data.num_users, metrics
-
-    def _finetune_per_user(
-        self, metrics: dict[str, Any], epochs: int, config: dict[str, Any]
-    ) -> float:
-        """Per-user personalisation: each user fine-tunes its own copy alone.
-
-        The copy a one-user client would fine-tune (same seed: the user's code
-        as partition id), scored on the user's validation and test candidates,
-        then discarded. Adds ``val-*-sum``/``test-*-sum``; returns the val loss.
-        """
-        cfg, data = self.config, self.data
-        round_ = server_round(config)
-        # One fine-tuning serves both parts: columns 0/1 are the val/test items.
-        candidates = np.concatenate(
-            [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1
-        )
-        scores = finetune_users_and_score(
-            self.model,
-            data.train_users,
-            data.train_items,
-            self.exclude,
-            [_seed(cfg.seed, int(code), round_, _FINETUNE) for code in data.users],
-            candidates,
-            scope=str(self._knob(config, FINETUNE_SCOPE_KEY)),
-            epochs=epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.finetune_lr,
-            num_negatives=cfg.num_negatives,
-            weight_decay=cfg.weight_decay,
-        )
-        results = {
-            part: rank_logits(
-                torch.from_numpy(np.concatenate([scores[:, [column]], scores[:, 2:]], axis=1)),
-                cfg.ks,
-            )
-            for part, column in ((VAL_PART, 0), (TEST_PART, 1))
-        }
-        for part, result in results.items():
-            metrics.update({sum_key(part, k): v for k, v in result.sums.items()})
-        return results[VAL_PART].loss
-
-    def _rank_into(self, metrics: dict[str, Any], prefix: str) -> float:
-        """Add ``{prefix}val-*-sum`` and ``{prefix}test-*-sum``; return the val loss."""
-        users = np.arange(self.data.num_users)
-        loss = float("nan")
-        for part, positives in (
-            (VAL_PART, self.data.val_items),
-            (TEST_PART, self.data.test_items),
-        ):
-            result = evaluate_ranking(
-                self.model, users, positives, self.data.eval_negatives, self.config.ks
-            )
-            metrics.update({sum_key(part, k, prefix): v for k, v in result.sums.items()})
-            if part == VAL_PART:
-                loss = result.loss
-        return loss
+        return ranked[0].loss, data.num_users, metrics
 
 
-_FINETUNE = 0xF17E  # separates fine-tuning draws from training draws
-
-
-def _seed(seed: int, partition_id: int, server_round: int, *extra: int) -> int:
-    """A stable per-(run seed, client, round) seed."""
-    entropy = [seed, partition_id, server_round, *extra]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+def _add_sums(metrics: dict[str, Any], ranked: tuple[EvalResult, EvalResult], prefix: str) -> None:
+    """``{prefix}val-*-sum`` and ``{prefix}test-*-sum`` of a (val, test) ranking."""
+    for part, result in zip((VAL_PART, TEST_PART), ranked, strict=True):
+        metrics.update({sum_key(part, k, prefix): v for k, v in result.sums.items()})

@@ -1,4 +1,9 @@
-"""Everything that decides what a client's data is, in one hashable record."""
+"""Everything that decides what a client's data is, in one hashable record.
+
+:class:`DataOptions` is also the ``data`` group of the run config
+(:class:`~fedrec_flwr.config.RunConfig`): its fields, defaults and help text are
+declared here once (:func:`~fedrec_flwr.settings.option`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
+from ..settings import check_choices, check_numbers, documented, option
 from .partitioners import PARTITIONERS
 from .split import SPLITS
 from .validation import DUPLICATE_POLICIES
@@ -32,84 +39,106 @@ def parse_columns(text: str) -> dict[str, str]:
     return mapping
 
 
+@documented
 @dataclass(frozen=True)
 class DataOptions:
-    """How a dataset is loaded, prepared, split and partitioned.
+    """How a dataset is loaded, prepared, split and partitioned."""
 
-    Parameters
-    ----------
-    dataset : str (default: "ml-100k")
-        One of :data:`SOURCES`.
-    data_dir : str (default: "")
-        MovieLens: directory with the files (``""`` = download into the cache).
-        ``atomic``: the ``.inter`` file or its directory. ``log``: the file.
-    seed : int (default: 42)
-        Seeds evaluation negatives and partitioners.
-    num_eval_negatives : int (default: 99)
-        Negatives per user in the ranking candidates.
-    implicit_threshold : float (default: 0.0)
-        Ratings below it are dropped; 0 keeps every interaction as a positive.
-    k_core : int (default: 0)
-        Repeatedly drop users and items with fewer interactions (0 = off).
-    duplicates : str (default: "keep-latest")
-        Duplicate ``(user, item)`` policy.
-    validation : str (default: "strict")
-        ``strict`` raises on the first bad row; ``lenient`` drops and counts.
-    split : str (default: "leave-one-out")
-        The only split: temporal leave-one-out with validation (the client
-        evaluates one held-out item per user); the key records the protocol.
-    partitioner : str (default: "random")
-        One of :data:`~fedrec_flwr.datasets.partitioners.PARTITIONERS`
-        (``occupation`` etc. are short for ``attribute`` by that column).
-    partition_by : str (default: "occupation")
-        Attribute for the ``attribute`` partitioner.
-    dirichlet_alpha : float (default: 0.5)
-        Concentration for the ``dirichlet`` partitioner.
-    power_law_exponent : float (default: 1.0)
-        Exponent for the ``power-law`` partitioner.
-    log_columns : str (default: "")
-        Column mapping for ``log`` (``"user=uid,item=iid,..."``; empty = the
-        columns are already named user, item, rating, timestamp).
-    """
-
-    dataset: str = "ml-100k"
-    data_dir: str = ""
-    seed: int = 42
-    num_eval_negatives: int = 99
-    implicit_threshold: float = 0.0
-    k_core: int = 0
-    duplicates: str = "keep-latest"
-    validation: str = "strict"
-    split: str = "leave-one-out"
-    partitioner: str = "random"
-    partition_by: str = "occupation"
-    dirichlet_alpha: float = 0.5
-    power_law_exponent: float = 1.0
-    log_columns: str = ""
+    dataset: str = option(
+        "ml-100k",
+        "A MovieLens release by name, `atomic` (RecBole atomic files) or `log` (any "
+        "CSV/TSV/Parquet interaction log, with `log-columns`); see datasets/README.md.",
+        choices=SOURCES,
+    )
+    data_dir: str = option(
+        "",
+        "Absolute path of the files to read: MovieLens, the folder with `u.data` or "
+        "`ml-100k.inter`; `atomic`, the `.inter` file or its folder; `log`, the file. "
+        "Empty = download into the cache (`$FEDREC_FLWR_HOME/data`).",
+    )
+    seed: int = option(
+        42,
+        "Non-negative; seeds partitions, evaluation and training negatives, initialisation "
+        "and shuffling.",
+    )
+    num_eval_negatives: int = option(
+        99, "Negatives ranked against each held-out item (the ranking candidates)."
+    )
+    implicit_threshold: float = option(
+        0.0, "Interactions rated below it are dropped; 0 keeps every interaction as a positive."
+    )
+    k_core: int = option(
+        0, "Repeatedly drop users and items with fewer interactions than this; 0 = off."
+    )
+    duplicates: str = option(
+        "keep-latest", "What to do with repeated (user, item) pairs.", choices=DUPLICATE_POLICIES
+    )
+    validation: str = option(
+        "strict",
+        "`strict`: the first bad row is an error naming file:line; `lenient`: bad rows are "
+        "dropped and counted per kind.",
+        choices=VALIDATION_MODES,
+    )
+    split: str = option(
+        "leave-one-out",
+        "Evaluation split: temporal leave-one-out with a validation item per user (ratio "
+        "splits are library functions; the client evaluates one held-out item per user).",
+        choices=SPLITS[:1],
+    )
+    partitioner: str = option(
+        "random",
+        "How users are cut into groups, one per SuperNode: `random` (sizes differ by at "
+        "most one), `natural` (one user per client), `attribute` (by the users-table "
+        "column `partition-by`; `age-bucket`, `gender`, `occupation` and `zip-prefix` are "
+        "short for `attribute` by that column), `hash`, `range`, `dirichlet` "
+        "(`dirichlet-alpha`) or `power-law` (`power-law-exponent`).",
+        choices=PARTITIONERS,
+        centralized=False,
+    )
+    partition_by: str = option(
+        "occupation",
+        "Users-table column for the `attribute` partitioner: `age-bucket`, `gender`, "
+        "`occupation`, `zip-prefix`, or any custom column.",
+        centralized=False,
+    )
+    dirichlet_alpha: float = option(
+        0.5, "Concentration of the `dirichlet` partitioner (small = skewed).", centralized=False
+    )
+    power_law_exponent: float = option(
+        1.0, "Group-size exponent of the `power-law` partitioner (0 = equal).", centralized=False
+    )
+    log_columns: str = option(
+        "",
+        'For `dataset = "log"`: the column mapping, e.g. '
+        "`user=customer,item=sku,timestamp=ts`; empty = the columns are already named "
+        "user, item, rating, timestamp.",
+    )
 
     def __post_init__(self) -> None:
-        choices = {
-            "dataset": SOURCES,
-            "duplicates": DUPLICATE_POLICIES,
-            "validation": VALIDATION_MODES,
-            "split": SPLITS,
-            "partitioner": PARTITIONERS,
-        }
-        for name, accepted in choices.items():
-            if getattr(self, name) not in accepted:
-                raise ValueError(
-                    f"{name.replace('_', '-')}={getattr(self, name)!r}: unknown; accepted: "
-                    f"{', '.join(accepted)}"
-                )
+        check_numbers(self)
+        if self.seed < 0:
+            # numpy's SeedSequence would say only "expected non-negative integer".
+            raise ConfigError(f"seed={self.seed}: must be a non-negative integer")
+        if self.num_eval_negatives < 1:
+            raise ConfigError(f"num-eval-negatives={self.num_eval_negatives}: must be >= 1")
+        if self.split in SPLITS[1:]:
+            raise ConfigError(
+                f"split={self.split!r}: unknown; accepted: {SPLITS[0]} (ratio splits are "
+                "available as functions; the client evaluates one held-out item per user)"
+            )
+        check_choices(self)
         if self.k_core < 0:
-            raise ValueError(f"k-core={self.k_core}: must be >= 0")
+            raise ConfigError(f"k-core={self.k_core}: must be >= 0")
         if not self.dirichlet_alpha > 0:
-            raise ValueError(f"dirichlet-alpha={self.dirichlet_alpha}: must be > 0")
+            raise ConfigError(f"dirichlet-alpha={self.dirichlet_alpha}: must be > 0")
         if not self.power_law_exponent >= 0:
-            raise ValueError(f"power-law-exponent={self.power_law_exponent}: must be >= 0")
+            raise ConfigError(f"power-law-exponent={self.power_law_exponent}: must be >= 0")
         if self.dataset in ("atomic", "log") and not self.data_dir:
-            raise ValueError(f"dataset={self.dataset}: data-dir must name the file to read")
-        parse_columns(self.log_columns)
+            raise ConfigError(f"dataset={self.dataset}: data-dir must name the file to read")
+        try:
+            parse_columns(self.log_columns)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def lenient(self) -> bool:

@@ -1,5 +1,8 @@
 """``fedrec``: inspect and prepare datasets from the command line.
 
+The data flags are :class:`~fedrec_flwr.datasets.DataOptions`' fields (same
+names, defaults and checks as the run-config keys).
+
 Examples
 --------
 ``fedrec data stats ml-100k --partitioner occupation``
@@ -11,6 +14,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -20,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets import DataFileError, DataOptions, build_partition_cache, read_cache_meta
-from ..datasets.options import SOURCES
-from ..datasets.partitioners import DATA_DECIDED, PARTITIONERS, PartitionStats
-from ..datasets.validation import DUPLICATE_POLICIES
-from ..protocol import NUM_PARTITIONS_KEY, NUM_USERS_KEY
+from ..datasets.partitioners import DATA_DECIDED, PartitionStats
+from ..protocol import NUM_USERS_KEY
+from ..settings import MAX_INT, add_flags, key_of, setting
 
 __all__ = ["main"]
 
@@ -33,30 +36,22 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="group", required=True)
     data = commands.add_parser("data", help="inspect and prepare datasets")
     actions = data.add_subparsers(dest="action", required=True)
+    dataset, *flags = dataclasses.fields(DataOptions)
+    assert dataset.name == "dataset"  # the positional argument
     for action, text in (
         ("stats", "prepare, partition and print dataset and per-partition statistics"),
         ("catalogue", "write the shared item catalogue a SuperNode needs"),
     ):
         p = actions.add_parser(action, help=text, description=text)
-        p.add_argument("dataset", choices=SOURCES, metavar="DATASET", help=", ".join(SOURCES))
-        p.add_argument("--data-dir", default="", help="files to read (default: download cache)")
-        p.add_argument("--seed", type=int, default=42)
-        p.add_argument("--num-eval-negatives", type=int, default=99)
-        p.add_argument("--implicit-threshold", type=float, default=0.0)
-        p.add_argument("--k-core", type=int, default=0)
-        p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="keep-latest")
-        p.add_argument("--validation", choices=("strict", "lenient"), default="strict")
-        p.add_argument("--log-columns", default="", help="e.g. user=uid,item=sku,timestamp=ts")
-        p.add_argument("--partitioner", choices=PARTITIONERS, default="random")
-        p.add_argument("--partition-by", default="occupation", help="attribute column")
+        choices = setting(dataset).choices
+        p.add_argument("dataset", metavar="DATASET", help=", ".join(choices))
+        add_flags(p, flags)
         p.add_argument(
             "--num-partitions",
             type=int,
             default=None,
             help="default: decided by the data (natural, attribute) or 10",
         )
-        p.add_argument("--dirichlet-alpha", type=float, default=0.5)
-        p.add_argument("--power-law-exponent", type=float, default=1.0)
         if action == "stats":
             p.add_argument("--figure", default="", help="write the partition figure here")
             p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -66,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# As RunConfig: Flower carries run-config integers as 64-bit.
-_MAX_INT = 2**63 - 1
+# This CLI's own integer flags, beside DataOptions' integer fields.
+_OWN_INTS = {"stats": ("num_partitions", "max_rows"), "catalogue": ("num_partitions",)}
+_LOWEST = {"seed": 0, "num_eval_negatives": 1, "k_core": 0, "num_partitions": 1, "max_rows": 0}
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -75,39 +71,24 @@ def _check_numbers(args: argparse.Namespace) -> None:
     work (numpy would say only "expected non-negative integer" for a seed of -1)."""
     if args.seed < 0:
         raise ValueError(f"seed={args.seed}: must be a non-negative integer")
-    lowest = {"seed": 0, "num-eval-negatives": 1, "k-core": 0, NUM_PARTITIONS_KEY: 1}
-    if args.action == "stats":
-        lowest["max-rows"] = 0
-    for key, low in lowest.items():
-        value = getattr(args, key.replace("-", "_"))
+    data = dataclasses.fields(DataOptions)
+    ints = [f.name for f in data if type(f.default) is int] + list(_OWN_INTS[args.action])
+    for name in ints:
+        key, value = key_of(name), getattr(args, name)
         if value is None:  # num-partitions: decided by the data
             continue
-        if value < low:
-            raise ValueError(f"{key}={value}: must be >= {low}")
-        if value > _MAX_INT:
-            raise ValueError(f"{key}={value}: must be at most {_MAX_INT} (64-bit integers)")
-    for key in ("implicit-threshold", "dirichlet-alpha", "power-law-exponent"):
-        value = getattr(args, key.replace("-", "_"))
-        if not math.isfinite(value):
-            raise ValueError(f"{key}={value}: must be a finite number")
+        if name in _LOWEST and value < _LOWEST[name]:
+            raise ValueError(f"{key}={value}: must be >= {_LOWEST[name]}")
+        if value > MAX_INT:
+            raise ValueError(f"{key}={value}: must be at most {MAX_INT} (64-bit integers)")
+    for f in data:
+        value = getattr(args, f.name)
+        if type(f.default) is float and not math.isfinite(value):
+            raise ValueError(f"{key_of(f.name)}={value}: must be a finite number")
 
 
 def _options(args: argparse.Namespace) -> DataOptions:
-    return DataOptions(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        seed=args.seed,
-        num_eval_negatives=args.num_eval_negatives,
-        implicit_threshold=args.implicit_threshold,
-        k_core=args.k_core,
-        duplicates=args.duplicates,
-        validation=args.validation,
-        partitioner=args.partitioner,
-        partition_by=args.partition_by,
-        dirichlet_alpha=args.dirichlet_alpha,
-        power_law_exponent=args.power_law_exponent,
-        log_columns=args.log_columns,
-    )
+    return DataOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)})
 
 
 def _stats_text(meta: dict[str, Any], max_rows: int) -> str:

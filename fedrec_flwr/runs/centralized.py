@@ -1,8 +1,9 @@
 """Centralised baseline: the same model, split, negatives and metrics, no FL.
 
-Run ``python -m fedrec_flwr.runs.centralized --help``. Flags mirror the run-config
-keys (``--model neumf --num-server-rounds 20`` trains 20 epochs); the output is
-the same ``results.json`` shape as a federated run.
+Run ``python -m fedrec_flwr.runs.centralized --help``. Flags are the run-config
+keys that apply without a federation (:func:`centralized_fields`; ``--model neumf
+--num-server-rounds 20`` trains 20 epochs); the output is the same
+``results.json`` shape as a federated run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 from ..config import LEAKY_POOL_WARNING, ConfigError, RunConfig
 from ..datasets import prepare_data
 from ..models import build_model
+from ..progress import progress
 from ..protocol import TEST_PART, VAL_PART
+from ..settings import add_flags, key_of, setting
 from ..threads import apply_num_threads
 from ..train.evaluate import evaluate_ranking
 from ..train.group import train_epochs
@@ -35,7 +38,7 @@ from .results import (
     write_run,
 )
 
-__all__ = ["main", "run_centralized"]
+__all__ = ["centralized_fields", "main", "run_centralized"]
 
 
 def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str, Any]]:
@@ -55,33 +58,40 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     ValueError
         A path key is bad (one line naming it), or the data cannot be prepared.
     """
+    seed = cfg.data.seed
     paths = check_run_paths(
-        cfg, f"centralized-{cfg.model}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg, f"centralized-{cfg.model.model}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    if paths.data_dir is not None and str(paths.data_dir) != cfg.data_dir:
-        cfg = dataclasses.replace(cfg, data_dir=str(paths.data_dir))  # ~ and $VARS expanded
-    num_threads = apply_num_threads(cfg.num_threads)
-    prepared = prepare_data(cfg.data_options())
+    if paths.data_dir is not None and str(paths.data_dir) != cfg.data.data_dir:
+        # ~ and $VARS expanded
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, data_dir=str(paths.data_dir))
+        )
+    train = cfg.training
+    num_threads = apply_num_threads(train.num_threads)
+    prepared = prepare_data(cfg.data)
     data = prepared.client_data()  # everybody in one group
     model = build_model(
-        cfg.model,
+        cfg.model.model,
         data.num_users,
         data.num_items,
-        factors=cfg.factors,
-        mlp_layers=cfg.mlp_layers,
-        seed=cfg.seed,
+        factors=cfg.model.factors,
+        mlp_layers=cfg.model.mlp_layers,
+        seed=seed,
     )
-    rng = np.random.default_rng([cfg.seed, 0xCE47])
+    rng = np.random.default_rng([seed, 0xCE47])
     # One optimizer for the whole run: Adam's moments carry across epochs.
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
     )
-    exclude = data.negative_pool(cfg.negative_pool)
-    if cfg.negative_pool != "train" and log:
+    exclude = data.negative_pool(train.negative_pool)
+    if train.negative_pool != "train" and log:
         print(LEAKY_POOL_WARNING, file=sys.stderr)
     local = np.arange(data.num_users)
     rounds = []
-    for epoch in range(1, cfg.num_server_rounds + 1):
+    epochs = range(1, cfg.num_server_rounds + 1)
+    # A bar on a terminal, plain lines in a log (the per-epoch lines go to stdout).
+    for epoch in progress(epochs, "training epochs", unit="epochs") if log else epochs:
         t0 = time.perf_counter()
         loss = train_epochs(
             model,
@@ -89,14 +99,14 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
             data.train_items,
             exclude,
             epochs=1,
-            batch_size=cfg.batch_size,
+            batch_size=train.batch_size,
             optimizer=optimizer,
-            num_negatives=cfg.num_negatives,
+            num_negatives=train.num_negatives,
             rng=rng,
         )
         train_seconds = time.perf_counter() - t0
-        val = evaluate_ranking(model, local, data.val_items, data.eval_negatives, cfg.ks)
-        test = evaluate_ranking(model, local, data.test_items, data.eval_negatives, cfg.ks)
+        val = evaluate_ranking(model, local, data.val_items, data.eval_negatives, train.ks)
+        test = evaluate_ranking(model, local, data.test_items, data.eval_negatives, train.ks)
         entry = round_entry(
             epoch,
             train_loss=loss,
@@ -120,7 +130,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         paths.output_dir,
         mode="centralized",
         config=cfg.to_dict(),
-        protocol=with_negative_pool(prepared.protocol(), cfg.negative_pool),
+        protocol=with_negative_pool(prepared.protocol(), train.negative_pool),
         dataset=prepared.stats(),
         rounds=rounds,
         model_state=state,
@@ -131,26 +141,38 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     return path, selected
 
 
+def centralized_fields() -> list[dataclasses.Field[Any]]:
+    """The run-config keys that mean something without a federation, in table order.
+
+    Those whose :class:`~fedrec_flwr.settings.Setting` says ``centralized``: the
+    data keys but the partitioner's, the model, the training keys but local
+    epochs, client mode and personalisation, ``num-server-rounds`` (epochs),
+    ``output-dir`` and ``num-threads``. No strategy key applies.
+    """
+    return [f for _, f in RunConfig.settings() if setting(f).centralized]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fedrec_flwr.runs.centralized",
         description="Centralised NCF baseline on the federated protocol. "
-        "Flags are the run-config keys; --num-server-rounds is the number of epochs.",
+        "Flags are the run-config keys that apply without a federation; "
+        "--num-server-rounds is the number of epochs.",
     )
-    for f in dataclasses.fields(RunConfig):
-        key = f.name.replace("_", "-")
-        default = f.default
-        if isinstance(default, tuple):
-            parser.add_argument(f"--{key}", type=str, default=",".join(map(str, default)))
-        else:
-            parser.add_argument(f"--{key}", type=type(default), default=default)
-    return parser
+    return add_flags(parser, centralized_fields())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fedrec-centralized``; returns the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional (default: None)
+        Command-line arguments (None = ``sys.argv[1:]``).
+    """
     args = vars(_parser().parse_args(argv))
     try:
-        cfg = RunConfig.from_mapping({k.replace("_", "-"): v for k, v in args.items()})
+        cfg = RunConfig.from_mapping({key_of(name): value for name, value in args.items()})
         path, selected = run_centralized(cfg)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -73,15 +73,29 @@ def partition_sizes(options: DataOptions, num_partitions: int) -> PartitionSizes
 
 
 def initial_arrays(cfg: RunConfig, num_items: int) -> ArrayRecord:
-    """Shared arrays of a freshly initialised model (no user rows on the server)."""
+    """Shared arrays of a freshly initialised model (no user rows on the server).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Its ``model`` group and the ``seed`` are read.
+    num_items : int
+        Catalogue size.
+    """
+    arch = cfg.model
     model = build_model(
-        cfg.model, 0, num_items, factors=cfg.factors, mlp_layers=cfg.mlp_layers, seed=cfg.seed
+        arch.model,
+        0,
+        num_items,
+        factors=arch.factors,
+        mlp_layers=arch.mlp_layers,
+        seed=cfg.data.seed,
     )
     return ArrayRecord({k: Array(v) for k, v in shared_arrays(model).items()})
 
 
 def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) -> Path:
-    """Run ``cfg.num_server_rounds`` rounds on ``grid`` and write the results.
+    """Run ``num-server-rounds`` rounds on ``grid`` and write the results.
 
     Returns
     -------
@@ -98,7 +112,8 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         If the ``node-weight-caps`` file is malformed (before any round).
     """
     log(INFO, "fedrec-flwr: results will be written to %s", out_dir)
-    if cfg.negative_pool != "train":
+    pool = cfg.training.negative_pool
+    if pool != "train":
         log(WARNING, "fedrec-flwr: %s", LEAKY_POOL_WARNING)
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
     if cfg.item_catalogue:
@@ -108,20 +123,21 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             read_catalogue(resolve_user_path(cfg.item_catalogue, key=ITEM_CATALOGUE_KEY))
         )
         stats: dict[str, Any] = {ITEM_CATALOGUE_KEY: cfg.item_catalogue, "num-items": num_items}
-        protocol = with_negative_pool(protocol_without_data(cfg.data_options()), cfg.negative_pool)
+        protocol = with_negative_pool(protocol_without_data(cfg.data), pool)
         max_train, max_evaluate = math.inf, math.inf
         sizes = None
     else:
         # The server reads only the item catalogue and sizes; user rows stay with clients.
-        prepared = prepare_data(cfg.data_options())
+        prepared = prepare_data(cfg.data)
         num_items = prepared.num_items
         stats = prepared.stats()
-        protocol = with_negative_pool(prepared.protocol(), cfg.negative_pool)
+        protocol = with_negative_pool(prepared.protocol(), pool)
         # No partition can hold more than the whole dataset.
-        max_train = stats[NUM_USERS_KEY if cfg.weight_key == "users" else "num-train-interactions"]
+        users = cfg.strategy.weight_key == "users"
+        max_train = stats[NUM_USERS_KEY if users else "num-train-interactions"]
         max_evaluate = prepared.num_users
         # Exact per-partition caps, once the nodes tell how many partitions there are.
-        sizes = functools.partial(partition_sizes, cfg.data_options())
+        sizes = functools.partial(partition_sizes, cfg.data)
     strategy = build_strategy(
         cfg,
         max_train_weight=max_train,

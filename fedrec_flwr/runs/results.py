@@ -110,15 +110,16 @@ def check_run_paths(cfg: RunConfig, run_name: str, *, reads_data: bool = True) -
     from ..datasets.options import MOVIELENS
 
     data_dir = None
-    if cfg.data_dir and reads_data:
-        if cfg.dataset in MOVIELENS:
+    dataset = cfg.data.dataset
+    if cfg.data.data_dir and reads_data:
+        if dataset in MOVIELENS:
             kind = "directory"
-            what = f"the folder holding the {cfg.dataset} files, or '' to download them"
-        elif cfg.dataset == "atomic":
+            what = f"the folder holding the {dataset} files, or '' to download them"
+        elif dataset == "atomic":
             kind, what = "file or directory", "the RecBole .inter file or its folder"
         else:
             kind, what = "file", "the CSV/TSV/Parquet interaction log"
-        data_dir = check_input_path(cfg.data_dir, key="data-dir", kind=kind, what=what)
+        data_dir = check_input_path(cfg.data.data_dir, key="data-dir", kind=kind, what=what)
     item_catalogue = None
     if cfg.item_catalogue:
         item_catalogue = check_input_path(
@@ -128,9 +129,9 @@ def check_run_paths(cfg: RunConfig, run_name: str, *, reads_data: bool = True) -
             what="the item catalogue (write it with `fedrec data catalogue`)",
         )
     caps = None
-    if cfg.node_weight_caps:
+    if cfg.strategy.node_weight_caps:
         caps = check_input_path(
-            cfg.node_weight_caps,
+            cfg.strategy.node_weight_caps,
             key="node-weight-caps",
             kind="file",
             what="the TOML file of per-node weight caps",

@@ -1,8 +1,9 @@
 """Strategies by name: ``strategy`` -> factory, and the validated build.
 
-Every entry builds a Message-API strategy from the run config and the
-keyword arguments all strategies share (sampling, weights, metric
-aggregation); :func:`build_strategy` wraps it in the reply-validation layer.
+Every entry builds a Message-API strategy from the run config's ``strategy``
+group (:class:`~fedrec_flwr.config.StrategyOptions`) and the keyword arguments
+all strategies share (sampling, weights, metric aggregation);
+:func:`build_strategy` wraps it in the reply-validation layer.
 A new strategy is one factory and one registry line.
 """
 
@@ -30,46 +31,51 @@ from .guard import ValidatedStrategy
 from .validation import PartitionSizes, ReplyLimits
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ..config import RunConfig, StrategyOptions
 
-__all__ = ["STRATEGIES", "build_strategy"]
+__all__ = ["ITEM_AGGREGATIONS", "STRATEGIES", "WEIGHT_KEYS", "build_strategy"]
 
-Factory = Callable[["RunConfig", dict[str, Any]], Strategy]
+#: ``weight-key``: FedAvg weight ``n_k`` (training interactions, users, 1 per client).
+WEIGHT_KEYS = ("interactions", "users", "uniform")
+#: ``item-aggregation``: whole arrays, or item rows over the clients that trained them.
+ITEM_AGGREGATIONS = ("dense", "rowwise")
 
-
-def _fedavg(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
-    return WeightedFedAvg(**common, rowwise_items=cfg.item_aggregation == "rowwise")
-
-
-def _fedadam(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
-    return FedAdam(**common, eta=cfg.server_learning_rate or 0.1)
+Factory = Callable[["StrategyOptions", dict[str, Any]], Strategy]
 
 
-def _fedyogi(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
-    return FedYogi(**common, eta=cfg.server_learning_rate or 0.01)
+def _fedavg(options: StrategyOptions, common: dict[str, Any]) -> Strategy:
+    return WeightedFedAvg(**common, rowwise_items=options.item_aggregation == "rowwise")
 
 
-def _fedavgm(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+def _fedadam(options: StrategyOptions, common: dict[str, Any]) -> Strategy:
+    return FedAdam(**common, eta=options.server_learning_rate or 0.1)
+
+
+def _fedyogi(options: StrategyOptions, common: dict[str, Any]) -> Strategy:
+    return FedYogi(**common, eta=options.server_learning_rate or 0.01)
+
+
+def _fedavgm(options: StrategyOptions, common: dict[str, Any]) -> Strategy:
     return FedAvgM(
         **common,
-        server_learning_rate=cfg.server_learning_rate or 1.0,
-        server_momentum=cfg.server_momentum,
+        server_learning_rate=options.server_learning_rate or 1.0,
+        server_momentum=options.server_momentum,
     )
 
 
-def _krum(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
-    return Krum(**common, num_malicious_nodes=cfg.num_malicious_nodes)
+def _krum(options: StrategyOptions, common: dict[str, Any]) -> Strategy:
+    return Krum(**common, num_malicious_nodes=options.num_malicious_nodes)
 
 
-def _fedmedian(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
+def _fedmedian(options: StrategyOptions, common: dict[str, Any]) -> Strategy:
     return FedMedian(**common)
 
 
-def _fedtrimmedavg(cfg: RunConfig, common: dict[str, Any]) -> Strategy:
-    return FedTrimmedAvg(**common, beta=cfg.trimmed_beta)
+def _fedtrimmedavg(options: StrategyOptions, common: dict[str, Any]) -> Strategy:
+    return FedTrimmedAvg(**common, beta=options.trimmed_beta)
 
 
-#: ``strategy`` run-config value -> factory ``(cfg, common kwargs) -> Strategy``;
+#: ``strategy`` run-config value -> factory ``(StrategyOptions, common kwargs) -> Strategy``;
 #: ``server-learning-rate`` 0 means Flower's default step for that strategy.
 STRATEGIES: Mapping[str, Factory] = {
     "fedavg": _fedavg,
@@ -95,10 +101,7 @@ def build_strategy(
     Parameters
     ----------
     cfg : RunConfig
-        ``strategy``, ``weight-key``, ``item-aggregation``, ``fraction-train``,
-        ``seed``, ``max-client-weight``, ``node-weight-caps``,
-        ``weight-clip-multiple``, ``max-update-norm`` and the server-optimiser
-        knobs are read.
+        Its ``strategy`` group and the ``seed`` (client sampling) are read.
     max_train_weight : float (default: inf)
         Cap on a training reply's weight when ``max-client-weight`` is 0 (the
         server passes the dataset's size: no partition can hold more).
@@ -116,29 +119,30 @@ def build_strategy(
     ConfigError
         If the ``node-weight-caps`` file is missing or malformed.
     """
-    key = NUM_USERS_KEY if cfg.weight_key == "users" else NUM_EXAMPLES_KEY
+    options = cfg.strategy
+    key = NUM_USERS_KEY if options.weight_key == "users" else NUM_EXAMPLES_KEY
     common: dict[str, Any] = {
-        "fraction_train": cfg.fraction_train,
-        "min_train_nodes": cfg.min_nodes,
-        "min_evaluate_nodes": cfg.min_nodes,
-        "min_available_nodes": cfg.min_nodes,
+        "fraction_train": options.fraction_train,
+        "min_train_nodes": options.min_nodes,
+        "min_evaluate_nodes": options.min_nodes,
+        "min_available_nodes": options.min_nodes,
         "weighted_by_key": key,
         "train_metrics_aggr_fn": exact_metric_aggregation,
         "evaluate_metrics_aggr_fn": exact_metric_aggregation,
     }
-    inner = STRATEGIES[cfg.strategy](cfg, common)
-    rowwise = cfg.item_aggregation == "rowwise"
-    declared = read_node_weight_caps(cfg.node_weight_caps) if cfg.node_weight_caps else {}
+    inner = STRATEGIES[options.strategy](options, common)
+    rowwise = options.item_aggregation == "rowwise"
+    declared = read_node_weight_caps(options.node_weight_caps) if options.node_weight_caps else {}
     user_caps = declared.get(NUM_USERS_KEY, {})
     train_limits = ReplyLimits(
         weight_key=key,
-        max_weight=cfg.max_client_weight or max_train_weight,
+        max_weight=options.max_client_weight or max_train_weight,
         partition_caps=declared.get(key, {}),
         list_lengths={ITEM_COUNTS_KEY: num_items} if rowwise else {},
         user_caps=user_caps,
         max_users=max_evaluate_weight,
-        clip_multiple=cfg.weight_clip_multiple,
-        max_update_norm=cfg.max_update_norm or math.inf,
+        clip_multiple=options.weight_clip_multiple,
+        max_update_norm=options.max_update_norm or math.inf,
     )
     # An evaluation reply's weight is its number of users.
     evaluate_limits = ReplyLimits(
@@ -147,13 +151,13 @@ def build_strategy(
         partition_caps=user_caps,
         user_caps=user_caps,
         max_users=max_evaluate_weight,
-        clip_multiple=cfg.weight_clip_multiple,
+        clip_multiple=options.weight_clip_multiple,
     )
     return ValidatedStrategy(
         inner,
         train_limits,
         evaluate_limits,
-        uniform_weights=cfg.weight_key == "uniform",
-        seed=cfg.seed,
+        uniform_weights=options.weight_key == "uniform",
+        seed=cfg.data.seed,
         partition_sizes=partition_sizes,
     )

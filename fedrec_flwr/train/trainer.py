@@ -1,0 +1,303 @@
+"""One trainer interface for a node's users, with two implementations.
+
+:class:`GroupTrainer` trains the node's user group as one client (one
+optimiser over the group's interactions); :class:`PerUserTrainer` trains every
+user alone from the global model and returns their interaction-weighted mean,
+which makes FedAvg over nodes equal FedAvg with one user per client (see
+:mod:`fedrec_flwr.train.peruser`). The client picks one for training
+(``client-mode``) and one for personalised evaluation (``finetune-unit``) and
+otherwise does not know which it has.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import RoundKnobs, TrainingOptions
+from ..datasets.negatives import InteractionSet
+from ..datasets.prepare import ClientData
+from ..models import Recommender, private_arrays, shared_arrays
+from .evaluate import EvalResult, evaluate_ranking, rank_logits
+from .group import train_epochs
+from .peruser import finetune_users_and_score, train_users_independently
+
+__all__ = [
+    "GroupTrainer",
+    "LocalUpdate",
+    "PerUserTrainer",
+    "Trainer",
+    "rank_val_test",
+    "round_seed",
+]
+
+_FINETUNE = 0xF17E  # separates fine-tuning draws from training draws
+
+
+def round_seed(seed: int, partition_id: int, server_round: int, *extra: int) -> int:
+    """A stable per-(run seed, client, round) seed."""
+    entropy = [seed, partition_id, server_round, *extra]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What one round of local training produced.
+
+    Attributes
+    ----------
+    shared : dict of str to numpy.ndarray
+        The shared arrays to send (personal layers not yet echoed).
+    private : dict of str to numpy.ndarray
+        The users' trained rows, kept on the node.
+    weight : int
+        The FedAvg weight: training interactions.
+    loss : float
+        Mean training BCE of the last local epoch.
+    """
+
+    shared: dict[str, np.ndarray]
+    private: dict[str, np.ndarray]
+    weight: int
+    loss: float
+
+
+class Trainer(abc.ABC):
+    """Local training and personalised ranking of one node's users.
+
+    Parameters
+    ----------
+    training : TrainingOptions
+        Learning rate, epochs, batch size, negatives, weight decay, fine-tuning.
+    seed : int
+        The run seed; every draw is seeded from it, the node or user, and the round.
+    """
+
+    def __init__(self, training: TrainingOptions, seed: int) -> None:
+        self.training = training
+        self.seed = seed
+
+    @abc.abstractmethod
+    def init_private(self, model: Recommender, data: ClientData) -> None:
+        """Draw the users' private rows for a node that has none stored yet."""
+
+    @abc.abstractmethod
+    def train(
+        self,
+        model: Recommender,
+        data: ClientData,
+        exclude: InteractionSet,
+        *,
+        server_round: int,
+        knobs: RoundKnobs,
+        anchor: Mapping[str, np.ndarray],
+    ) -> LocalUpdate:
+        """One round of local training from the global shared arrays in ``model``.
+
+        ``anchor`` holds the global arrays the FedProx term pulls towards
+        (personal layers left out).
+        """
+
+    @abc.abstractmethod
+    def personalised_rank(
+        self,
+        model: Recommender,
+        data: ClientData,
+        exclude: InteractionSet,
+        *,
+        server_round: int,
+        knobs: RoundKnobs,
+        personal: Sequence[str],
+    ) -> tuple[EvalResult, EvalResult]:
+        """Fine-tune for ``knobs.finetune_epochs`` (0 = none), then rank the
+        validation and test items; the fine-tuned copy is not kept."""
+
+
+def rank_val_test(
+    model: Recommender, data: ClientData, ks: Sequence[int]
+) -> tuple[EvalResult, EvalResult]:
+    """Rank every user's validation and test item among its eval negatives."""
+    users = np.arange(data.num_users)
+    val = evaluate_ranking(model, users, data.val_items, data.eval_negatives, ks)
+    test = evaluate_ranking(model, users, data.test_items, data.eval_negatives, ks)
+    return val, test
+
+
+class GroupTrainer(Trainer):
+    """The node's user group trained as one client (one Adam over the group)."""
+
+    def init_private(self, model: Recommender, data: ClientData) -> None:
+        model.reset_private(round_seed(self.seed, data.partition_id, 0))
+
+    def train(
+        self,
+        model: Recommender,
+        data: ClientData,
+        exclude: InteractionSet,
+        *,
+        server_round: int,
+        knobs: RoundKnobs,
+        anchor: Mapping[str, np.ndarray],
+    ) -> LocalUpdate:
+        t = self.training
+        rng = np.random.default_rng(round_seed(self.seed, data.partition_id, server_round))
+        mu = knobs.proximal_mu
+        pulled = {n: torch.from_numpy(np.asarray(a)) for n, a in anchor.items()} if mu > 0 else None
+        # A fresh optimizer each round: no optimizer state crosses rounds, as in
+        # FedAvg (the server only averages parameters).
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+        )
+        loss = train_epochs(
+            model,
+            data.train_users,
+            data.train_items,
+            exclude,
+            epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            optimizer=optimizer,
+            num_negatives=t.num_negatives,
+            rng=rng,
+            proximal_mu=mu,
+            anchor=pulled,
+        )
+        return LocalUpdate(
+            shared=dict(shared_arrays(model)),
+            private=dict(private_arrays(model)),
+            weight=data.num_train,
+            loss=loss,
+        )
+
+    def personalised_rank(
+        self,
+        model: Recommender,
+        data: ClientData,
+        exclude: InteractionSet,
+        *,
+        server_round: int,
+        knobs: RoundKnobs,
+        personal: Sequence[str],
+    ) -> tuple[EvalResult, EvalResult]:
+        t = self.training
+        if knobs.finetune_epochs > 0:
+            seed = round_seed(self.seed, data.partition_id, server_round, _FINETUNE)
+            params = [
+                p
+                for n, p in model.named_parameters()
+                if knobs.finetune_scope == "all" or model.is_private(n) or n in personal
+            ]
+            optimizer = torch.optim.Adam(params, lr=t.finetune_lr, weight_decay=t.weight_decay)
+            train_epochs(
+                model,
+                data.train_users,
+                data.train_items,
+                exclude,
+                epochs=knobs.finetune_epochs,
+                batch_size=t.batch_size,
+                optimizer=optimizer,
+                num_negatives=t.num_negatives,
+                rng=np.random.default_rng(seed),
+            )
+        return rank_val_test(model, data, t.ks)
+
+
+class PerUserTrainer(Trainer):
+    """Every user of the node trained alone, as its own one-user client."""
+
+    def _user_seeds(self, data: ClientData, server_round: int, *extra: int) -> list[int]:
+        # The user's code as partition id: the seed a one-user client would use.
+        return [round_seed(self.seed, int(code), server_round, *extra) for code in data.users]
+
+    def init_private(self, model: Recommender, data: ClientData) -> None:
+        """Each user's rows from its own seed, drawn as a one-user client draws them
+        (``reset_private`` with the user's code as partition id)."""
+        with torch.no_grad():
+            privates = [p for n, p in model.named_parameters() if model.is_private(n)]
+            for row, seed in enumerate(self._user_seeds(data, 0)):
+                gen = torch.Generator().manual_seed(seed)
+                for param in privates:
+                    param[row : row + 1].normal_(0.0, 0.01, generator=gen)
+
+    def train(
+        self,
+        model: Recommender,
+        data: ClientData,
+        exclude: InteractionSet,
+        *,
+        server_round: int,
+        knobs: RoundKnobs,
+        anchor: Mapping[str, np.ndarray],
+    ) -> LocalUpdate:
+        if knobs.proximal_mu or knobs.private_layers:
+            raise ValueError(
+                "client-mode='per-user' trains plain FedAvg clients: the server sent "
+                "proximal-mu or private-layers, which it does not support"
+            )
+        t = self.training
+        update = train_users_independently(
+            model,
+            data.train_users,
+            data.train_items,
+            exclude,
+            self._user_seeds(data, server_round),
+            epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            num_negatives=t.num_negatives,
+            weight_decay=t.weight_decay,
+        )
+        return LocalUpdate(
+            shared=dict(update.shared),
+            private=dict(update.private),
+            weight=update.weight,
+            loss=update.loss,
+        )
+
+    def personalised_rank(
+        self,
+        model: Recommender,
+        data: ClientData,
+        exclude: InteractionSet,
+        *,
+        server_round: int,
+        knobs: RoundKnobs,
+        personal: Sequence[str],
+    ) -> tuple[EvalResult, EvalResult]:
+        if personal:  # a server may send private-layers per round
+            raise ValueError(
+                "private-layers with per-user fine-tuning: personal layers belong to "
+                "a client, not to each user"
+            )
+        t = self.training
+        if knobs.finetune_epochs <= 0:
+            return rank_val_test(model, data, t.ks)
+        # One fine-tuning serves both parts: columns 0/1 are the val/test items.
+        candidates = np.concatenate(
+            [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1
+        )
+        scores = finetune_users_and_score(
+            model,
+            data.train_users,
+            data.train_items,
+            exclude,
+            self._user_seeds(data, server_round, _FINETUNE),
+            candidates,
+            scope=knobs.finetune_scope,
+            epochs=knobs.finetune_epochs,
+            batch_size=t.batch_size,
+            learning_rate=t.finetune_lr,
+            num_negatives=t.num_negatives,
+            weight_decay=t.weight_decay,
+        )
+        val, test = (
+            rank_logits(
+                torch.from_numpy(np.concatenate([scores[:, [column]], scores[:, 2:]], axis=1)),
+                t.ks,
+            )
+            for column in (0, 1)
+        )
+        return val, test
