@@ -41,7 +41,7 @@ def centralised_epoch_seconds(data_dir: str, seed: int, repeats: int = 2) -> flo
 
     from fedrec_flwr.config import RunConfig
     from fedrec_flwr.datasets import prepare_data
-    from fedrec_flwr.models.ncf import NCF
+    from fedrec_flwr.models import NCF
     from fedrec_flwr.train.group import train_epochs
 
     torch.set_num_threads(1)  # as each client

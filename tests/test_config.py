@@ -9,7 +9,7 @@ from fedrec_flwr import config, settings
 from fedrec_flwr.config import ConfigError, RunConfig
 from fedrec_flwr.datasets.options import SOURCES, DataOptions
 from fedrec_flwr.datasets.partitioners import PARTITIONERS
-from fedrec_flwr.models.ncf import ARCHITECTURES
+from fedrec_flwr.models import ARCHITECTURES
 from fedrec_flwr.ops import cli
 from fedrec_flwr.paths import resolve_user_path
 from fedrec_flwr.protocol import KNOB_KEYS

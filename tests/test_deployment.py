@@ -22,7 +22,7 @@ from conftest import REPO, write_u_data
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import prepare_data
-from fedrec_flwr.models.ncf import NCF, is_private
+from fedrec_flwr.models import NCF, is_private
 from fedrec_flwr.ops.deploy import Deployment, down, up
 from fedrec_flwr.ops.processes import flower_env, processes_with_home
 from fedrec_flwr.runs.federated import run_federated

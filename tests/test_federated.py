@@ -20,7 +20,7 @@ from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.app.client_app import client_fn, legacy_app
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import DataOptions, cache, prepare_data
-from fedrec_flwr.models.ncf import private_arrays
+from fedrec_flwr.models import private_arrays
 from fedrec_flwr.protocol import PRIVATE_STATE_KEY
 from fedrec_flwr.runs.federated import initial_arrays, run_federated
 from fedrec_flwr.strategies import WeightedFedAvg

@@ -13,7 +13,7 @@ from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.app.client_app import client_fn
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import InteractionSet
-from fedrec_flwr.models.ncf import NCF
+from fedrec_flwr.models import NCF
 from fedrec_flwr.protocol import PERSONAL_STATE_KEY
 from fedrec_flwr.runs.federated import initial_arrays, run_federated
 from fedrec_flwr.testing.inprocess import InProcessGrid

@@ -15,26 +15,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import (
-    PRIVATE_PREFIX,
-    Recommender,
-    is_private,
-    load_arrays,
-    private_arrays,
-    shared_arrays,
-)
+from .base import Recommender
 
-# The array helpers live in .base; re-exported so `models.ncf` imports keep working.
-__all__ = [
-    "ARCHITECTURES",
-    "NCF",
-    "PRIVATE_PREFIX",
-    "is_private",
-    "load_arrays",
-    "private_arrays",
-    "shared_arrays",
-]
+__all__ = ["ARCHITECTURES", "NCF"]
 
+#: NCF's own variants (the model registry lists every model family).
 ARCHITECTURES = ("gmf", "mlp", "neumf")
 
 
