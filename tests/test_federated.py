@@ -29,6 +29,9 @@ from fedrec_flwr.testing.inprocess import InProcessGrid
 logging.getLogger("flwr").setLevel(logging.WARNING)
 
 SMALL = {"factors": 8, "mlp-layers": "16,8", "batch-size": 64, "top-k": "1"}
+# The ML-100K runs check structure and bits, not quality: one local epoch keeps
+# them inside the fast tier.
+ML100K = {**SMALL, "local-epochs": 1}
 
 
 def _grid(run_config, num_partitions, **kwargs):
@@ -71,7 +74,7 @@ def test_checkerboard_held_out_item_ranks_first(checkerboard, tmp_path):
 @pytest.fixture(scope="module")
 def ml100k_run(ml100k_dir, tmp_path_factory):
     """Two rounds on ML-100K with three user groups; replies arrive shuffled."""
-    rc = {"data-dir": str(ml100k_dir), "num-server-rounds": 2, **SMALL}
+    rc = {"data-dir": str(ml100k_dir), "num-server-rounds": 2, **ML100K}
     grid = _grid(rc, 3, shuffle_seed=0)
     out = tmp_path_factory.mktemp("run")
     path = run_federated(grid, RunConfig.from_mapping(rc), out)
@@ -102,7 +105,7 @@ def test_user_embeddings_never_leave_the_client(ml100k_run):
 
 
 def test_private_state_persists_and_keeps_training(ml100k_dir):
-    rc = {"data-dir": str(ml100k_dir), "num-server-rounds": 1, **SMALL}
+    rc = {"data-dir": str(ml100k_dir), "num-server-rounds": 1, **ML100K}
     grid = _grid(rc, 3)
     arrays = initial_arrays(RunConfig.from_mapping(rc), 1682)
     strategy = WeightedFedAvg()
@@ -168,14 +171,14 @@ def test_raw_log_is_parsed_once_per_process(checkerboard, tmp_path, monkeypatch)
 
 
 def test_client_errors_are_reported_not_swallowed(ml100k_dir, tmp_path):
-    rc = {"data-dir": str(ml100k_dir), "num-server-rounds": 1, **SMALL}
+    rc = {"data-dir": str(ml100k_dir), "num-server-rounds": 1, **ML100K}
     grid = InProcessGrid(client_app, [{"num-partitions": 2}, {"num-partitions": 2}], rc)
     with pytest.raises(RuntimeError, match="partition-id=None: expected an integer"):
         run_federated(grid, RunConfig.from_mapping(rc), tmp_path)
 
 
 def test_legacy_client_fn_app_with_legacy_fedavg(ml100k_dir):
-    rc = {"data-dir": str(ml100k_dir), **SMALL}
+    rc = {"data-dir": str(ml100k_dir), **ML100K}
     nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
     grid = InProcessGrid(legacy_app, nodes, rc)
     strategy = LegacyFedAvg(min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2)
