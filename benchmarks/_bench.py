@@ -63,11 +63,15 @@ def run_centralized_inprocess(run_config: Mapping[str, Any], out_dir: Path) -> d
 
 
 def parallel_map(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
-    """``map`` over processes (each job single-threaded, so 2 cores = 2 jobs)."""
+    """``map`` over processes (each job single-threaded, so 2 cores = 2 jobs),
+    with a progress bar on a terminal and plain progress lines otherwise."""
+    from fedrec_flwr.progress import progress
+
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(job) for job in jobs]
+        return [fn(job) for job in progress(jobs, "benchmark runs", unit="runs")]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, jobs))
+        done = progress(pool.map(fn, jobs), "benchmark runs", total=len(jobs), unit="runs")
+        return list(done)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

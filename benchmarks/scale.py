@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.clients:
         clients = tuple(int(c) for c in args.clients.split(","))
     points = []
-    for n in sizes:
+    from fedrec_flwr.progress import progress
+
+    for n in progress(sizes, "scale sizes", unit="sizes"):
         log = out / f"synthetic-{n}.csv"
         if not log.is_file() and not (
             args.reuse and all((out / f"run-{n}-{k}" / "point.json").is_file() for k in clients)

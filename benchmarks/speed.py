@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [s for s in SHAPES if s[0] in QUICK] if args.quick else SHAPES
     rounds = 2 if args.quick else args.rounds
     central = centralised_epoch_seconds(args.data_dir, args.seed)
+    from fedrec_flwr.progress import progress
+
     rows = []
-    for label, overrides, nodes in shapes:
+    for label, overrides, nodes in progress(shapes, "speed shapes", unit="shapes"):
         rc = {
             "data-dir": args.data_dir,
             "seed": args.seed,
