@@ -40,7 +40,6 @@ __all__ = [
     "NUM_EXAMPLES_KEY",
     "NUM_PARTITIONS_KEY",
     "NUM_USERS_KEY",
-    "ORDER_KEY",
     "PARTITION_ID_KEY",
     "PERSONAL_STATE_KEY",
     "PRIVATE_LAYERS_KEY",
@@ -80,7 +79,6 @@ NUM_USERS_KEY = "num-users"  # users of the group (evaluation weight)
 #: A node's partition id, also its node-config key; the server orders replies by
 #: it, so aggregation does not depend on arrival order.
 PARTITION_ID_KEY = "partition-id"
-ORDER_KEY = PARTITION_ID_KEY
 #: Sent beside partition-id, so the server can check every node cut the same groups.
 NUM_PARTITIONS_KEY = "num-partitions"
 TRAIN_LOSS_KEY = "train-loss"

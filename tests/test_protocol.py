@@ -37,7 +37,7 @@ def _modules_spelling(key: str) -> list[str]:
 
 def test_the_keys_are_found() -> None:
     # Negative control for the scan below: the defining module itself is found.
-    assert _modules_spelling(protocol.ORDER_KEY) == ["protocol.py"]
+    assert _modules_spelling(protocol.PARTITION_ID_KEY) == ["protocol.py"]
     assert len(KEYS) >= 20
 
 

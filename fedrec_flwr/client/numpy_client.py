@@ -43,8 +43,8 @@ from ..protocol import (
     sum_key,
 )
 from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
-from ..train.evaluate import EvalResult
-from ..train.trainer import GroupTrainer, PerUserTrainer, Trainer, rank_val_test
+from ..train.evaluate import EvalResult, rank_val_test
+from ..train.trainer import GroupTrainer, PerUserTrainer, Trainer
 from .personal import PersonalLayers
 
 __all__ = ["NCFClient"]
@@ -135,7 +135,6 @@ class NCFClient(NumPyClient):
             knobs=knobs,
             anchor={n: a for n, a in received.items() if n not in personal},
         )
-        load_arrays(self.model, update.private, private=True)
         self.state[PRIVATE_STATE_KEY] = ArrayRecord(
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )

@@ -26,7 +26,7 @@ from ..progress import progress
 from ..protocol import TEST_PART, VAL_PART
 from ..settings import add_flags, key_of, setting
 from ..threads import apply_num_threads
-from ..train.evaluate import evaluate_ranking
+from ..train.evaluate import rank_val_test
 from ..train.group import train_epochs
 from ..train.metrics import finalize_sums
 from .results import (
@@ -87,7 +87,6 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     exclude = data.negative_pool(train.negative_pool)
     if train.negative_pool != "train" and log:
         print(LEAKY_POOL_WARNING, file=sys.stderr)
-    local = np.arange(data.num_users)
     rounds = []
     epochs = range(1, cfg.num_server_rounds + 1)
     # A bar on a terminal, plain lines in a log (the per-epoch lines go to stdout).
@@ -105,8 +104,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
             rng=rng,
         )
         train_seconds = time.perf_counter() - t0
-        val = evaluate_ranking(model, local, data.val_items, data.eval_negatives, train.ks)
-        test = evaluate_ranking(model, local, data.test_items, data.eval_negatives, train.ks)
+        val, test = rank_val_test(model, data, train.ks)
         entry = round_entry(
             epoch,
             train_loss=loss,

@@ -13,7 +13,7 @@ from typing import TypeGuard
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from ..protocol import COUNT_KEYS, ORDER_KEY, SUM_SUFFIX
+from ..protocol import COUNT_KEYS, PARTITION_ID_KEY, SUM_SUFFIX
 
 __all__ = [
     "exact_metric_aggregation",
@@ -55,7 +55,7 @@ def exact_metric_aggregation(records: list[RecordDict], weighting_metric_name: s
         raise ValueError(f"weights {weights!r} do not sum to a positive finite number")
     out = MetricRecord()
     for key in metrics[0]:
-        if key in (weighting_metric_name, ORDER_KEY) or key in COUNT_KEYS:
+        if key in (weighting_metric_name, PARTITION_ID_KEY) or key in COUNT_KEYS:
             continue
         values = [m[key] for m in metrics]
         if any(isinstance(v, list) for v in values):
@@ -100,7 +100,7 @@ def order_replies(replies: Iterable[Message]) -> list[Message]:
             return (1, 0.0, known, tie)
         metric_records = msg.content.metric_records
         record = next(iter(metric_records.values())) if len(metric_records) == 1 else {}
-        claimed = record.get(ORDER_KEY)
+        claimed = record.get(PARTITION_ID_KEY)
         order = float(claimed) if _is_number(claimed) else math.inf  # type: ignore[arg-type]
         return (0, order if math.isfinite(order) else math.inf, known, tie)
 

@@ -21,7 +21,7 @@ from ..protocol import (
     NUM_EXAMPLES_KEY,
     NUM_PARTITIONS_KEY,
     NUM_USERS_KEY,
-    ORDER_KEY,
+    PARTITION_ID_KEY,
     SERVER_ROUND_KEY,
     SUM_SUFFIX,
 )
@@ -280,7 +280,7 @@ class ValidatedStrategy(Strategy):
             if reply.has_error() or len(reply.content.metric_records) != 1:
                 continue
             record = next(iter(reply.content.metric_records.values()))
-            pid, k = record.get(ORDER_KEY), record.get(NUM_PARTITIONS_KEY)
+            pid, k = record.get(PARTITION_ID_KEY), record.get(NUM_PARTITIONS_KEY)
             if _is_int(k) and 1 <= k <= MAX_MAGNITUDE:
                 reported[node] = (pid, k)
             if _is_int(pid) and 0 <= pid <= MAX_MAGNITUDE and (not _is_int(k) or pid < k):
@@ -385,8 +385,8 @@ class ValidatedStrategy(Strategy):
             reason: str | None = check_reply(msg.content, limits, spec, sent)
             if reason is None:
                 metrics = _metrics(msg)
-                if ORDER_KEY in metrics:
-                    reason = self._claim(node, metrics[ORDER_KEY])
+                if PARTITION_ID_KEY in metrics:
+                    reason = self._claim(node, metrics[PARTITION_ID_KEY])
             if reason is None:
                 kept.append(msg)
             else:
@@ -448,7 +448,7 @@ class ValidatedStrategy(Strategy):
         out = []
         for msg in replies:
             metrics = None if msg.has_error() else _metrics(msg)
-            pid = None if metrics is None else metrics.get(ORDER_KEY)
+            pid = None if metrics is None else metrics.get(PARTITION_ID_KEY)
             capped = _is_int(pid) and pid in limits.partition_caps
             if metrics is None or capped or float(metrics[key]) <= bound:  # type: ignore[arg-type]
                 out.append(msg)
@@ -589,7 +589,7 @@ def _reported_partitions(replies: list[Message]) -> dict[Any, tuple[object, int]
         metrics = _metrics(msg)
         k = metrics.get(NUM_PARTITIONS_KEY)
         if _is_int(k) and 1 <= k <= MAX_MAGNITUDE:
-            out.setdefault(msg.metadata.src_node_id, (metrics.get(ORDER_KEY), k))
+            out.setdefault(msg.metadata.src_node_id, (metrics.get(PARTITION_ID_KEY), k))
     return out
 
 

@@ -42,7 +42,7 @@ from typing import TypeGuard
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from ..protocol import NUM_EXAMPLES_KEY, NUM_PARTITIONS_KEY, NUM_USERS_KEY, ORDER_KEY
+from ..protocol import NUM_EXAMPLES_KEY, NUM_PARTITIONS_KEY, NUM_USERS_KEY, PARTITION_ID_KEY
 
 __all__ = [
     "MAX_MAGNITUDE",
@@ -233,22 +233,22 @@ def check_partition(metrics: MetricRecord, num_partitions: int | None = None) ->
     num_partitions : int or None (default: None)
         The federation's agreed ``num-partitions``; ``None`` = not agreed yet.
     """
-    has_pid, has_k = ORDER_KEY in metrics, NUM_PARTITIONS_KEY in metrics
+    has_pid, has_k = PARTITION_ID_KEY in metrics, NUM_PARTITIONS_KEY in metrics
     if not (has_pid or has_k):
         return None
     if not has_k:
-        return f"{NUM_PARTITIONS_KEY!r} is missing beside {ORDER_KEY!r}"
+        return f"{NUM_PARTITIONS_KEY!r} is missing beside {PARTITION_ID_KEY!r}"
     if not has_pid:
-        return f"{ORDER_KEY!r} is missing beside {NUM_PARTITIONS_KEY!r}"
-    pid, k = metrics[ORDER_KEY], metrics[NUM_PARTITIONS_KEY]
+        return f"{PARTITION_ID_KEY!r} is missing beside {NUM_PARTITIONS_KEY!r}"
+    pid, k = metrics[PARTITION_ID_KEY], metrics[NUM_PARTITIONS_KEY]
     if not _is_int(pid) or not 0 <= pid <= MAX_MAGNITUDE:
-        return f"{ORDER_KEY} {show(pid)} is not a non-negative integer"
+        return f"{PARTITION_ID_KEY} {show(pid)} is not a non-negative integer"
     if not _is_int(k) or not 1 <= k <= MAX_MAGNITUDE:
         return f"{NUM_PARTITIONS_KEY} {show(k)} is not a positive integer"
     if num_partitions is not None and k != num_partitions:
         return f"{NUM_PARTITIONS_KEY}={k} differs from the federation's {num_partitions}"
     if pid >= k:
-        return f"{ORDER_KEY} {pid} is not below {NUM_PARTITIONS_KEY}={k}"
+        return f"{PARTITION_ID_KEY} {pid} is not below {NUM_PARTITIONS_KEY}={k}"
     return None
 
 
@@ -275,7 +275,7 @@ def check_user_count(
         return f"{NUM_USERS_KEY}={show(users)} is not a number >= 0"
     if users > max_users:
         return f"{NUM_USERS_KEY}={show(users)} exceeds the cap {max_users:g}"
-    pid = metrics.get(ORDER_KEY)
+    pid = metrics.get(PARTITION_ID_KEY)
     cap = user_caps.get(pid) if _is_int(pid) else None
     if cap is not None and users > cap:
         return f"{NUM_USERS_KEY}={users!r} exceeds what partition {pid} holds ({cap:g})"
@@ -464,7 +464,7 @@ def check_reply(
     )
     if reason:
         return reason
-    partition = metrics.get(ORDER_KEY)
+    partition = metrics.get(PARTITION_ID_KEY)
     cap = limits.partition_caps.get(partition) if _is_int(partition) else None
     if cap is not None and weight > cap:  # type: ignore[operator]
         return (

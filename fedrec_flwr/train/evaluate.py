@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..datasets.prepare import ClientData
 from .metrics import rank_of_positive, ranking_sums
 
-__all__ = ["EvalResult", "evaluate_ranking", "rank_logits"]
+__all__ = ["EvalResult", "evaluate_ranking", "rank_logits", "rank_val_test"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,13 @@ def rank_logits(logits: torch.Tensor, ks: Sequence[int]) -> EvalResult:
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
     ranks = rank_of_positive(logits.numpy())
     return EvalResult(num_users=logits.shape[0], sums=ranking_sums(ranks, ks), loss=loss)
+
+
+def rank_val_test(
+    model: nn.Module, data: ClientData, ks: Sequence[int]
+) -> tuple[EvalResult, EvalResult]:
+    """Rank every user's validation and test item among its eval negatives."""
+    users = np.arange(data.num_users)
+    val = evaluate_ranking(model, users, data.val_items, data.eval_negatives, ks)
+    test = evaluate_ranking(model, users, data.test_items, data.eval_negatives, ks)
+    return val, test

@@ -21,8 +21,8 @@ import torch
 from ..config import RoundKnobs, TrainingOptions
 from ..datasets.negatives import InteractionSet
 from ..datasets.prepare import ClientData
-from ..models import Recommender, private_arrays, shared_arrays
-from .evaluate import EvalResult, evaluate_ranking, rank_logits
+from ..models import Recommender, load_arrays, shared_arrays
+from .evaluate import EvalResult, rank_logits, rank_val_test
 from .group import train_epochs
 from .peruser import finetune_users_and_score, train_users_independently
 
@@ -52,8 +52,6 @@ class LocalUpdate:
     ----------
     shared : dict of str to numpy.ndarray
         The shared arrays to send (personal layers not yet echoed).
-    private : dict of str to numpy.ndarray
-        The users' trained rows, kept on the node.
     weight : int
         The FedAvg weight: training interactions.
     loss : float
@@ -61,7 +59,6 @@ class LocalUpdate:
     """
 
     shared: dict[str, np.ndarray]
-    private: dict[str, np.ndarray]
     weight: int
     loss: float
 
@@ -98,8 +95,10 @@ class Trainer(abc.ABC):
     ) -> LocalUpdate:
         """One round of local training from the global shared arrays in ``model``.
 
-        ``anchor`` holds the global arrays the FedProx term pulls towards
-        (personal layers left out).
+        Afterwards ``model`` holds the users' trained private rows (they stay
+        on the node); the returned update carries what is sent. ``anchor``
+        holds the global arrays the FedProx term pulls towards (personal
+        layers left out).
         """
 
     @abc.abstractmethod
@@ -115,16 +114,6 @@ class Trainer(abc.ABC):
     ) -> tuple[EvalResult, EvalResult]:
         """Fine-tune for ``knobs.finetune_epochs`` (0 = none), then rank the
         validation and test items; the fine-tuned copy is not kept."""
-
-
-def rank_val_test(
-    model: Recommender, data: ClientData, ks: Sequence[int]
-) -> tuple[EvalResult, EvalResult]:
-    """Rank every user's validation and test item among its eval negatives."""
-    users = np.arange(data.num_users)
-    val = evaluate_ranking(model, users, data.val_items, data.eval_negatives, ks)
-    test = evaluate_ranking(model, users, data.test_items, data.eval_negatives, ks)
-    return val, test
 
 
 class GroupTrainer(Trainer):
@@ -165,12 +154,7 @@ class GroupTrainer(Trainer):
             proximal_mu=mu,
             anchor=pulled,
         )
-        return LocalUpdate(
-            shared=dict(shared_arrays(model)),
-            private=dict(private_arrays(model)),
-            weight=data.num_train,
-            loss=loss,
-        )
+        return LocalUpdate(shared=dict(shared_arrays(model)), weight=data.num_train, loss=loss)
 
     def personalised_rank(
         self,
@@ -250,12 +234,8 @@ class PerUserTrainer(Trainer):
             num_negatives=t.num_negatives,
             weight_decay=t.weight_decay,
         )
-        return LocalUpdate(
-            shared=dict(update.shared),
-            private=dict(update.private),
-            weight=update.weight,
-            loss=update.loss,
-        )
+        load_arrays(model, update.private, private=True)
+        return LocalUpdate(shared=dict(update.shared), weight=update.weight, loss=update.loss)
 
     def personalised_rank(
         self,
