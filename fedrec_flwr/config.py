@@ -32,6 +32,7 @@ from .datasets.options import DataOptions
 from .datasets.prepare import NEGATIVE_POOLS
 from .errors import ConfigError
 from .models import ARCHITECTURES
+from .privacy.options import PrivacyOptions
 from .protocol import KNOB_KEYS, PRIVATE_LAYERS_KEY, PROXIMAL_MU_KEY
 from .settings import (
     check_choices,
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigError",
     "DataOptions",
     "ModelOptions",
+    "PrivacyOptions",
     "RoundKnobs",
     "RunConfig",
     "StrategyOptions",
@@ -405,6 +407,7 @@ class RunConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     training: TrainingOptions = field(default_factory=TrainingOptions)
     strategy: StrategyOptions = field(default_factory=StrategyOptions)
+    privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -423,24 +426,109 @@ class RunConfig:
                 "lower top-k or raise num-eval-negatives"
             )
         if training.client_mode == "per-user":
+            # DP-FedAvg averages users equally: its weight is the number of users.
+            weight = "users" if self.privacy.dp == "user" else "interactions"
             clashes = {
                 PROXIMAL_MU_KEY: training.proximal_mu != 0,
                 PRIVATE_LAYERS_KEY: bool(training.private_layers.strip()),
                 key_of("item_aggregation"): strategy.item_aggregation != "dense",
-                key_of("weight_key"): strategy.weight_key != "interactions",
+                key_of("weight_key"): strategy.weight_key != weight,
             }
             bad = [key for key, clash in clashes.items() if clash]
             if bad:
                 raise ConfigError(
                     f"client-mode='per-user' supports plain FedAvg-style local training "
-                    f"weighted by interactions; reset {', '.join(bad)} to the default"
+                    f"weighted by {weight}; reset {', '.join(bad)} to the default"
+                    + (" (weight-key='users')" if weight == "users" else "")
                 )
+        self._check_privacy()
         if training.finetunes_per_user and training.private_layers.strip():
             raise ConfigError(
                 f"private-layers={training.private_layers!r} with per-user fine-tuning: "
                 "personal layers belong to a client, not to each user; set "
                 "finetune-unit='client' or private-layers=''"
             )
+
+    def _check_privacy(self) -> None:
+        """The privacy keys against the training and strategy keys (before any round)."""
+        privacy, training, strategy = self.privacy, self.training, self.strategy
+        if privacy.dp == "user":
+            if training.client_mode != "per-user" or strategy.weight_key != "users":
+                raise ConfigError(
+                    f"dp='user' (client-mode={training.client_mode!r}, weight-key="
+                    f"{strategy.weight_key!r}): user-level DP clips each user's own update, "
+                    "so it needs client-mode='per-user' and weight-key='users' (DP-FedAvg "
+                    "weighs users equally)"
+                )
+        elif privacy.dp != "off":
+            bad = [
+                f"{key}={value!r}"
+                for key, value, ok in (
+                    ("strategy", strategy.strategy, strategy.strategy == "fedavg"),
+                    ("fraction-train", strategy.fraction_train, strategy.fraction_train == 1),
+                    ("weight-key", strategy.weight_key, strategy.weight_key == "interactions"),
+                    (
+                        "item-aggregation",
+                        strategy.item_aggregation,
+                        strategy.item_aggregation == "dense",
+                    ),
+                )
+                if not ok
+            ]
+            if bad:
+                raise ConfigError(
+                    f"dp={privacy.dp!r} with {', '.join(bad)}: node-level DP with "
+                    "accounting composes Flower's DP wrapper with FedAvg over every node "
+                    "(strategy='fedavg', fraction-train=1, weight-key='interactions', "
+                    "item-aggregation='dense')"
+                )
+        if privacy.secure_aggregation != "off":
+            needs_replies = [
+                f"{key}={value!r}"
+                for key, value, ok in (
+                    (
+                        "strategy",
+                        strategy.strategy,
+                        strategy.strategy in ("fedavg", "fedadam", "fedyogi", "fedavgm"),
+                    ),
+                    (
+                        "item-aggregation",
+                        strategy.item_aggregation,
+                        strategy.item_aggregation == "dense",
+                    ),
+                    ("max-update-norm", strategy.max_update_norm, strategy.max_update_norm == 0),
+                    ("dp", privacy.dp, privacy.dp != "node-server"),
+                )
+                if not ok
+            ]
+            if needs_replies:
+                raise ConfigError(
+                    f"secure-aggregation={privacy.secure_aggregation!r} with "
+                    f"{', '.join(needs_replies)}: SecAgg+ shows the server only the sum of "
+                    "the replies, and these need each reply; use a mean-based strategy "
+                    "(fedavg, fedadam, fedyogi, fedavgm), dense items, no server-side "
+                    "update-norm check, and clip on the nodes (dp='node-client' or 'user')"
+                )
+        if privacy.dp_on and privacy.dp_target_epsilon > 0:
+            self.noise_multiplier()  # an unmeetable target fails here, before any round
+
+    def noise_multiplier(self) -> float:
+        """The DP noise multiplier: ``dp-noise-multiplier``, or the one that meets
+        ``dp-target-epsilon`` after ``num-server-rounds`` rounds at ``dp-delta``.
+
+        Raises
+        ------
+        ConfigError
+            If the target cannot be met.
+        """
+        from .privacy.accounting import noise_for_target
+
+        privacy = self.privacy
+        if privacy.dp_target_epsilon > 0:
+            return noise_for_target(
+                privacy.dp_target_epsilon, self.num_server_rounds, privacy.dp_delta
+            )
+        return privacy.dp_noise_multiplier
 
     @classmethod
     def settings(cls) -> Iterator[tuple[str | None, dataclasses.Field[Any]]]:
@@ -541,7 +629,7 @@ def _group_class(f: dataclasses.Field[Any]) -> Any:
 
 def _toml_value(value: Any) -> str:
     value = shown(value)
-    return json.dumps(value) if isinstance(value, str) else repr(value)
+    return json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
 
 
 def _group_comment(group: str | None) -> str:
@@ -569,6 +657,8 @@ def toml_table() -> str:
 def _markdown_default(default: Any) -> str:
     if isinstance(default, tuple) or default == "":
         return f'`"{shown(default)}"`'
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
     return f"`{default}`" if isinstance(default, str) else repr(default)
 
 

@@ -209,7 +209,8 @@ def coerce(key: str, value: Any, default: Any) -> Any:
 
     Integers stay integers (an integral float is accepted), numbers become
     floats, strings are stripped, list keys are parsed from ``"64,32,16"``;
-    booleans are refused everywhere (TOML ``true`` is no number).
+    a boolean key takes ``true``/``false`` (or those words), and a boolean is
+    refused everywhere else (TOML ``true`` is no number).
 
     Parameters
     ----------
@@ -227,7 +228,14 @@ def coerce(key: str, value: Any, default: Any) -> Any:
     """
     if isinstance(default, tuple):
         return _int_list(key, value)
-    if isinstance(default, bool) or isinstance(value, bool):
+    if isinstance(default, bool):
+        # TOML true/false; the command line passes the words.
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if isinstance(value, bool):
         raise ConfigError(f"{key}={value!r}: expected {type(default).__name__}")
     if isinstance(default, int):
         if isinstance(value, float) and value.is_integer():
@@ -247,7 +255,7 @@ def coerce(key: str, value: Any, default: Any) -> Any:
     return value.strip()
 
 
-_TYPE_NAMES = {int: "int", float: "float", str: "str", tuple: "tuple of int"}
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", tuple: "tuple of int"}
 
 
 def documented(cls: type[_T]) -> type[_T]:
@@ -304,7 +312,7 @@ def add_flags(
     """
     for f in fields:
         meta, default = setting(f), shown(f.default)
-        kind = str if isinstance(f.default, tuple) else type(f.default)
+        kind = str if isinstance(f.default, (tuple, bool)) else type(f.default)
         # argparse %-formats help; backticks are Markdown, not terminal text.
         text = f"{meta.help} (default: {default!r})".replace("%", "%%").replace("`", "")
         metavar = "{" + ",".join(meta.choices) + "}" if meta.choices else None
