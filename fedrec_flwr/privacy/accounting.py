@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -23,7 +24,7 @@ __all__ = ["MAX_NOISE_MULTIPLIER", "epsilons", "noise_for_target"]
 MAX_NOISE_MULTIPLIER = 1000.0
 
 
-def _event(noise_multiplier: float, rounds: int):  # type: ignore[no-untyped-def]
+def _event(noise_multiplier: float, rounds: int) -> Any:
     import dp_accounting
 
     return dp_accounting.SelfComposedDpEvent(
