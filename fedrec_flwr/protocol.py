@@ -29,6 +29,7 @@ __all__ = [
     "CONFIG_RECORD",
     "COUNT_KEYS",
     "DATA_FILE_KEY",
+    "DP_NOISE_SEED_KEY",
     "FINETUNE_EPOCHS_KEY",
     "FINETUNE_SCOPE_KEY",
     "GLOBAL_PREFIX",
@@ -95,6 +96,10 @@ COUNT_KEYS = frozenset({NUM_EXAMPLES_KEY, NUM_USERS_KEY, NUM_PARTITIONS_KEY})
 # Node config (besides partition-id and num-partitions, which Flower sets in simulation).
 DATA_FILE_KEY = "data-file"
 ITEM_CATALOGUE_KEY = "item-catalogue"
+#: A node's secret seed for its DP/LDP noise: the server must not be able to
+#: recompute the noise (it could subtract it). Without it the node derives the
+#: noise from the run seed, which reproduces a simulation but protects nothing.
+DP_NOISE_SEED_KEY = "dp-noise-seed"
 
 # context.state records: what a node keeps between rounds and never sends.
 PRIVATE_STATE_KEY = "fedrec-private-arrays"

@@ -17,6 +17,7 @@ from ..datasets import load_client_data
 from ..datasets.local import load_local_client_data
 from ..protocol import (
     DATA_FILE_KEY,
+    DP_NOISE_SEED_KEY,
     ITEM_CATALOGUE_KEY,
     METRICS_RECORD,
     NUM_PARTITIONS_KEY,
@@ -66,7 +67,13 @@ def client_fn(context: Context) -> NCFClient:
         data = load_local_client_data(data_file, catalogue, cfg.data, partition_id, num_partitions)
     else:
         data = load_client_data(cfg.data, partition_id, num_partitions)
-    return NCFClient(data, cfg, context.state)
+    seed = context.node_config.get(DP_NOISE_SEED_KEY)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ConfigError(
+            f"node-config {DP_NOISE_SEED_KEY}={seed!r}: expected an integer >= 0 (the node's "
+            "secret seed for DP noise)"
+        )
+    return NCFClient(data, cfg, context.state, noise_seed=seed)
 
 
 def partition_query(msg: Message, context: Context) -> Message:

@@ -20,6 +20,7 @@ aggregation).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +31,10 @@ from flwr.compat.client.numpy_client import NumPyClient
 from ..config import RunConfig
 from ..datasets.prepare import ClientData
 from ..models import build_model, load_arrays, private_arrays, shared_arrays
+from ..privacy.local import perturb_item_update
 from ..protocol import (
     COMPUTE_SECONDS_KEY,
+    DP_NOISE_SEED_KEY,
     GLOBAL_PREFIX,
     ITEM_COUNTS_KEY,
     PRIVATE_STATE_KEY,
@@ -44,10 +47,13 @@ from ..protocol import (
 )
 from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
 from ..train.evaluate import EvalResult, rank_val_test
-from ..train.trainer import GroupTrainer, PerUserTrainer, Trainer
+from ..train.peruser import UserLevelDP
+from ..train.trainer import GroupTrainer, PerUserTrainer, Trainer, round_seed
 from .personal import PersonalLayers
 
 __all__ = ["NCFClient"]
+
+_LDP = 0x1D9  # separates local-DP draws from the DP noise draws
 
 
 class NCFClient(NumPyClient):
@@ -62,13 +68,34 @@ class NCFClient(NumPyClient):
     state : flwr.app.RecordDict
         The node's ``context.state``: private user embeddings are read from and
         written to it, so they persist across rounds on this node only.
+    noise_seed : int, optional (default: None)
+        The node's secret seed for DP and LDP noise (node-config
+        ``dp-noise-seed``). None: derived from the run seed, which the server
+        knows, so the noise is reproducible but could be subtracted; a warning
+        says so when noise is on.
     """
 
-    def __init__(self, data: ClientData, config: RunConfig, state: RecordDict) -> None:
+    def __init__(
+        self,
+        data: ClientData,
+        config: RunConfig,
+        state: RecordDict,
+        noise_seed: int | None = None,
+    ) -> None:
         self.data = data
         self.config = config
         self.state = state
         training, seed = config.training, config.data.seed
+        privacy = config.privacy
+        noisy = privacy.dp == "user" or privacy.ldp_noise > 0 or privacy.pseudo_items > 0
+        if noise_seed is None and noisy:
+            warnings.warn(
+                f"node-config {DP_NOISE_SEED_KEY} is not set: the DP/LDP noise is derived "
+                "from the run seed, which the server knows (fine for a simulation; set a "
+                "secret per node in a deployment)",
+                stacklevel=2,
+            )
+        self.noise_seed = seed if noise_seed is None else noise_seed
         # One thread per client unless num-threads says otherwise: simulation
         # runs several clients side by side on one machine's CPUs.
         apply_num_threads(training.num_threads, default=CLIENT_DEFAULT_THREADS)
@@ -80,8 +107,16 @@ class NCFClient(NumPyClient):
             mlp_layers=config.model.mlp_layers,
             seed=seed,
         )
-        per_user = training.client_mode == "per-user"
-        self.trainer: Trainer = (PerUserTrainer if per_user else GroupTrainer)(training, seed)
+        self.trainer: Trainer
+        if training.client_mode == "per-user":
+            dp = (
+                UserLevelDP(privacy.dp_clip, config.noise_multiplier(), self.noise_seed)
+                if privacy.dp == "user"
+                else None
+            )
+            self.trainer = PerUserTrainer(training, seed, dp=dp)
+        else:
+            self.trainer = GroupTrainer(training, seed)
         self.finetuner: Trainer = (PerUserTrainer if training.finetunes_per_user else GroupTrainer)(
             training, seed
         )
@@ -139,12 +174,28 @@ class NCFClient(NumPyClient):
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )
         shared = dict(update.shared)
+        privacy, data = self.config.privacy, self.data
+        if privacy.ldp_clip > 0 or privacy.pseudo_items > 0:
+            rng = np.random.default_rng(
+                round_seed(self.noise_seed, data.partition_id, server_round(config), _LDP)
+            )
+            shared = perturb_item_update(
+                received,
+                shared,
+                self.model.item_tables(),
+                clip=privacy.ldp_clip,
+                noise=privacy.ldp_noise,
+                pseudo_items=privacy.pseudo_items,
+                rng=rng,
+            )
         self.personal.keep(personal, shared, received)
-        data = self.data
-        metrics: dict[str, Any] = {
-            TRAIN_LOSS_KEY: update.loss,
-            **node_metrics(data.partition_id, data.num_partitions, data.num_users),
-        }
+        metrics: dict[str, Any] = dict(
+            node_metrics(data.partition_id, data.num_partitions, data.num_users)
+        )
+        if privacy.dp != "user":
+            # Under user-level DP the loss would be an un-noised release of the
+            # users' data; the weight is then the (public) number of users.
+            metrics[TRAIN_LOSS_KEY] = update.loss
         if config.get(ITEM_COUNTS_KEY):
             counts = np.bincount(data.train_items, minlength=data.num_items)
             metrics[ITEM_COUNTS_KEY] = [int(c) for c in counts]

@@ -98,3 +98,29 @@ def noise_for_target(target_epsilon: float, rounds: int, delta: float) -> float:
         tol=1e-6,
     )
     return float(sigma)
+
+
+def user_level_report(
+    noise_multiplier: float, clip: float, delta: float, rounds: int
+) -> dict[str, Any]:
+    """The ``dp`` section of ``results.json`` for ``dp='user'``.
+
+    Epsilon after round ``t`` assumes the user's node replied in every round up
+    to ``t`` (an upper bound when nodes are sampled).
+
+    Parameters
+    ----------
+    noise_multiplier, clip, delta : float
+        The run's noise multiplier, ``dp-clip`` and ``dp-delta``.
+    rounds : int
+        ``num-server-rounds``.
+    """
+    return {
+        "level": "user",
+        "neighbouring": "add-or-remove one user of a node (zero-out: its update or none)",
+        "noise-multiplier": noise_multiplier,
+        "clip": clip,
+        "delta": delta,
+        "accountant": "rdp (dp-accounting), no sampling amplification",
+        "epsilon-per-round": epsilons(noise_multiplier, rounds, delta),
+    }

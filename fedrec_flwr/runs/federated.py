@@ -25,6 +25,7 @@ from ..datasets import (
 )
 from ..models import build_model, shared_arrays
 from ..paths import resolve_user_path
+from ..privacy.accounting import user_level_report
 from ..protocol import (
     GLOBAL_PREFIX,
     ITEM_CATALOGUE_KEY,
@@ -145,6 +146,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         num_items=num_items,
         partition_sizes=sizes,
     )
+    dp_report = _dp_report(cfg)
     t0 = time.perf_counter()
     result = strategy.start(
         grid=metered,
@@ -155,6 +157,9 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     )
     t_end = time.perf_counter()
     rounds = _round_entries(result, metered, t_end)
+    if dp_report is not None:
+        for entry in rounds:
+            entry["epsilon"] = dp_report["epsilon-per-round"][entry["round"] - 1]
     if not result.train_metrics_clientapp:
         raise RuntimeError(
             "no training round succeeded; client errors: "
@@ -186,6 +191,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             NUM_PARTITIONS_KEY: strategy.num_partitions,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
+            **({"dp": dp_report} if dp_report is not None else {}),
         },
     )
     final = rounds[-1][TEST_PART]
@@ -199,6 +205,28 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     log(INFO, "fedrec-flwr: wrote %s (results.json, model.pt, metrics.png)", out_dir)
     log(INFO, "%s", summary_line(path, select_by_validation(rounds)))
     return path
+
+
+def _dp_report(cfg: RunConfig) -> dict[str, Any] | None:
+    """The ``dp`` results section of a user-level DP run (logged up front), else None."""
+    privacy = cfg.privacy
+    if privacy.dp != "user":
+        return None
+    report = user_level_report(
+        cfg.noise_multiplier(), privacy.dp_clip, privacy.dp_delta, cfg.num_server_rounds
+    )
+    eps = report["epsilon-per-round"]
+    log(
+        INFO,
+        "fedrec-flwr: user-level DP, noise multiplier %.4f, clip %g: epsilon %s at delta %g "
+        "after rounds 1..%d",
+        report["noise-multiplier"],
+        privacy.dp_clip,
+        ", ".join(f"{e:.3f}" for e in eps),
+        privacy.dp_delta,
+        len(eps),
+    )
+    return report
 
 
 def _reply_poll_interval(grid: Grid) -> float | None:

@@ -51,7 +51,41 @@ from torch.nn import functional
 from ..datasets.negatives import InteractionSet, sample_train_negatives
 from ..models.base import Recommender
 
-__all__ = ["PerUserUpdate", "finetune_users_and_score", "train_users_independently"]
+__all__ = [
+    "PerUserUpdate",
+    "UserLevelDP",
+    "finetune_users_and_score",
+    "train_users_independently",
+]
+
+
+@dataclass(frozen=True)
+class UserLevelDP:
+    """DP-FedAvg at user level inside one node (McMahan et al., ICLR 2018).
+
+    Every user's update ``w_u - w`` (all trained shared arrays together) is
+    clipped to L2 norm ``clip``; the node sums the clipped updates, adds
+    Gaussian noise of standard deviation ``noise_multiplier * clip`` to every
+    element of every trained shared array (rows nobody touched included, so
+    which rows moved says nothing), and divides by its number of users, a
+    public count. One user's presence or absence (zero-out: its update there or
+    zero) moves the sum by at most ``clip``, so the reply is one Gaussian
+    release with that noise multiplier (see :mod:`fedrec_flwr.privacy.accounting`).
+
+    Parameters
+    ----------
+    clip : float
+        L2 bound on one user's update.
+    noise_multiplier : float
+        Noise standard deviation over ``clip``.
+    noise_seed : int
+        Seeds the noise; it must be secret from the server (whoever can
+        recompute the noise can subtract it).
+    """
+
+    clip: float
+    noise_multiplier: float
+    noise_seed: int
 
 
 @dataclass(frozen=True)
@@ -221,6 +255,7 @@ def train_users_independently(
     num_negatives: int,
     weight_decay: float = 0.0,
     chunk_users: int = 16,
+    dp: UserLevelDP | None = None,
 ) -> PerUserUpdate:
     """Train each user of a group as its own FedAvg client; return the mean.
 
@@ -249,6 +284,11 @@ def train_users_independently(
         then carries the whole catalogue (slower, still exact).
     chunk_users : int (default: 16)
         Users trained side by side; bounds memory.
+    dp : UserLevelDP, optional (default: None)
+        If set, the shared arrays are the DP-FedAvg estimate instead: the
+        global arrays plus the noised sum of the clipped user updates over
+        the number of users (every user weighs the same), and the weight is
+        the number of users.
 
     Returns
     -------
@@ -286,6 +326,11 @@ def train_users_independently(
         loss_sum += chunk.loss_sum
         loss_n += chunk.loss_n
         with torch.no_grad():
+            if dp is not None:
+                _add_clipped_updates(acc, layout, chunk, shared, dp.clip)
+                for name in layout.private:
+                    out_private[name][chunk.ids] = chunk.params[name][:, 0].numpy()
+                continue
             weights = torch.from_numpy(counts[chunk.ids].astype(np.float64))
             for name in shared:
                 if name not in layout.trained:
@@ -301,6 +346,10 @@ def train_users_independently(
             for name in layout.private:
                 out_private[name][chunk.ids] = chunk.params[name][:, 0].numpy()
 
+    loss = loss_sum / loss_n if loss_n else float("nan")
+    if dp is not None:
+        noised = _noised_mean(acc, layout, shared, dp)
+        return PerUserUpdate(shared=noised, private=out_private, weight=layout.num_users, loss=loss)
     mean: dict[str, np.ndarray] = {}
     for name in shared:
         value = layout.state[name]
@@ -310,8 +359,62 @@ def train_users_independently(
             mean[name] = (value.double() + acc[name] / total).numpy().astype(np.float32)
         else:
             mean[name] = (acc[name] / total).numpy().astype(np.float32)
-    loss = loss_sum / loss_n if loss_n else float("nan")
     return PerUserUpdate(shared=mean, private=out_private, weight=total, loss=loss)
+
+
+def _add_clipped_updates(
+    acc: dict[str, torch.Tensor],
+    layout: _Layout,
+    chunk: _TrainedChunk,
+    shared: Sequence[str],
+    clip: float,
+) -> None:
+    """Add each user's update, clipped to L2 norm ``clip`` over all its arrays, to ``acc``."""
+    deltas: dict[str, torch.Tensor] = {}
+    for name in shared:
+        if name not in layout.trained:
+            continue
+        value = chunk.params[name].double()
+        if layout.sliced and name in layout.tables:
+            base = layout.state[name].double()[chunk.rows]
+            # Padding rows repeat row 0 of the catalogue: they carry no update.
+            mask = chunk.valid.view(*chunk.valid.shape, *[1] * (value.dim() - 2))
+            deltas[name] = (value - base) * mask
+        else:
+            deltas[name] = value - layout.state[name].double()
+    n_u = len(chunk.ids)
+    squares = torch.zeros(n_u, dtype=torch.float64)
+    for delta in deltas.values():
+        squares += delta.reshape(n_u, -1).pow(2).sum(dim=1)
+    norms = squares.sqrt()
+    factor = torch.where(norms > clip, clip / norms.clamp_min(1e-300), torch.ones_like(norms))
+    for name, delta in deltas.items():
+        scaled = delta * factor.view(-1, *[1] * (delta.dim() - 1))
+        if layout.sliced and name in layout.tables:
+            acc[name].index_add_(0, chunk.rows[chunk.valid], scaled[chunk.valid])
+        else:
+            acc[name] += scaled.sum(dim=0)
+
+
+def _noised_mean(
+    acc: Mapping[str, torch.Tensor],
+    layout: _Layout,
+    shared: Sequence[str],
+    dp: UserLevelDP,
+) -> dict[str, np.ndarray]:
+    """Global arrays + (sum of clipped updates + Gaussian noise) / number of users."""
+    generator = torch.Generator().manual_seed(dp.noise_seed)
+    std = dp.noise_multiplier * dp.clip
+    out: dict[str, np.ndarray] = {}
+    for name in shared:  # state order: the same draws for the same seed
+        value = layout.state[name]
+        if name not in layout.trained:
+            out[name] = value.numpy().copy()
+            continue
+        noise = torch.randn(value.shape, generator=generator, dtype=torch.float64) * std
+        step = (acc[name] + noise) / layout.num_users
+        out[name] = (value.double() + step).numpy().astype(np.float32)
+    return out
 
 
 def finetune_users_and_score(

@@ -12,6 +12,7 @@ otherwise does not know which it has.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from ..datasets.prepare import ClientData
 from ..models import Recommender, load_arrays, shared_arrays
 from .evaluate import EvalResult, rank_logits, rank_val_test
 from .group import train_epochs
-from .peruser import finetune_users_and_score, train_users_independently
+from .peruser import UserLevelDP, finetune_users_and_score, train_users_independently
 
 __all__ = [
     "GroupTrainer",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 _FINETUNE = 0xF17E  # separates fine-tuning draws from training draws
+_DP_NOISE = 0xD15E  # separates DP noise draws from the others
 
 
 def round_seed(seed: int, partition_id: int, server_round: int, *extra: int) -> int:
@@ -190,7 +192,23 @@ class GroupTrainer(Trainer):
 
 
 class PerUserTrainer(Trainer):
-    """Every user of the node trained alone, as its own one-user client."""
+    """Every user of the node trained alone, as its own one-user client.
+
+    Parameters
+    ----------
+    training : TrainingOptions
+        As for :class:`Trainer`.
+    seed : int
+        As for :class:`Trainer`.
+    dp : UserLevelDP, optional (default: None)
+        User-level DP: clip every user's update and noise the node's sum
+        (:class:`~fedrec_flwr.train.peruser.UserLevelDP`); its ``noise_seed``
+        is the node's secret base seed, mixed with the node and the round.
+    """
+
+    def __init__(self, training: TrainingOptions, seed: int, dp: UserLevelDP | None = None) -> None:
+        super().__init__(training, seed)
+        self.dp = dp
 
     def _user_seeds(self, data: ClientData, server_round: int, *extra: int) -> list[int]:
         # The user's code as partition id: the seed a one-user client would use.
@@ -222,6 +240,12 @@ class PerUserTrainer(Trainer):
                 "proximal-mu or private-layers, which it does not support"
             )
         t = self.training
+        dp = self.dp
+        if dp is not None:
+            dp = dataclasses.replace(
+                dp,
+                noise_seed=round_seed(dp.noise_seed, data.partition_id, server_round, _DP_NOISE),
+            )
         update = train_users_independently(
             model,
             data.train_users,
@@ -233,6 +257,7 @@ class PerUserTrainer(Trainer):
             learning_rate=t.learning_rate,
             num_negatives=t.num_negatives,
             weight_decay=t.weight_decay,
+            dp=dp,
         )
         load_arrays(model, update.private, private=True)
         return LocalUpdate(shared=dict(update.shared), weight=update.weight, loss=update.loss)
