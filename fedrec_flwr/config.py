@@ -530,6 +530,20 @@ class RunConfig:
             )
         return privacy.dp_noise_multiplier
 
+    def node_noise_multiplier(self) -> float:
+        """The noise multiplier one node applies under ``dp='user'``.
+
+        Without secure aggregation the server sees every reply, so each node
+        adds the whole noise. Under SecAgg+ it sees only the sum of at least
+        ``min-nodes`` replies, and Gaussian variances add up in that sum, so
+        each node adds its share, ``noise_multiplier / sqrt(min-nodes)``
+        (distributed DP): the sum carries at least the full noise.
+        """
+        sigma = self.noise_multiplier()
+        if self.privacy.secure_aggregation != "off":
+            return sigma / math.sqrt(self.strategy.min_nodes)
+        return sigma
+
     @classmethod
     def settings(cls) -> Iterator[tuple[str | None, dataclasses.Field[Any]]]:
         """Every key's field, in table order, with its group's attribute name.

@@ -273,3 +273,12 @@ def test_a_user_level_dp_run_reports_epsilon_and_sends_no_loss(tmp_path) -> None
         assert metrics[NUM_EXAMPLES_KEY] == metrics[NUM_USERS_KEY]
     again, _ = _inprocess_run(data, tmp_path / "b", **dp)
     assert again["rounds"][-1]["test"] == results["rounds"][-1]["test"]  # seeded noise
+
+
+def test_under_secure_aggregation_each_node_adds_its_share_of_the_noise() -> None:
+    values = {**_PER_USER, "dp-clip": 1.0, "dp-noise-multiplier": 3.0, "min-nodes": 9}
+    alone = RunConfig.from_mapping(values)
+    assert alone.node_noise_multiplier() == 3.0
+    shared = RunConfig.from_mapping({**values, "secure-aggregation": "secaggplus"})
+    # Variances add up in the masked sum of at least min-nodes replies.
+    assert 9 * shared.node_noise_multiplier() ** 2 == pytest.approx(3.0**2)

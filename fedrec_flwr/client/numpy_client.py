@@ -110,7 +110,7 @@ class NCFClient(NumPyClient):
         self.trainer: Trainer
         if training.client_mode == "per-user":
             dp = (
-                UserLevelDP(privacy.dp_clip, config.noise_multiplier(), self.noise_seed)
+                UserLevelDP(privacy.dp_clip, config.node_noise_multiplier(), self.noise_seed)
                 if privacy.dp == "user"
                 else None
             )

@@ -101,7 +101,12 @@ def noise_for_target(target_epsilon: float, rounds: int, delta: float) -> float:
 
 
 def user_level_report(
-    noise_multiplier: float, clip: float, delta: float, rounds: int
+    noise_multiplier: float,
+    clip: float,
+    delta: float,
+    rounds: int,
+    *,
+    node_noise_multiplier: float | None = None,
 ) -> dict[str, Any]:
     """The ``dp`` section of ``results.json`` for ``dp='user'``.
 
@@ -114,11 +119,16 @@ def user_level_report(
         The run's noise multiplier, ``dp-clip`` and ``dp-delta``.
     rounds : int
         ``num-server-rounds``.
+    node_noise_multiplier : float, optional (default: None)
+        Each node's share under secure aggregation (distributed DP); None =
+        each node adds the whole noise.
     """
+    share = noise_multiplier if node_noise_multiplier is None else node_noise_multiplier
     return {
         "level": "user",
         "neighbouring": "add-or-remove one user of a node (zero-out: its update or none)",
         "noise-multiplier": noise_multiplier,
+        "node-noise-multiplier": share,
         "clip": clip,
         "delta": delta,
         "accountant": "rdp (dp-accounting), no sampling amplification",

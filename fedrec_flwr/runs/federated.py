@@ -213,7 +213,11 @@ def _dp_report(cfg: RunConfig) -> dict[str, Any] | None:
     if privacy.dp != "user":
         return None
     report = user_level_report(
-        cfg.noise_multiplier(), privacy.dp_clip, privacy.dp_delta, cfg.num_server_rounds
+        cfg.noise_multiplier(),
+        privacy.dp_clip,
+        privacy.dp_delta,
+        cfg.num_server_rounds,
+        node_noise_multiplier=cfg.node_noise_multiplier(),
     )
     eps = report["epsilon-per-round"]
     log(
