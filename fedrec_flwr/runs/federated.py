@@ -164,6 +164,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     if failed:
         log(WARNING, "fedrec-flwr: rounds with failed clients: %s", failed)
     dropped_rounds = sorted({r for r, _, _ in strategy.dropped} | {r for r, _ in strategy.rejected})
+    dp_extra = _dp_extra(strategy.strategy, rounds)
     path = write_run(
         out_dir,
         mode="federated",
@@ -186,6 +187,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             NUM_PARTITIONS_KEY: strategy.num_partitions,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
+            **dp_extra,
         },
     )
     final = rounds[-1][TEST_PART]
@@ -199,6 +201,27 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     log(INFO, "fedrec-flwr: wrote %s (results.json, model.pt, metrics.png)", out_dir)
     log(INFO, "%s", summary_line(path, select_by_validation(rounds)))
     return path
+
+
+def _dp_extra(strategy: object, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Node-level DP: ``{"dp": ...}`` for the results' extra, ``epsilon`` in each round.
+
+    Parameters
+    ----------
+    strategy : object
+        The strategy inside the validation layer.
+    rounds : list of dict
+        The round entries; each round the accountant saw gets its cumulative
+        ``epsilon`` (in place).
+    """
+    from ..privacy.nodedp import NodeDPStrategy
+
+    if not isinstance(strategy, NodeDPStrategy):
+        return {}
+    for entry in rounds:
+        if entry["round"] in strategy.epsilons:
+            entry["epsilon"] = strategy.epsilons[entry["round"]]
+    return {"dp": strategy.describe()}
 
 
 def _reply_poll_interval(grid: Grid) -> float | None:
