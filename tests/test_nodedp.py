@@ -217,6 +217,20 @@ def test_epsilon_per_round_is_dp_accountings_rdp_and_lands_in_results(rc, tmp_pa
     assert expected[0] < expected[1] < expected[2]
 
 
+def test_a_target_epsilon_is_met_by_flowers_accountant(rc, tmp_path):
+    """``dp-target-epsilon`` is calibrated by the same dp-accounting RDP Flower accounts with."""
+    run = {
+        **_dp(rc, "node-server", 0.5, 0.0),
+        "dp-target-epsilon": 40.0,
+        "num-server-rounds": 2,
+    }
+    cfg = RunConfig.from_mapping(run)
+    grid = InProcessGrid(_app(), _nodes(), run)
+    results = json.loads(run_federated(grid, cfg, tmp_path).read_text())
+    assert results["dp"]["noise-multiplier"] == cfg.noise_multiplier() > 0
+    assert results["dp"]["epsilon-per-round"][-1] == pytest.approx(40.0, rel=1e-4)
+
+
 @pytest.mark.parametrize("level", ["node-client", "node-server"])
 def test_same_seed_same_bits_another_seed_other_noise(rc, level):
     run = _dp(rc, level, 0.5, 1.0)
