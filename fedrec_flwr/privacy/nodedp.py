@@ -235,6 +235,9 @@ class NodeDPStrategy(Strategy):
     def summary(self) -> None:
         """Log the node-level DP settings, then Flower's wrapper's summary."""
         log(INFO, "\t├──> Node-level DP (fedrec-flwr): %s", self.level)
+        log(INFO, "\t│\t├── noise multiplier: %g", self.noise_multiplier)
+        log(INFO, "\t│\t├── clipping norm: %g", self.clipping_norm)
+        log(INFO, "\t│\t├── accountant: %s, delta %g", ACCOUNTANT, self.delta)
         log(INFO, "\t│\t├── pre-scaling: s_k = K n_k / n, n = %g", self.total_examples)
         log(INFO, "\t│\t└── noise seeded from seed=%d and the round", self.seed)
         (self.dp or self.inner).summary()
