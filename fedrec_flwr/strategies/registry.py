@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from ..privacy.nodedp import NODE_DP_MODES, node_dp_strategy
 from ..protocol import ITEM_COUNTS_KEY, NUM_EXAMPLES_KEY, NUM_USERS_KEY
 from .aggregate import exact_metric_aggregation
 from .caps import read_node_weight_caps
@@ -131,9 +132,7 @@ def build_strategy(
         "train_metrics_aggr_fn": exact_metric_aggregation,
         "evaluate_metrics_aggr_fn": exact_metric_aggregation,
     }
-    if cfg.privacy.dp in ("node-client", "node-server"):
-        from ..privacy.nodedp import node_dp_strategy  # Flower's DP wrappers, pre-scaled
-
+    if cfg.privacy.dp in NODE_DP_MODES:  # Flower's DP wrappers over FedAvg, pre-scaled
         inner: Strategy = node_dp_strategy(cfg, common, total_examples=max_train_weight)
     else:
         inner = STRATEGIES[options.strategy](options, common)
