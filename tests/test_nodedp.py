@@ -25,6 +25,7 @@ from fedrec_flwr.config import ConfigError, RunConfig
 from fedrec_flwr.datasets import prepare_data
 from fedrec_flwr.privacy.nodedp import (
     ACCOUNTANT,
+    NOISE_SEED_ENV_VAR,
     NodeDPStrategy,
     client_mods,
     node_dp_mod,
@@ -41,7 +42,7 @@ logging.getLogger("flwr").setLevel(logging.WARNING)
 SMALL = {"factors": 4, "mlp-layers": "8,4", "batch-size": 64, "top-k": "1", "local-epochs": 1}
 NUM_NODES = 3
 BIG_CLIP = 1e4  # far above any update here: nothing is clipped
-SEED = RunConfig().data.seed  # the default run seed (seeds the noise too)
+NOISE_SEED = 1234  # the server's secret noise seed in these tests
 
 
 def _rows():
@@ -52,6 +53,11 @@ def _rows():
         for t, i in enumerate(rng.permutation(50)[: 6 + 3 * u]):
             rows.append((u + 1, int(i) + 1, 4, 1_000_000 + t))
     return rows
+
+
+@pytest.fixture(autouse=True)
+def _noise_seed(monkeypatch):
+    monkeypatch.setenv(NOISE_SEED_ENV_VAR, str(NOISE_SEED))
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +151,7 @@ def test_unclipped_aggregate_is_weighted_fedavg_plus_the_seeded_noise(rc, level)
     assert len(set(weights)) == NUM_NODES  # the nodes' n_k differ: weighting matters
     assert strategy.strategy.total_examples == sum(weights)
     expected = _weighted(raw, start)
-    drawn = _noise(SEED, noise * BIG_CLIP / NUM_NODES, agg)
+    drawn = _noise(NOISE_SEED, noise * BIG_CLIP / NUM_NODES, agg)
     for k in start:
         np.testing.assert_allclose(agg[k], expected[k] + drawn[k], rtol=1e-5, atol=1e-2)
         # The noise itself was this draw: what remains is float32 rounding.
@@ -153,7 +159,7 @@ def test_unclipped_aggregate_is_weighted_fedavg_plus_the_seeded_noise(rc, level)
     # Tighter: with a tiny noise the aggregate is the weighted mean to float32 precision.
     agg, start, raw, _ = _one_round(_dp(rc, level, BIG_CLIP, 1e-9), _mods(level))
     expected = _weighted(raw, start)
-    drawn = _noise(SEED, 1e-9 * BIG_CLIP / NUM_NODES, agg)
+    drawn = _noise(NOISE_SEED, 1e-9 * BIG_CLIP / NUM_NODES, agg)
     for k in start:
         np.testing.assert_allclose(agg[k] - drawn[k], expected[k], rtol=1e-5, atol=1e-7)
 
@@ -170,7 +176,7 @@ def test_clipped_aggregate_is_the_mean_of_the_clipped_scaled_updates(rc, level):
         norm = np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in scaled.values()))
         assert norm > clip  # every node is clipped here
         terms.append({k: v * (clip / norm) for k, v in scaled.items()})
-    drawn = _noise(SEED, noise * clip / NUM_NODES, agg)
+    drawn = _noise(NOISE_SEED, noise * clip / NUM_NODES, agg)
     for k in start:
         expected = start[k] + np.mean([t[k] for t in terms], axis=0) + drawn[k]
         np.testing.assert_allclose(agg[k], expected, atol=1e-6)
@@ -232,14 +238,28 @@ def test_a_target_epsilon_is_met_by_flowers_accountant(rc, tmp_path):
 
 
 @pytest.mark.parametrize("level", ["node-client", "node-server"])
-def test_same_seed_same_bits_another_seed_other_noise(rc, level):
+def test_same_noise_seed_same_bits_another_or_none_other_noise(rc, level, monkeypatch):
     run = _dp(rc, level, 0.5, 1.0)
-    a, *_ = _one_round(run, _mods(level), node_ids=[7, 8, 9])
+    a, _, _, strategy = _one_round(run, _mods(level), node_ids=[7, 8, 9])
     b, *_ = _one_round(run, _mods(level), node_ids=[90, 3, 41], shuffle_seed=1)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    other = {**run, "seed": 1}
-    c, *_ = _one_round(other, _mods(level))
+    assert "reproducible" in strategy.strategy.describe()["noise-seed"]
+    monkeypatch.setenv(NOISE_SEED_ENV_VAR, str(NOISE_SEED + 1))
+    c, *_ = _one_round(run, _mods(level))
     assert not all(np.array_equal(a[k], c[k]) for k in a)
+    # Unset: fresh entropy. The public run config (seed included) does not fix the
+    # noise, so no node can regenerate it.
+    monkeypatch.delenv(NOISE_SEED_ENV_VAR)
+    d, _, _, fresh = _one_round(run, _mods(level))
+    e, *_ = _one_round(run, _mods(level))
+    assert not all(np.array_equal(d[k], e[k]) for k in d)
+    assert fresh.strategy.describe()["noise-seed"] == "fresh OS entropy (not reproducible)"
+
+
+def test_a_malformed_noise_seed_is_refused_before_any_round(rc, monkeypatch):
+    monkeypatch.setenv(NOISE_SEED_ENV_VAR, "abc")
+    with pytest.raises(ConfigError, match=NOISE_SEED_ENV_VAR):
+        _strategy(RunConfig.from_mapping(_dp(rc, "node-server", 0.5, 1.0)))
 
 
 def test_noise_seeding_leaves_the_global_rng_alone():

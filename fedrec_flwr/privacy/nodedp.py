@@ -36,7 +36,9 @@ before Flower's server-side clipping for ``node-server``). Flower then releases
 (fixed at round 1: the nodes connected, and the dataset's training
 interactions, which the server knows when it holds the data); they are not
 recomputed from the replies, so node ``k``'s term ``clip_C(s_k Delta_k)``
-depends only on its own data and the public ``w``. Adding or removing one
+depends only on its own data and the public ``w``. The neighbouring
+federation (one node more or fewer) runs the same mechanism with the same
+``K`` and ``n``, the missing node's term being absent. Adding or removing one
 node therefore changes the sum inside the brackets by one clipped term, of L2
 norm at most ``C``, whatever its ``n_k`` (the scaling is applied *before* the
 clip: clipping first and scaling after would make the sensitivity
@@ -59,9 +61,15 @@ sees every reply unnoised and adds the noise itself (it is trusted).
 Seeded noise. Flower draws its noise from NumPy's global RNG
 (``np.random.normal``). :func:`seeded_noise` gives that RNG, for the duration of
 one round's ``aggregate_train`` only, the state seeded by
-``SeedSequence([seed, server_round, stream])`` and restores the previous state
-afterwards: a round's noise depends only on the run's ``seed`` and the round,
-and nothing else in the process is reseeded or disturbed.
+``SeedSequence([noise_seed, server_round, stream])`` and restores the previous
+state afterwards: a round's noise depends only on the noise seed and the round,
+and nothing else in the process is reseeded or disturbed. The noise seed is
+*not* the run's ``seed``: the run config goes to every node and into
+``results.json``, and whoever knows the noise seed can regenerate the noise
+and subtract it, which voids the guarantee. It is a secret of the server
+process: the environment variable ``FEDREC_FLWR_DP_NOISE_SEED`` (a
+non-negative integer; same value, same run config -> the same bits), or, when
+unset, fresh OS entropy drawn once per run (private, not reproducible).
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from logging import INFO, WARNING
@@ -108,6 +117,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCOUNTANT",
     "NODE_DP_MODES",
+    "NOISE_SEED_ENV_VAR",
     "NodeDPStrategy",
     "client_mods",
     "node_dp_mod",
@@ -119,23 +129,28 @@ __all__ = [
 NODE_DP_MODES = ("node-client", "node-server")
 #: How the epsilons are computed (``results.json``, ``dp.accountant``).
 ACCOUNTANT = "rdp (dp-accounting, via Flower)"
+#: Server-side environment variable holding the secret noise seed (unset: fresh entropy).
+NOISE_SEED_ENV_VAR = "FEDREC_FLWR_DP_NOISE_SEED"
 # Keeps the noise stream apart from any other use of (seed, round) seeds.
 _NOISE_STREAM = 0x4E4F4453
 
 
 @contextlib.contextmanager
-def seeded_noise(seed: int, server_round: int) -> Iterator[None]:
+def seeded_noise(noise_seed: int, server_round: int) -> Iterator[None]:
     """Seed NumPy's global RNG (Flower's noise source) for one round, then restore it.
+
+    Not thread-safe: nothing else may draw from NumPy's global RNG meanwhile
+    (the server aggregates in one thread).
 
     Parameters
     ----------
-    seed : int
-        The run's ``seed``.
+    noise_seed : int
+        The secret noise seed (never the public run ``seed``).
     server_round : int
         The round whose noise is drawn.
     """
     saved = np.random.get_state()
-    state = np.random.SeedSequence([seed, server_round, _NOISE_STREAM]).generate_state(8)
+    state = np.random.SeedSequence([noise_seed, server_round, _NOISE_STREAM]).generate_state(8)
     np.random.seed(state)
     try:
         yield
@@ -175,13 +190,16 @@ class NodeDPStrategy(Strategy):
         The delta the accountant reports epsilon at.
     total_examples : float
         ``n``: the federation's training interactions (public).
-    seed : int (default: 0)
-        Seeds the noise (:func:`seeded_noise`).
+    noise_seed : int, optional (default: None)
+        The secret seed of the noise (:func:`seeded_noise`); None = fresh OS
+        entropy, drawn here once (private, not reproducible).
 
     Attributes
     ----------
     dp : DifferentialPrivacyFixedClippingBase or None
         Flower's wrapper, once built.
+    reproducible : bool
+        Whether a noise seed was given (else it is fresh entropy).
     num_nodes : int or None
         ``K``, once fixed.
     epsilons : dict of int to float
@@ -200,7 +218,7 @@ class NodeDPStrategy(Strategy):
         clipping_norm: float,
         delta: float,
         total_examples: float,
-        seed: int = 0,
+        noise_seed: int | None = None,
     ) -> None:
         if level not in NODE_DP_MODES:
             raise ValueError(f"level={level!r}: expected one of {NODE_DP_MODES}")
@@ -215,7 +233,11 @@ class NodeDPStrategy(Strategy):
         self.clipping_norm = clipping_norm
         self.delta = delta
         self.total_examples = float(total_examples)
-        self.seed = seed
+        self.reproducible = noise_seed is not None
+        # Fresh entropy (128 bits) unless given; never logged or written out.
+        self._noise_seed = (
+            noise_seed if noise_seed is not None else int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+        )
         self.dp: DifferentialPrivacyFixedClippingBase | None = None
         self.num_nodes: int | None = None
         self.epsilons: dict[int, float] = {}
@@ -239,7 +261,7 @@ class NodeDPStrategy(Strategy):
         log(INFO, "\t│\t├── clipping norm: %g", self.clipping_norm)
         log(INFO, "\t│\t├── accountant: %s, delta %g", ACCOUNTANT, self.delta)
         log(INFO, "\t│\t├── pre-scaling: s_k = K n_k / n, n = %g", self.total_examples)
-        log(INFO, "\t│\t└── noise seeded from seed=%d and the round", self.seed)
+        log(INFO, "\t│\t└── noise seed: %s", self._seed_source())
         (self.dp or self.inner).summary()
 
     def describe(self) -> dict[str, Any]:
@@ -252,9 +274,15 @@ class NodeDPStrategy(Strategy):
             "accountant": ACCOUNTANT,
             "num-nodes": self.num_nodes,
             "total-examples": self.total_examples,
+            "noise-seed": self._seed_source(),
             "epsilon-per-round": [self.epsilons[r] for r in sorted(self.epsilons)],
             "rounds-not-exact": [{"round": r, "sum-n-k": s} for r, s in self.unexact],
         }
+
+    def _seed_source(self) -> str:
+        if self.reproducible:
+            return f"secret, from ${NOISE_SEED_ENV_VAR} (reproducible)"
+        return "fresh OS entropy (not reproducible)"
 
     def _build(self, grid: Grid) -> DifferentialPrivacyFixedClippingBase:
         from flwr.serverapp import RdpAccountant
@@ -327,7 +355,7 @@ class NodeDPStrategy(Strategy):
         ok = [m for m in replies if not m.has_error()]
         key = self.inner.weighted_by_key
         prepared = [m if m.has_error() else self._prepare(m) for m in replies]
-        with seeded_noise(self.seed, server_round):
+        with seeded_noise(self._noise_seed, server_round):
             arrays, _ = self.dp.aggregate_train(server_round, prepared)
         spent = self.dp.privacy_spent()
         epsilon = 0.0 if spent is None else float(spent.epsilon)
@@ -388,8 +416,9 @@ def node_dp_strategy(
     Parameters
     ----------
     cfg : RunConfig
-        ``dp``, ``dp-clip``, ``dp-delta``, the noise (``dp-noise-multiplier`` or
-        calibrated from ``dp-target-epsilon``) and ``seed`` are read.
+        ``dp``, ``dp-clip``, ``dp-delta`` and the noise (``dp-noise-multiplier``
+        or calibrated from ``dp-target-epsilon``) are read; the noise seed comes
+        from ``$FEDREC_FLWR_DP_NOISE_SEED`` on the server (unset: fresh entropy).
     common : dict
         The keyword arguments every strategy of the registry gets (sampling,
         weight key, metric aggregation).
@@ -400,9 +429,16 @@ def node_dp_strategy(
     Raises
     ------
     ConfigError
-        If ``n`` is unknown.
+        If ``n`` is unknown, or ``$FEDREC_FLWR_DP_NOISE_SEED`` is not a
+        non-negative integer.
     """
     privacy = cfg.privacy
+    raw = os.environ.get(NOISE_SEED_ENV_VAR, "").strip()
+    if raw and not raw.isdigit():
+        raise ConfigError(
+            f"{NOISE_SEED_ENV_VAR}={raw!r}: expected a non-negative integer (the secret "
+            "seed of the DP noise), or unset for fresh entropy"
+        )
     return NodeDPStrategy(
         privacy.dp,
         FedAvg(**common),
@@ -410,7 +446,7 @@ def node_dp_strategy(
         clipping_norm=privacy.dp_clip,
         delta=privacy.dp_delta,
         total_examples=total_examples,
-        seed=cfg.data.seed,
+        noise_seed=int(raw) if raw else None,
     )
 
 
