@@ -385,3 +385,22 @@ def test_flwr_run_with_node_client_dp(tmp_path, ml100k_dir):
     assert results["dp"]["num-nodes"] == 2 and results["dp"]["rounds-not-exact"] == []
     assert [r["epsilon"] for r in results["rounds"]] == results["dp"]["epsilon-per-round"]
     assert all(r["failures"] == 0 for r in results["rounds"])
+    assert "reproducible" in results["dp"]["noise-seed"]  # the env var reached the server
+    # The same noise seed and run config in this process: the very same model bits.
+    import torch
+
+    from fedrec_flwr.app.client_app import app as client_app
+
+    rc = {
+        "num-server-rounds": 2,
+        "local-epochs": 1,
+        "data-dir": str(ml100k_dir),
+        "dp": "node-client",
+        "dp-clip": 14.0,
+        "dp-noise-multiplier": 0.01,
+    }
+    grid = InProcessGrid(client_app, _nodes(2), rc, shuffle_seed=1)
+    run_federated(grid, RunConfig.from_mapping(rc), tmp_path / "again")
+    a = torch.load(out / "model.pt")["state_dict"]
+    b = torch.load(tmp_path / "again" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
