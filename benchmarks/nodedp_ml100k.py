@@ -2,13 +2,16 @@
 
 Runs the real ServerApp and ClientApp code in one process (``InProcessGrid``)
 on one dataset cut into user groups, once without DP and once per noise
-multiplier with ``dp='node-client'``, and prints one markdown row per run:
-final test HR@10 / NDCG@10 and the accountant's epsilon after the last round.
+multiplier with ``dp='node-client'`` (or ``--level node-server``), and prints
+one markdown row per run: final test HR@10 / NDCG@10 and the accountant's
+epsilon after the last round. Set ``FEDREC_FLWR_DP_NOISE_SEED`` for
+reproducible noise (unset: fresh entropy).
 
 Usage (from the repository root)::
 
-    PYTHONPATH=. python benchmarks/nodedp_ml100k.py --data-dir /work/shared/data/ml-100k \\
-        --groups 10 --rounds 5 --local-epochs 1 --clip 14 --noise 0.01,0.1
+    FEDREC_FLWR_DP_NOISE_SEED=0 PYTHONPATH=. python benchmarks/nodedp_ml100k.py \\
+        --data-dir /work/shared/data/ml-100k --groups 10 --rounds 5 --local-epochs 1 \\
+        --clip 14 --noise 0.01,0.1 [--level node-server] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=14.0, help="dp-clip")
     parser.add_argument("--noise", default="0.01,0.1", help="noise multipliers")
     parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--level", default="node-client", choices=("node-client", "node-server"))
+    parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     base = {
@@ -54,11 +59,14 @@ def main() -> None:
         "num-server-rounds": args.rounds,
         "local-epochs": args.local_epochs,
     }
-    runs: list[tuple[str, dict[str, Any]]] = [("off", base)]
+    runs: list[tuple[str, dict[str, Any]]] = [] if args.no_baseline else [("off", base)]
     for sigma in (float(s) for s in args.noise.split(",")):
-        dp = {"dp": "node-client", "dp-clip": args.clip, "dp-noise-multiplier": sigma}
+        dp = {"dp": args.level, "dp-clip": args.clip, "dp-noise-multiplier": sigma}
         runs.append(
-            (f"node-client sigma={sigma:g} C={args.clip:g}", {**base, **dp, "dp-delta": args.delta})
+            (
+                f"{args.level} sigma={sigma:g} C={args.clip:g}",
+                {**base, **dp, "dp-delta": args.delta},
+            )
         )
     print(f"| dp | test HR@10 | test NDCG@10 | epsilon after {args.rounds} rounds | seconds |")
     print("|---|---|---|---|---|")
