@@ -69,7 +69,9 @@ and nothing else in the process is reseeded or disturbed. The noise seed is
 and subtract it, which voids the guarantee. It is a secret of the server
 process: the environment variable ``FEDREC_FLWR_DP_NOISE_SEED`` (a
 non-negative integer; same value, same run config -> the same bits), or, when
-unset, fresh OS entropy drawn once per run (private, not reproducible).
+unset, fresh OS entropy drawn once per run (private, not reproducible). The
+draws come from NumPy's Mersenne Twister, as in Flower: not a cryptographic
+generator.
 """
 
 from __future__ import annotations
