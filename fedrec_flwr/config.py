@@ -472,6 +472,9 @@ class RunConfig:
                         strategy.item_aggregation,
                         strategy.item_aggregation == "dense",
                     ),
+                    # The pre-scaling K n_k / n needs n, the dataset's training
+                    # interactions: the server must hold the data.
+                    (key_of("item_catalogue"), self.item_catalogue, not self.item_catalogue),
                 )
                 if not ok
             ]
@@ -480,7 +483,8 @@ class RunConfig:
                     f"dp={privacy.dp!r} with {', '.join(bad)}: node-level DP with "
                     "accounting composes Flower's DP wrapper with FedAvg over every node "
                     "(strategy='fedavg', fraction-train=1, weight-key='interactions', "
-                    "item-aggregation='dense')"
+                    "item-aggregation='dense', and item-catalogue='' so the server knows "
+                    "the dataset's size)"
                 )
         if privacy.secure_aggregation != "off":
             needs_replies = [

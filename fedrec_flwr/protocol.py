@@ -38,6 +38,7 @@ __all__ = [
     "KNOB_KEYS",
     "LOSS_KEY",
     "METRICS_RECORD",
+    "NODE_DP_SCALE_KEY",
     "NUM_EXAMPLES_KEY",
     "NUM_PARTITIONS_KEY",
     "NUM_USERS_KEY",
@@ -73,6 +74,10 @@ ITEM_COUNTS_KEY = "item-counts"
 #: Strategy knobs a server may send per round; the message's value wins over
 #: the run config's key of the same name.
 KNOB_KEYS = (PROXIMAL_MU_KEY, PRIVATE_LAYERS_KEY, FINETUNE_EPOCHS_KEY, FINETUNE_SCOPE_KEY)
+#: ``dp='node-client'``: ``K / n`` (nodes over the federation's training
+#: interactions); a node scales its update by this times its own ``num-examples``
+#: before Flower's ``fixedclipping_mod`` clips it (:mod:`fedrec_flwr.privacy.nodedp`).
+NODE_DP_SCALE_KEY = "node-dp-scale"
 
 # Client -> server metrics.
 NUM_EXAMPLES_KEY = "num-examples"  # FedAvg weight n_k: training interactions

@@ -15,6 +15,7 @@ from ..client.numpy_client import NCFClient
 from ..config import ConfigError, RunConfig
 from ..datasets import load_client_data
 from ..datasets.local import load_local_client_data
+from ..privacy.nodedp import client_mods
 from ..protocol import (
     DATA_FILE_KEY,
     DP_NOISE_SEED_KEY,
@@ -90,7 +91,7 @@ def partition_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS_RECORD: record}), reply_to=msg)
 
 
-app = numpy_client_app(client_fn)
+app = numpy_client_app(client_fn, train_mods=client_mods())
 app.query()(partition_query)
 
 legacy_app = ClientApp(client_fn=lambda context: client_fn(context).to_client())

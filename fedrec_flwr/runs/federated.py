@@ -157,9 +157,6 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     )
     t_end = time.perf_counter()
     rounds = _round_entries(result, metered, t_end)
-    if dp_report is not None:
-        for entry in rounds:
-            entry["epsilon"] = dp_report["epsilon-per-round"][entry["round"] - 1]
     if not result.train_metrics_clientapp:
         raise RuntimeError(
             "no training round succeeded; client errors: "
@@ -169,6 +166,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     if failed:
         log(WARNING, "fedrec-flwr: rounds with failed clients: %s", failed)
     dropped_rounds = sorted({r for r, _, _ in strategy.dropped} | {r for r, _ in strategy.rejected})
+    dp_extra = _dp_extra(dp_report, strategy.strategy, rounds)
     path = write_run(
         out_dir,
         mode="federated",
@@ -191,7 +189,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             NUM_PARTITIONS_KEY: strategy.num_partitions,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
-            **({"dp": dp_report} if dp_report is not None else {}),
+            **dp_extra,
         },
     )
     final = rounds[-1][TEST_PART]
@@ -231,6 +229,35 @@ def _dp_report(cfg: RunConfig) -> dict[str, Any] | None:
         len(eps),
     )
     return report
+
+
+def _dp_extra(
+    user_report: dict[str, Any] | None, strategy: object, rounds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``{"dp": ...}`` for the results' extra, and ``epsilon`` in each round (in place).
+
+    Parameters
+    ----------
+    user_report : dict or None
+        The user-level DP report (:func:`_dp_report`), None for other modes.
+    strategy : object
+        The strategy inside the validation layer (node-level DP reports its
+        accountant's epsilon per aggregated round).
+    rounds : list of dict
+        The round entries.
+    """
+    from ..privacy.nodedp import NodeDPStrategy
+
+    if user_report is not None:
+        for entry in rounds:
+            entry["epsilon"] = user_report["epsilon-per-round"][entry["round"] - 1]
+        return {"dp": user_report}
+    if not isinstance(strategy, NodeDPStrategy):
+        return {}
+    for entry in rounds:
+        if entry["round"] in strategy.epsilons:
+            entry["epsilon"] = strategy.epsilons[entry["round"]]
+    return {"dp": strategy.describe()}
 
 
 def _reply_poll_interval(grid: Grid) -> float | None:

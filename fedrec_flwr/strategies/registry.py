@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from ..privacy.nodedp import NODE_DP_MODES, node_dp_strategy
 from ..protocol import ITEM_COUNTS_KEY, NUM_EXAMPLES_KEY, NUM_USERS_KEY
 from .aggregate import exact_metric_aggregation
 from .caps import read_node_weight_caps
@@ -104,7 +105,8 @@ def build_strategy(
         Its ``strategy`` group and the ``seed`` (client sampling) are read.
     max_train_weight : float (default: inf)
         Cap on a training reply's weight when ``max-client-weight`` is 0 (the
-        server passes the dataset's size: no partition can hold more).
+        server passes the dataset's size: no partition can hold more); with
+        node-level DP also ``n`` of the pre-scaling (:mod:`fedrec_flwr.privacy.nodedp`).
     max_evaluate_weight : float (default: inf)
         Cap on an evaluation reply's weight (number of users), and on any
         reply's ``num-users``.
@@ -130,7 +132,10 @@ def build_strategy(
         "train_metrics_aggr_fn": exact_metric_aggregation,
         "evaluate_metrics_aggr_fn": exact_metric_aggregation,
     }
-    inner = STRATEGIES[options.strategy](options, common)
+    if cfg.privacy.dp in NODE_DP_MODES:  # Flower's DP wrappers over FedAvg, pre-scaled
+        inner: Strategy = node_dp_strategy(cfg, common, total_examples=max_train_weight)
+    else:
+        inner = STRATEGIES[options.strategy](options, common)
     rowwise = options.item_aggregation == "rowwise"
     declared = read_node_weight_caps(options.node_weight_caps) if options.node_weight_caps else {}
     user_caps = declared.get(NUM_USERS_KEY, {})
