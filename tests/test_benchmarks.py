@@ -70,3 +70,15 @@ def test_scale_quick(tmp_path):
     (tmp_path / "scale.json").unlink()
     _run("scale.py", tmp_path, "--reuse")
     assert json.loads((tmp_path / "scale.json").read_text()) == points
+
+
+def test_privacy_quick(tmp_path, ml100k_dir):
+    text = _run("privacy.py", tmp_path, "--data-dir", str(ml100k_dir))
+    assert "User-level DP" in text and "Node-level DP" in text and "pseudo items" in text
+    result = json.loads((tmp_path / "privacy.json").read_text())
+    user = {r["epsilon"]: r for r in result["user"]}
+    assert set(user) == {8.0, math.inf}
+    assert user[8.0]["one-node"][0]["epsilon"] == pytest.approx(8.0, abs=1e-3)
+    # The control: without protection one-user replies give their items away.
+    assert user[math.inf]["audit"]["direction"]["auc"] > 0.95
+    assert (tmp_path / "privacy.png").stat().st_size > 0

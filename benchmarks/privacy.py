@@ -1,0 +1,324 @@
+"""Privacy against utility on ML-100K: DP at user and node level, local DP, the audit.
+
+Every number comes from the real code: federated runs through ``InProcessGrid``
+(the ServerApp's ``run_federated`` against the real ClientApp, every message
+serialised), and the audit's attacks (:mod:`fedrec_flwr.privacy.audit`) on
+round-1 replies exactly as ``NCFClient.fit`` returns them to the server.
+Sections (``--sections``):
+
+- ``user``: user-level DP (``dp='user'``, per-user mode) against epsilon after
+  ``--rounds`` rounds at ``dp-delta`` 1e-5. Utility with two noise placements:
+  *one node holding all users* (the noise of one release over all 943 users:
+  what 10 groups under SecAgg+ with ``min-nodes=10`` add up to, each adding
+  its share ``sigma / sqrt(10)``)
+  and *10 groups, each adding the whole noise* (no secure aggregation). The
+  audit attacks one-user nodes (``partitioner=natural``), each adding the whole
+  noise to its own reply. epsilon = inf is the same setting without DP.
+- ``node``: node-level DP (``dp='node-client'``, Flower's wrappers) on 10
+  groups against epsilon, and the audit of the replies the server receives
+  (the server adds the noise, so it still reads the replies).
+- ``ldp``: FedPerGNN-style local DP and pseudo items: the audit on one-user
+  nodes and utility on 10 groups.
+
+Prints markdown tables; writes ``privacy.json`` and ``privacy.png`` to ``--out``.
+
+Usage (from the repository root)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/privacy.py --out docs/privacy-bench
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/privacy.py --quick --out /tmp/privacy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _bench import (
+    default_data_dir,
+    fmt,
+    markdown_table,
+    mean_std,
+    quiet_flower,
+    run_federated_inprocess,
+    stamp,
+)
+
+#: user-level DP: GMF, per-user training at learning rate 0.3 with dp-clip 5
+#: (median user update norm ~5 at that rate), picked on seed 42's validation
+#: HR@10 at epsilon 8 among clip 3/5/10/30, learning rate 0.1/0.3, NeuMF/GMF.
+USER_DP = {
+    "model": "gmf",
+    "learning-rate": 0.3,
+    "client-mode": "per-user",
+    "weight-key": "users",
+    "dp": "user",
+    "dp-clip": 5.0,
+}
+#: node-level DP: the default model and training, clip 14 (the largest scaled
+#: node update norm of round 1 on 10 groups: benchmarks/update_norms.py --scaled).
+NODE_DP = {"dp": "node-client", "dp-clip": 14.0}
+#: local DP settings: (label, run-config keys).
+LDP_SETTINGS: list[tuple[str, dict[str, Any]]] = [
+    ("none", {}),
+    ("pseudo-items 100", {"pseudo-items": 100}),
+    ("ldp clip 0.01 noise 0.01", {"ldp-clip": 0.01, "ldp-noise": 0.01}),
+    (
+        "pseudo-items 100 + ldp clip 0.01 noise 0.01",
+        {"pseudo-items": 100, "ldp-clip": 0.01, "ldp-noise": 0.01},
+    ),
+]
+NUM_USERS = 943
+
+
+def _dp_keys(base: Mapping[str, Any], epsilon: float) -> dict[str, Any]:
+    """``base`` at a target epsilon; at infinity the same training without DP."""
+    if math.isinf(epsilon):
+        off = {k: v for k, v in base.items() if not k.startswith("dp")}
+        if off.get("weight-key") == "users":
+            off["weight-key"] = "interactions"  # per-user FedAvg without DP
+        return off
+    return {**base, "dp-target-epsilon": epsilon}
+
+
+def _selected(results: Mapping[str, Any]) -> dict[str, float]:
+    from fedrec_flwr.runs.results import select_by_validation
+
+    best = select_by_validation(results["rounds"])
+    eps = results["rounds"][-1].get("epsilon", math.inf)
+    return {
+        "hr": best["test"]["hr@10"],
+        "ndcg": best["test"]["ndcg@10"],
+        "round": best["round"],
+        "epsilon": eps,
+    }
+
+
+def _utility(rc: Mapping[str, Any], num_partitions: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as out:
+        results = run_federated_inprocess(rc, num_partitions, Path(out))
+    return _selected(results)
+
+
+def _audit(
+    rc: Mapping[str, Any], num_partitions: int, partitions: Sequence[int]
+) -> dict[str, dict[str, float]]:
+    """Mean precision, recall, AUC and base rate per attack over round-1 replies."""
+    import torch
+    from flwr.app import RecordDict
+
+    from fedrec_flwr.client.numpy_client import NCFClient
+    from fedrec_flwr.config import RunConfig
+    from fedrec_flwr.datasets import load_client_data
+    from fedrec_flwr.models import build_model, shared_arrays
+    from fedrec_flwr.privacy.audit import audit_reply, score_attack
+
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_mapping(rc)
+    arch = cfg.model
+    scored: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sent: dict[str, np.ndarray] | None = None
+    for partition in partitions:
+        data = load_client_data(cfg.data, partition, num_partitions)
+        if sent is None:
+            # Round 1: the server sends the initial model (no user rows).
+            init = build_model(
+                arch.model, 0, data.num_items, factors=arch.factors,
+                mlp_layers=arch.mlp_layers, seed=cfg.data.seed,
+            )
+            sent = dict(shared_arrays(init))
+            probe = build_model(
+                arch.model, 1, data.num_items, factors=arch.factors, mlp_layers=arch.mlp_layers
+            )
+        client = NCFClient(data, cfg, RecordDict(), noise_seed=1000 + partition)
+        # With dp='node-client' the ClientApp's mod then scales and clips the
+        # whole update by one factor: no attack here depends on the scale.
+        config: dict[str, Any] = {"server-round": 1}
+        arrays, _, _ = client.fit(list(sent.values()), config)
+        reply = dict(zip(client.array_names(), arrays, strict=True))
+        for result in audit_reply(sent, reply, probe):
+            record = score_attack(result, data.train_items)
+            for key in ("precision", "recall", "auc", "base-rate"):
+                if record[key] is not None:
+                    scored[result.attack][key].append(float(record[key]))
+    return {a: {k: float(np.mean(v)) for k, v in s.items()} for a, s in scored.items()}
+
+
+def _best(audit: Mapping[str, Mapping[str, float]]) -> tuple[str, Mapping[str, float]]:
+    name = max(audit, key=lambda a: audit[a].get("auc", 0.0))
+    return name, audit[name]
+
+
+def _audit_cells(audit: Mapping[str, Mapping[str, float]]) -> list[str]:
+    name, best = _best(audit)
+    return [
+        name,
+        f"{best.get('precision', float('nan')):.3f}",
+        f"{best.get('base-rate', float('nan')):.3f}",
+        f"{best.get('recall', float('nan')):.3f}",
+        f"{best.get('auc', float('nan')):.3f}",
+    ]
+
+
+def main() -> None:  # noqa: C901 - one linear script
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=default_data_dir())
+    parser.add_argument("--seeds", default="42,1,2")
+    parser.add_argument("--epsilons", default="1,2,4,8,16,inf")
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--groups", type=int, default=10)
+    parser.add_argument("--audit-users", type=int, default=100, help="one-user nodes attacked")
+    parser.add_argument("--sections", default="user,node,ldp")
+    parser.add_argument("--node-seeds", default="42", help="seeds of the node section")
+    parser.add_argument("--quick", action="store_true", help="2 rounds, 1 seed, epsilon 8 and inf")
+    parser.add_argument("--out", type=Path, default=Path("privacy-bench"))
+    args = parser.parse_args()
+    quiet_flower()
+    if args.quick:
+        args.seeds, args.node_seeds, args.epsilons = "42", "42", "8,inf"
+        args.rounds, args.groups, args.audit_users = 2, 3, 5
+    seeds = [int(s) for s in args.seeds.split(",")]
+    node_seeds = [int(s) for s in args.node_seeds.split(",")]
+    epsilons = [float(e) for e in args.epsilons.split(",")]
+    sections = set(args.sections.split(","))
+    base = {"data-dir": args.data_dir, "num-server-rounds": args.rounds}
+    one_user = {"partitioner": "natural"}
+    audited = sorted(
+        int(p) for p in np.random.default_rng(0).choice(NUM_USERS, args.audit_users, replace=False)
+    )
+    out: dict[str, Any] = {"stamp": stamp(), "rounds": args.rounds, "seeds": seeds}
+    tables: list[str] = []
+
+    if "user" in sections:
+        rows, records = [], []
+        for eps in epsilons:
+            rc = {**base, **_dp_keys(USER_DP, eps)}
+            central = [_utility({**rc, "seed": s, "min-nodes": 1}, 1) for s in seeds]
+            spread = [_utility({**rc, "seed": s}, args.groups) for s in seeds]
+            audit = _audit({**rc, **one_user}, NUM_USERS, audited)
+            record = {"epsilon": eps, "one-node": central, "groups": spread, "audit": audit}
+            records.append(record)
+            rows.append(
+                [
+                    "inf" if math.isinf(eps) else f"{eps:g}",
+                    fmt(*mean_std(r["hr"] for r in central)),
+                    fmt(*mean_std(r["ndcg"] for r in central)),
+                    fmt(*mean_std(r["hr"] for r in spread)),
+                    *_audit_cells(audit),
+                ]
+            )
+        out["user"] = records
+        tables.append(
+            "User-level DP (per-user mode, GMF), test HR@10 / NDCG@10 at the round chosen by "
+            f"validation, {len(seeds)} seed(s), delta 1e-5; audit: round-1 replies of "
+            f"{len(audited)} one-user nodes, best attack by AUC:\n\n"
+            + markdown_table(
+                [
+                    "epsilon",
+                    "HR@10, one node (= 10 groups, SecAgg+, min-nodes 10)",
+                    "NDCG@10, one node",
+                    f"HR@10, {args.groups} groups each adding all noise",
+                    "best attack",
+                    "precision",
+                    "base rate",
+                    "recall",
+                    "AUC",
+                ],
+                rows,
+            )
+        )
+
+    if "node" in sections:
+        rows, records = [], []
+        for eps in epsilons:
+            rc = {**base, **_dp_keys(NODE_DP, eps)}
+            runs = [_utility({**rc, "seed": s}, args.groups) for s in node_seeds]
+            audit = _audit(rc, args.groups, list(range(args.groups)))
+            records.append({"epsilon": eps, "groups": runs, "audit": audit})
+            rows.append(
+                [
+                    "inf" if math.isinf(eps) else f"{eps:g}",
+                    fmt(*mean_std(r["hr"] for r in runs)),
+                    fmt(*mean_std(r["ndcg"] for r in runs)),
+                    *_audit_cells(audit),
+                ]
+            )
+        out["node"] = records
+        tables.append(
+            f"Node-level DP (dp='node-client', {args.groups} groups, NeuMF), "
+            f"{len(node_seeds)} seed(s); audit of the {args.groups} round-1 replies the "
+            "server receives:\n\n"
+            + markdown_table(
+                ["epsilon", "HR@10", "NDCG@10", "best attack", "precision", "base rate",
+                 "recall", "AUC"],
+                rows,
+            )
+        )
+
+    if "ldp" in sections:
+        rows, records = [], []
+        for label, keys in LDP_SETTINGS:
+            rc = {**base, **keys}
+            runs = [_utility({**rc, "seed": s}, args.groups) for s in node_seeds]
+            audit = _audit({**rc, **one_user}, NUM_USERS, audited)
+            records.append({"setting": label, "groups": runs, "audit": audit})
+            rows.append([label, fmt(*mean_std(r["hr"] for r in runs)), *_audit_cells(audit)])
+        out["ldp"] = records
+        tables.append(
+            f"Local DP and pseudo items (FedPerGNN-style): HR@10 on {args.groups} groups, "
+            f"audit on {len(audited)} one-user nodes:\n\n"
+            + markdown_table(
+                ["setting", "HR@10", "best attack", "precision", "base rate", "recall", "AUC"],
+                rows,
+            )
+        )
+
+    print(out["stamp"])
+    for table in tables:
+        print()
+        print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "privacy.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    _plot(out, args.out / "privacy.png")
+
+
+def _plot(out: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_hr, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("user", "user-level DP"), ("node", "node-level DP")):
+        records = out.get(key, [])
+        if not records:
+            continue
+        finite = [r for r in records if not math.isinf(r["epsilon"])]
+        xs = [r["epsilon"] for r in finite]
+        runs = "one-node" if key == "user" else "groups"
+        ax_hr.plot(xs, [np.mean([x["hr"] for x in r[runs]]) for r in finite], "o-", label=label)
+        ax_auc.plot(xs, [_best(r["audit"])[1].get("auc", np.nan) for r in finite], "o-",
+                    label=label)
+        for r in records:
+            if math.isinf(r["epsilon"]):
+                ax_hr.axhline(np.mean([x["hr"] for x in r[runs]]), ls=":", color="grey")
+    ax_hr.axhline(0.413, ls="--", color="red", label="popularity")
+    ax_auc.axhline(0.5, ls="--", color="red", label="chance")
+    for ax, title in ((ax_hr, "test HR@10"), (ax_auc, "best attack AUC")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("epsilon (delta 1e-5)")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
