@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import checkerboard_rows, write_u_data
+from conftest import write_u_data
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
@@ -250,7 +250,7 @@ def test_an_audited_in_process_run_writes_the_audit(tmp_path):
 
 
 def test_no_audit_by_default(tmp_path):
-    data_dir = write_u_data(tmp_path / "data", checkerboard_rows(users_per_group=2))
+    data_dir = write_u_data(tmp_path / "data", _sparse_rows(users=4))
     rc = {
         "data-dir": str(data_dir),
         "num-server-rounds": 1,
@@ -260,7 +260,7 @@ def test_no_audit_by_default(tmp_path):
         "mlp-layers": "8,4",
         "top-k": "1",
     }
-    grid = InProcessGrid(client_app, [{"partition-id": 0, "num-partitions": 1}], rc)
-    path = run_federated(grid, RunConfig.from_mapping(rc), tmp_path / "out")
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    path = run_federated(InProcessGrid(client_app, nodes, rc), RunConfig.from_mapping(rc), tmp_path)
     assert "privacy-audit" not in json.loads(path.read_text())
-    assert not (path.parent / "privacy-audit.png").exists()
+    assert not (tmp_path / "privacy-audit.png").exists()
