@@ -12,9 +12,11 @@ from conftest import write_u_data
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
+from fedrec_flwr.datasets import prepare_data
 from fedrec_flwr.models import build_model, shared_arrays
 from fedrec_flwr.privacy.audit import (
     ATTACKS,
+    REPORTED_COUNTS,
     AttackResult,
     auc,
     audit_reply,
@@ -22,9 +24,10 @@ from fedrec_flwr.privacy.audit import (
     score_attack,
     signature_attack,
 )
-from fedrec_flwr.privacy.grid import audit_summary, plot_audit
+from fedrec_flwr.privacy.grid import AuditedGrid, audit_summary, plot_audit
 from fedrec_flwr.protocol import PARTITION_ID_KEY
-from fedrec_flwr.runs.federated import run_federated
+from fedrec_flwr.runs.federated import initial_arrays, run_federated
+from fedrec_flwr.strategies import WeightedFedAvg
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
 logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -264,3 +267,49 @@ def test_no_audit_by_default(tmp_path):
     path = run_federated(InProcessGrid(client_app, nodes, rc), RunConfig.from_mapping(rc), tmp_path)
     assert "privacy-audit" not in json.loads(path.read_text())
     assert not (tmp_path / "privacy-audit.png").exists()
+
+
+def test_rowwise_replies_report_their_items(tmp_path):
+    data_dir = write_u_data(tmp_path / "data", _sparse_rows(users=8))
+    rc = {
+        "data-dir": str(data_dir),
+        "num-server-rounds": 1,
+        "local-epochs": 1,
+        "num-eval-negatives": 20,
+        "factors": 4,
+        "mlp-layers": "8,4",
+        "top-k": "1",
+        "item-aggregation": "rowwise",
+        "privacy-audit": True,
+    }
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    path = run_federated(InProcessGrid(client_app, nodes, rc), RunConfig.from_mapping(rc), tmp_path)
+    records = json.loads(path.read_text())["privacy-audit"]["records"]
+    reported = [r for r in records if r["attack"] == REPORTED_COUNTS]
+    assert len(reported) == 2
+    assert all(r["precision"] == r["recall"] == r["auc"] == 1.0 for r in reported)
+
+
+def test_without_truth_the_grid_reports_what_it_infers(tmp_path):
+    # A deployment: the server does not know the nodes' items.
+    data_dir = write_u_data(tmp_path / "data", _sparse_rows(users=8))
+    rc = {
+        "data-dir": str(data_dir),
+        "local-epochs": 1,
+        "num-eval-negatives": 20,
+        "factors": 4,
+        "mlp-layers": "8,4",
+        "top-k": "1",
+    }
+    cfg = RunConfig.from_mapping(rc)
+    num_items = prepare_data(cfg.data).num_items
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    model = build_model("neumf", 1, num_items, factors=4, mlp_layers=(8, 4))
+    grid = AuditedGrid(InProcessGrid(client_app, nodes, rc), model)
+    WeightedFedAvg().start(grid=grid, initial_arrays=initial_arrays(cfg, num_items), num_rounds=1)
+    assert {(r["round"], r["attack"]) for r in grid.records} == {(1, a) for a in ATTACKS}
+    for record in grid.records:
+        assert record["inferred"] > 0 and record[PARTITION_ID_KEY] in (0, 1)
+        assert record["precision"] is record["auc"] is record["true-items"] is None
+    summary = audit_summary(grid.records)
+    assert all(s["auc"] is None and s["inferred"]["mean"] > 0 for s in summary)

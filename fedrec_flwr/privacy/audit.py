@@ -44,18 +44,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTACKS",
+    "REPORTED_COUNTS",
     "AttackResult",
     "auc",
     "audit_reply",
     "changed_rows_attack",
     "direction_attack",
     "item_updates",
+    "reported_counts_attack",
     "score_attack",
     "signature_attack",
 ]
 
 #: The attacks :func:`audit_reply` runs, in order.
 ATTACKS = ("changed-rows", "direction", "signature")
+#: Not an inference: with row-wise item aggregation a reply's metrics carry
+#: the node's training interactions per item (``item-counts``), read as they are.
+REPORTED_COUNTS = "reported-counts"
 
 # Unchanged rows score below any cosine (in [-1, 1]) or projection: never trained.
 _UNCHANGED = -np.inf
@@ -319,6 +324,24 @@ def signature_attack(
         combined /= weights.sum()
     scores[rows] = combined
     return AttackResult("signature", scores, scores > 0)
+
+
+def reported_counts_attack(counts: Sequence[int]) -> AttackResult:
+    """Read the per-item training counts a row-wise-aggregation reply reports.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        The reply's ``item-counts`` metric: training interactions per item.
+
+    Returns
+    -------
+    AttackResult
+        Scores = counts; predicted = items with a count > 0 (exactly the
+        training items of an honest node).
+    """
+    scores = np.asarray(counts, dtype=np.float64)
+    return AttackResult(REPORTED_COUNTS, scores, scores > 0)
 
 
 def audit_reply(

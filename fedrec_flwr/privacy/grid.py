@@ -21,8 +21,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from ..protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, server_round
-from .audit import ATTACKS, audit_reply, score_attack
+from ..protocol import ITEM_COUNTS_KEY, NUM_PARTITIONS_KEY, PARTITION_ID_KEY, server_round
+from .audit import ATTACKS, REPORTED_COUNTS, audit_reply, reported_counts_attack, score_attack
 
 if TYPE_CHECKING:
     from ..datasets import DataOptions
@@ -82,6 +82,15 @@ def _metric_int(content: RecordDict, key: str) -> int | None:
     return None
 
 
+def _metric_counts(content: RecordDict) -> list[int] | None:
+    """The ``item-counts`` list of a row-wise-aggregation reply, if it carries one."""
+    for record in content.metric_records.values():
+        value = record.get(ITEM_COUNTS_KEY)
+        if isinstance(value, list) and all(isinstance(c, int) for c in value):
+            return [int(c) for c in value]
+    return None
+
+
 def _round(message: Message) -> int:
     for record in message.content.config_records.values():
         value = server_round(record)
@@ -118,7 +127,9 @@ class AuditedGrid(Grid):
     records : list of dict
         One per (round, replying node, attack): ``round``, ``node``,
         ``partition-id`` (None if the reply does not carry it), ``attack``,
-        then :func:`~fedrec_flwr.privacy.audit.score_attack`'s fields.
+        then :func:`~fedrec_flwr.privacy.audit.score_attack`'s fields. A reply
+        that reports its per-item training counts (row-wise item aggregation)
+        adds a ``reported-counts`` record: no attack is needed to read those.
 
     Notes
     -----
@@ -207,6 +218,10 @@ class AuditedGrid(Grid):
             _log_round(rnd, self.records[before:])
         return replies
 
+    def _model_items(self) -> int:
+        tables = self._model.item_tables()
+        return int(self._model.state_dict()[tables[0]].shape[0]) if tables else 0
+
     def _audit(
         self, rnd: int, node: int, sent: Mapping[str, np.ndarray], content: RecordDict
     ) -> None:
@@ -219,6 +234,9 @@ class AuditedGrid(Grid):
         except ValueError as exc:  # a reply without the item tables: nothing to read
             log(WARNING, "fedrec-flwr: privacy audit skipped node %s: %s", node, exc)
             return
+        counts = _metric_counts(content)
+        if counts is not None and len(counts) == self._model_items():
+            results.append(reported_counts_attack(counts))
         truth = None
         if self._truth is not None and partition is not None and partitions is not None:
             truth = self._truth(partition, partitions)
@@ -256,7 +274,7 @@ def audit_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         round then :data:`~fedrec_flwr.privacy.audit.ATTACKS` order; a field is
         None where no node has a value (no truth, or nothing predicted).
     """
-    order = {name: i for i, name in enumerate(ATTACKS)}
+    order = {name: i for i, name in enumerate((*ATTACKS, REPORTED_COUNTS))}
     groups: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
     for record in records:
         groups.setdefault((int(record["round"]), str(record["attack"])), []).append(record)
