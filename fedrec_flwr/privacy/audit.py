@@ -21,9 +21,11 @@ catalogue item (higher = more likely a training item) and a predicted set:
   WWW 2023). A shadow user row is fitted so that the global model's per-item
   gradient signature ``d logit(p, i) / d rows(i)`` best explains the observed
   row updates (a positive's rows move along ``+signature``, a negative's along
-  ``-signature``); each item is scored by the mean over item tables of the
-  cosine between its update and ``+signature``. One backward pass gives every
-  item's signature, because each logit reads only its own item's rows.
+  ``-signature``); per item table the signature is the shadow user's or, where
+  that explains less, the table's main direction (the users' common one), and
+  each item is scored by its update along it, the tables weighted by how much
+  of their update the signature explains. One backward pass gives every item's
+  signature, because each logit reads only its own item's rows.
 
 :func:`audit_reply` runs them all; :func:`score_attack` compares a prediction
 with the truth (the simulation knows each node's training items): precision,
@@ -53,6 +55,7 @@ __all__ = [
     "item_updates",
     "reported_counts_attack",
     "score_attack",
+    "shadow_signatures",
     "signature_attack",
 ]
 
@@ -216,26 +219,30 @@ def signature_attack(
     seed: int = 0,
     steps: int = 20,
 ) -> AttackResult:
-    """Score items by how well the global model's gradient signature explains their update.
+    """Score items by their update along each item table's gradient signature.
 
-    Follows the shadow-user idea of IMIA (Yuan et al., WWW 2023): a shadow user
-    row ``p`` (every private table of a one-user model) is fitted to the
-    observed row updates ``D``, then each changed item is scored by the
-    alignment of ``D_i`` with ``+signature_i(p) = d logit(p, i) / d rows(i)``
-    of the global model that was sent (a positive's rows move up the logit
-    gradient, a negative's down).
+    Follows the shadow-user idea of IMIA (Yuan et al., "Interaction-level
+    Membership Inference Attack Against Federated Recommender Systems", WWW
+    2023): a shadow user row ``p`` (every private table of a one-user model) is
+    fitted to the observed row updates ``D`` (:func:`shadow_signatures`), and a
+    changed item is scored by its update along ``+signature_i = d logit(p, i) /
+    d rows(i)`` of the global model that was sent: a positive's rows move up
+    the logit gradient, a negative's down.
 
-    The fit maximises ``sum_t sum_i cos^2(D_t,i, G_t,i(p))`` over the changed
-    rows ``i`` and item tables ``t`` (a sign-free objective: the squared cosine
-    does not care whether the item was a positive or a negative) on ``p``
-    through a double backward pass. Each table's cosines are then oriented
-    so that the smaller side of the changed rows is positive (the prior of
-    :func:`direction_attack`: a node samples several negatives per positive;
-    for GMF the sign of ``p`` is not identifiable from one round's update), and
-    the tables are averaged with weights ``(mean_i cos^2)^2`` (the squared
-    share of the table's update the signature explains), so a table the
-    shadow user fits badly (the MLP item table of a many-user node, whose
-    signature differs per user) counts little.
+    Per item table ``t``, the signature is the fitted shadow user's or, where
+    that explains less of the update (mean squared cosine over the changed
+    rows), the table's main direction (top singular vector, uncentred: the
+    signature a node's users share). A many-user node's update is a sum over
+    its users, and the global model's signature of the MLP item table at one
+    shadow user explains it less well than the users' common direction; for a
+    GMF table both coincide up to the fit. The table's score is the projection
+    of each changed row's update on the unit signature, scaled to unit RMS and
+    oriented so the smaller side is positive (the prior of
+    :func:`direction_attack`; for GMF the sign of ``p`` is not identifiable
+    from one update). The tables' scores are averaged with weights
+    ``(explained share)^2``, so the table that reads the node best dominates:
+    with NeuMF's many-user nodes that is the MLP item table, which the
+    GMF-only ``direction`` attack does not read.
 
     Parameters
     ----------
@@ -249,19 +256,14 @@ def signature_attack(
     seed : int (default: 0)
         Seed of the shadow user's initial row.
     steps : int (default: 20)
-        Iterations of the fit (L-BFGS with a strong-Wolfe line search; a
-        Rayleigh-quotient-like objective, which plain gradient ascent climbs
-        slowly).
+        Iterations of the fit (see :func:`shadow_signatures`).
 
     Returns
     -------
     AttackResult
-        Scores in [-1, 1] for changed rows (``-inf`` for unchanged); the
-        predicted set is the changed rows scoring > 0.
+        Scores of changed rows (``-inf`` for unchanged); the predicted set is
+        the changed rows scoring > 0.
     """
-    import torch
-    from torch.func import functional_call
-
     tables = model.item_tables()
     updates = item_updates(sent, reply, tables)
     changed = _changed(updates)
@@ -269,6 +271,84 @@ def signature_attack(
     rows = np.flatnonzero(changed)
     if not rows.size:
         return AttackResult("signature", scores, np.zeros(changed.shape, dtype=bool))
+    deltas = [updates[t][rows] for t in tables]
+    signatures = shadow_signatures(sent, model, rows, deltas, seed=seed, steps=steps)
+    combined = np.zeros(rows.size)
+    total = 0.0
+    for delta, fitted in zip(deltas, signatures, strict=True):
+        # The table's main direction is the signature of the node's "mean user"; the
+        # fitted shadow user's signature is used where it explains more of the update.
+        main = np.broadcast_to(_top_direction(delta), delta.shape)
+        explained = [float(np.mean(_row_cosines_np(delta, g) ** 2)) for g in (fitted, main)]
+        signature = fitted if explained[0] >= explained[1] else main
+        norms = np.linalg.norm(signature, axis=1, keepdims=True)
+        unit = np.divide(signature, norms, out=np.zeros_like(signature), where=norms > 0)
+        along = np.einsum("ij,ij->i", delta, unit)
+        rms = float(np.sqrt(np.mean(along**2)))
+        if rms == 0:
+            continue
+        # Squared explained share: a table the signature explains badly counts little.
+        weight = max(explained) ** 2
+        combined += weight * _smaller_side_sign(along) * along / rms
+        total += weight
+    if total > 0:
+        combined /= total
+    scores[rows] = combined
+    return AttackResult("signature", scores, scores > 0)
+
+
+def _row_cosines_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b`` (0 where either is 0)."""
+    dot = np.einsum("ij,ij->i", a, b)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
+
+
+def shadow_signatures(
+    sent: Mapping[str, np.ndarray],
+    model: Recommender,
+    rows: np.ndarray,
+    deltas: Sequence[np.ndarray],
+    *,
+    seed: int = 0,
+    steps: int = 20,
+) -> list[np.ndarray]:
+    """Fit a shadow user to observed row updates; its gradient signature per row.
+
+    The fit maximises ``sum_t mean_i cos^2(D_t,i, G_t,i(p))`` over the item
+    tables ``t`` and rows ``i``, with ``G_t,i(p) = d logit(p, i) / d rows_t(i)``
+    of the global model: sign-free (a positive's row moves along ``+G``, a
+    negative's along ``-G``), by L-BFGS on ``p`` through a double backward
+    pass. One backward pass gives every row's signature, since each logit reads
+    only its own item's rows. Signatures that are piecewise constant in ``p``
+    (a ReLU tower's) give no gradient and stay at the seeded row's.
+
+    Parameters
+    ----------
+    sent : mapping of str to numpy.ndarray
+        Every shared array of ``model`` (the global model sent).
+    model : Recommender
+        A one-user model of the run's architecture (not modified).
+    rows : numpy.ndarray
+        Item codes whose updates are explained (the changed rows).
+    deltas : sequence of numpy.ndarray
+        ``(len(rows), -1)`` observed update per item table, in
+        ``model.item_tables()`` order.
+    seed : int (default: 0)
+        Seed of the shadow user's initial row.
+    steps : int (default: 20)
+        L-BFGS iterations (0: no fit, the seeded row is used as it is).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``d logit(p, i) / d rows_t(i)`` per table, ``(len(rows), -1)`` float64,
+        for the fitted shadow user ``p``.
+    """
+    import torch
+    from torch.func import functional_call
+
+    tables = model.item_tables()
     state = model.state_dict()
     gen = torch.Generator().manual_seed(seed)
     # Shadow user: one row of every private table; the scale of a fresh user row.
@@ -285,21 +365,19 @@ def signature_attack(
         if not model.is_private(name)
     }
     index = torch.as_tensor(rows, dtype=torch.long)
-    deltas = [torch.as_tensor(updates[t][rows], dtype=torch.float32) for t in tables]
+    observed = [torch.as_tensor(d, dtype=torch.float32) for d in deltas]
     users = torch.zeros(rows.size, dtype=torch.long)
     # Only the changed rows enter the forward pass: row j of the sliced tables is item rows[j].
     sliced = {t: params[t][index].clone().requires_grad_(True) for t in tables}
 
-    def cosines(create_graph: bool) -> list[Any]:
+    def signatures(create_graph: bool) -> list[Any]:
         logits = functional_call(
             model, {**params, **sliced, **shadow}, (users, torch.arange(rows.size))
         )
         grads = torch.autograd.grad(
             logits.sum(), [sliced[t] for t in tables], create_graph=create_graph
         )
-        return [
-            _row_cosines(d, g.reshape(g.shape[0], -1)) for d, g in zip(deltas, grads, strict=True)
-        ]
+        return [g.reshape(g.shape[0], -1) for g in grads]
 
     optimiser = torch.optim.LBFGS(
         list(shadow.values()), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe"
@@ -307,23 +385,17 @@ def signature_attack(
 
     def closure() -> Any:
         optimiser.zero_grad()
-        loss = -sum(c.square().mean() for c in cosines(create_graph=True))
+        fitted = signatures(create_graph=True)
+        loss = -sum(
+            _row_cosines(d, g).square().mean() for d, g in zip(observed, fitted, strict=True)
+        )
         if loss.requires_grad:
             loss.backward()
         return loss
 
     if steps > 0:
         optimiser.step(closure)
-    final = [c.detach().double().numpy() for c in cosines(create_graph=False)]
-    # Squared explained fraction: a table the shadow user explains badly counts little.
-    weights = np.array([np.mean(c**2) for c in final]) ** 2
-    combined = np.zeros(rows.size)
-    for cos, weight in zip(final, weights, strict=True):
-        combined += weight * cos * _smaller_side_sign(cos)
-    if weights.sum() > 0:
-        combined /= weights.sum()
-    scores[rows] = combined
-    return AttackResult("signature", scores, scores > 0)
+    return [g.detach().double().numpy() for g in signatures(create_graph=False)]
 
 
 def reported_counts_attack(counts: Sequence[int]) -> AttackResult:
