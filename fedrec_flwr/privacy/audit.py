@@ -165,6 +165,46 @@ def _smaller_side_sign(projection: np.ndarray) -> float:
     return 1.0 if np.sum(projection > 0) <= np.sum(projection < 0) else -1.0
 
 
+def _two_class_threshold(values: np.ndarray) -> float:
+    """Where ``values`` split into two classes: the lower of two classic cuts.
+
+    Otsu's cut (maximum between-class variance) and Kittler and Illingworth's
+    minimum-error cut (two Gaussians of unequal variance and weight), each exact
+    over every split of the sorted values, at the midpoint of the split's
+    neighbours; ``values > cut`` is the upper class. Otsu's cut separates a
+    one-user node's few positives cleanly, but on a many-user node, whose
+    positives are the majority and spread wide, it keeps only their upper
+    tail; the minimum-error cut then falls lower, at the dense class of pure
+    negatives. The lower cut keeps the most positives in both cases.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = x.size
+    if n < 2 or x[0] == x[-1]:
+        return float(x[0]) if n else 0.0
+    k = np.arange(1, n)  # the upper class starts at index k
+    sums, squares = np.cumsum(x), np.cumsum(x * x)
+    low_mean = sums[:-1] / k
+    high_mean = (sums[-1] - sums[:-1]) / (n - k)
+    distinct = x[k] != x[k - 1]  # a cut must fall between distinct values
+    between = np.where(distinct, k * (n - k) * (high_mean - low_mean) ** 2, -1.0)
+    cuts = [int(np.argmax(between))]
+    low_var = squares[:-1] / k - low_mean**2
+    high_var = (squares[-1] - squares[:-1]) / (n - k) - high_mean**2
+    usable = distinct & (k >= 2) & (n - k >= 2) & (low_var > 0) & (high_var > 0)
+    if usable.any():
+        low_p, high_p = k / n, (n - k) / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            error = (
+                low_p * np.log(low_var) / 2
+                + high_p * np.log(high_var) / 2
+                - low_p * np.log(low_p)
+                - high_p * np.log(high_p)
+            )
+        cuts.append(int(np.argmin(np.where(usable, error, np.inf))))
+    best = min(cuts)
+    return float((x[best] + x[best + 1]) / 2)
+
+
 def _top_direction(rows: np.ndarray) -> np.ndarray:
     """Top right singular vector of ``rows`` (uncentred); zeros if all rows are 0."""
     if not rows.size or not np.any(rows):
@@ -262,7 +302,8 @@ def signature_attack(
     -------
     AttackResult
         Scores of changed rows (``-inf`` for unchanged); the predicted set is
-        the changed rows scoring > 0.
+        the upper of the two classes the changed rows' scores split into
+        (:func:`_two_class_threshold`).
     """
     tables = model.item_tables()
     updates = item_updates(sent, reply, tables)
@@ -294,7 +335,9 @@ def signature_attack(
     if total > 0:
         combined /= total
     scores[rows] = combined
-    return AttackResult("signature", scores, scores > 0)
+    # Not "score > 0": a many-user node's positives are also some users' negatives,
+    # so many net updates point down yet still rank above the pure negatives.
+    return AttackResult("signature", scores, scores > _two_class_threshold(combined))
 
 
 def _row_cosines_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
