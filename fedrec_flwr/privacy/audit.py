@@ -188,9 +188,12 @@ def _two_class_threshold(values: np.ndarray) -> float:
     distinct = x[k] != x[k - 1]  # a cut must fall between distinct values
     between = np.where(distinct, k * (n - k) * (high_mean - low_mean) ** 2, -1.0)
     cuts = [int(np.argmax(between))]
-    low_var = squares[:-1] / k - low_mean**2
-    high_var = (squares[-1] - squares[:-1]) / (n - k) - high_mean**2
-    usable = distinct & (k >= 2) & (n - k >= 2) & (low_var > 0) & (high_var > 0)
+    # A variance floor: a class of (nearly) equal values, up to rounding, would
+    # otherwise win with log(0).
+    floor = 1e-6 * float(np.var(x))
+    low_var = np.maximum(squares[:-1] / k - low_mean**2, floor)
+    high_var = np.maximum((squares[-1] - squares[:-1]) / (n - k) - high_mean**2, floor)
+    usable = distinct & (k >= 2) & (n - k >= 2)
     if usable.any():
         low_p, high_p = k / n, (n - k) / n
         with np.errstate(divide="ignore", invalid="ignore"):
