@@ -313,3 +313,21 @@ def test_without_truth_the_grid_reports_what_it_infers(tmp_path):
         assert record["precision"] is record["auc"] is record["true-items"] is None
     summary = audit_summary(grid.records)
     assert all(s["auc"] is None and s["inferred"]["mean"] > 0 for s in summary)
+
+
+def test_identical_sent_models_are_kept_once(server_identity):
+    # One user per node: the same global model must not be held once per node.
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+    from fedrec_flwr.privacy.grid import _sent_arrays
+
+    def content(value):
+        return RecordDict({"arrays": ArrayRecord({"w": Array(np.full(3, value, np.float32))})})
+
+    messages = [
+        Message(content=content(v), dst_node_id=n, message_type="train")
+        for n, v in ((1, 1.0), (2, 1.0), (3, 2.0))
+    ]
+    sent = _sent_arrays(messages)
+    assert sent[1] is sent[2] and sent[3] is not sent[1]
+    assert sent[3]["w"].tolist() == [2.0, 2.0, 2.0]

@@ -10,6 +10,7 @@ the ``privacy-audit`` entry of ``results.json`` and ``privacy-audit.png``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
@@ -72,6 +73,24 @@ def _arrays(content: RecordDict) -> dict[str, np.ndarray]:
         for record in content.array_records.values()
         for name, array in record.items()
     }
+
+
+def _sent_arrays(messages: Sequence[Message]) -> dict[int, dict[str, np.ndarray]]:
+    """The arrays sent to each node; one copy per distinct content.
+
+    A strategy usually sends every node the same global model: with one user per
+    node, a copy per node would hold the model once per user in memory.
+    """
+    by_digest: dict[bytes, dict[str, np.ndarray]] = {}
+    out = {}
+    for message in messages:
+        arrays = _arrays(message.content)
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(arrays):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+        out[message.metadata.dst_node_id] = by_digest.setdefault(digest.digest(), arrays)
+    return out
 
 
 def _metric_int(content: RecordDict, key: str) -> int | None:
@@ -201,12 +220,7 @@ class AuditedGrid(Grid):
         messages = list(messages)
         train = [m for m in messages if m.metadata.message_type.startswith("train")]
         rnd = _round(train[0]) if train else 0
-        # The arrays as sent, copied before the inner grid serialises them.
-        sent = (
-            {m.metadata.dst_node_id: _arrays(m.content) for m in train}
-            if train and self.audited(rnd)
-            else {}
-        )
+        sent = _sent_arrays(train) if train and self.audited(rnd) else {}
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         if sent:
             before = len(self.records)
@@ -332,6 +346,7 @@ def plot_audit(records: Sequence[Mapping[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")  # headless; selected here, not at import time
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     summary = audit_summary(records)
     attacks = list(dict.fromkeys(s["attack"] for s in summary))
@@ -361,6 +376,7 @@ def plot_audit(records: Sequence[Mapping[str, Any]], path: Path) -> None:
         if field == "auc":
             ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(field)
         if field != "inferred":
             ax.set_ylim(-0.02, 1.02)
