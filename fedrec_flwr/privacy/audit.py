@@ -31,6 +31,13 @@ catalogue item (higher = more likely a training item) and a predicted set:
 with the truth (the simulation knows each node's training items): precision,
 recall, AUC of the scores over the whole catalogue and the base rate. Without
 truth (a real deployment) only the inferred count is reported.
+
+Measured on ML-100K, round 1, default config (``benchmarks/audit_control.py``):
+with one user per node ``direction`` and ``signature`` read every node exactly
+(precision, recall, AUC 1.000); with 10 groups of ~94 users ``direction`` has
+precision 0.999, recall 0.344, AUC 0.866, and ``signature`` precision 0.988,
+recall 0.993, AUC 0.999 (it reads NeuMF's MLP item table, whose update all of
+a group's users push the same way).
 """
 
 from __future__ import annotations
