@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--noise", default="0,0.5,1,2,4", help="noise multiples of the RMS")
     parser.add_argument("--model", default="neumf", help="gmf, mlp or neumf (default config)")
+    parser.add_argument("--client-mode", default="group", help="group or per-user")
     parser.add_argument("--quick", action="store_true", help="10 users, 3 groups")
     parser.add_argument("--out", type=Path, default=None, help="folder for audit_control.json")
     args = parser.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.quick:
         args.users, args.groups = 10, 3
-    base = {"data-dir": args.data_dir, "model": args.model}
+    base = {"data-dir": args.data_dir, "model": args.model, "client-mode": args.client_mode}
     rng = np.random.default_rng(0)
     federations = [
         (
