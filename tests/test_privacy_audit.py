@@ -331,3 +331,28 @@ def test_identical_sent_models_are_kept_once(server_identity):
     sent = _sent_arrays(messages)
     assert sent[1] is sent[2] and sent[3] is not sent[1]
     assert sent[3]["w"].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_an_unreadable_reply_or_truth_does_not_stop_the_audit(server_identity):
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+    model = _model("gmf")
+    sent = shared_arrays(model)
+
+    def bad_truth(partition_id, num_partitions):
+        raise ValueError("partition-id out of range")
+
+    grid = AuditedGrid(InProcessGrid(client_app, [], {}), model, truth=bad_truth)
+    wrong = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(3, np.float32))})})
+    grid._audit(1, 7, sent, wrong)  # no item tables: skipped, with a warning
+    assert grid.records == []
+    reply = _moved(sent, "item_gmf.weight", [3, 5], [0, 1, 2], np.ones(4, np.float32))
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in reply.items()}),
+            "metrics": MetricRecord({PARTITION_ID_KEY: 9, "num-partitions": 10}),
+        }
+    )
+    grid._audit(1, 7, sent, content)
+    assert [r["attack"] for r in grid.records] == list(ATTACKS)
+    assert all(r["true-items"] is None and r["inferred"] > 0 for r in grid.records)

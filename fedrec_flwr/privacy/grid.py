@@ -245,7 +245,7 @@ class AuditedGrid(Grid):
             results = audit_reply(
                 sent, _arrays(content), self._model, attacks=self._attacks, seed=self._seed
             )
-        except ValueError as exc:  # a reply without the item tables: nothing to read
+        except Exception as exc:  # an observer: a reply it cannot read must not stop the run
             log(WARNING, "fedrec-flwr: privacy audit skipped node %s: %s", node, exc)
             return
         counts = _metric_counts(content)
@@ -253,7 +253,10 @@ class AuditedGrid(Grid):
             results.append(reported_counts_attack(counts))
         truth = None
         if self._truth is not None and partition is not None and partitions is not None:
-            truth = self._truth(partition, partitions)
+            try:
+                truth = self._truth(partition, partitions)
+            except Exception as exc:  # e.g. a partition id the data does not have
+                log(WARNING, "fedrec-flwr: privacy audit: no truth for node %s: %s", node, exc)
         for result in results:
             self.records.append(
                 {
