@@ -129,8 +129,12 @@ def _audit(
         if sent is None:
             # Round 1: the server sends the initial model (no user rows).
             init = build_model(
-                arch.model, 0, data.num_items, factors=arch.factors,
-                mlp_layers=arch.mlp_layers, seed=cfg.data.seed,
+                arch.model,
+                0,
+                data.num_items,
+                factors=arch.factors,
+                mlp_layers=arch.mlp_layers,
+                seed=cfg.data.seed,
             )
             sent = dict(shared_arrays(init))
             probe = build_model(
@@ -166,7 +170,7 @@ def _audit_cells(audit: Mapping[str, Mapping[str, float]]) -> list[str]:
     ]
 
 
-def main() -> None:  # noqa: C901 - one linear script
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--seeds", default="42,1,2")
@@ -255,8 +259,16 @@ def main() -> None:  # noqa: C901 - one linear script
             f"{len(node_seeds)} seed(s); audit of the {args.groups} round-1 replies the "
             "server receives:\n\n"
             + markdown_table(
-                ["epsilon", "HR@10", "NDCG@10", "best attack", "precision", "base rate",
-                 "recall", "AUC"],
+                [
+                    "epsilon",
+                    "HR@10",
+                    "NDCG@10",
+                    "best attack",
+                    "precision",
+                    "base rate",
+                    "recall",
+                    "AUC",
+                ],
                 rows,
             )
         )
@@ -303,8 +315,9 @@ def _plot(out: Mapping[str, Any], path: Path) -> None:
         xs = [r["epsilon"] for r in finite]
         runs = "one-node" if key == "user" else "groups"
         ax_hr.plot(xs, [np.mean([x["hr"] for x in r[runs]]) for r in finite], "o-", label=label)
-        ax_auc.plot(xs, [_best(r["audit"])[1].get("auc", np.nan) for r in finite], "o-",
-                    label=label)
+        ax_auc.plot(
+            xs, [_best(r["audit"])[1].get("auc", np.nan) for r in finite], "o-", label=label
+        )
         for r in records:
             if math.isinf(r["epsilon"]):
                 ax_hr.axhline(np.mean([x["hr"] for x in r[runs]]), ls=":", color="grey")

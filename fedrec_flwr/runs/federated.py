@@ -7,7 +7,7 @@ import math
 import time
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common.logger import log
@@ -40,6 +40,9 @@ from ..protocol import (
 from ..strategies import PartitionSizes
 from ..strategies.registry import build_strategy
 from .metering import MeteredGrid
+
+if TYPE_CHECKING:
+    from ..privacy.grid import AuditedGrid
 from .results import (
     round_entry,
     select_by_validation,
@@ -147,9 +150,10 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         partition_sizes=sizes,
     )
     dp_report = _dp_report(cfg)
+    audited = _audited_grid(cfg, metered, num_items)
     t0 = time.perf_counter()
     result = strategy.start(
-        grid=metered,
+        grid=audited or metered,
         initial_arrays=initial_arrays(cfg, num_items),
         num_rounds=cfg.num_server_rounds,
         train_config=ConfigRecord(),
@@ -190,6 +194,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
             **dp_extra,
+            **_audit_extra(audited, out_dir),
         },
     )
     final = rounds[-1][TEST_PART]
@@ -258,6 +263,40 @@ def _dp_extra(
         if entry["round"] in strategy.epsilons:
             entry["epsilon"] = strategy.epsilons[entry["round"]]
     return {"dp": strategy.describe()}
+
+
+def _audited_grid(cfg: RunConfig, grid: Grid, num_items: int) -> AuditedGrid | None:
+    """The privacy-audit wrapper of ``grid`` when ``privacy-audit`` is on, else None.
+
+    The truth (each partition's training items) is known only when the server
+    holds the data: with ``item-catalogue`` set the nodes hold their own logs,
+    and the audit reports only what it infers.
+    """
+    if not cfg.privacy.privacy_audit:
+        return None
+    from ..privacy.grid import AuditedGrid, training_items_truth
+
+    arch = cfg.model
+    model = build_model(
+        arch.model, 1, num_items, factors=arch.factors, mlp_layers=arch.mlp_layers, seed=0
+    )
+    truth = None if cfg.item_catalogue else training_items_truth(cfg.data)
+    return AuditedGrid(
+        grid, model, truth=truth, every=cfg.privacy.privacy_audit_every, seed=cfg.data.seed
+    )
+
+
+def _audit_extra(audited: AuditedGrid | None, out_dir: Path) -> dict[str, Any]:
+    """``{"privacy-audit": {"records", "summary"}}`` and ``privacy-audit.png``; {} if off."""
+    if audited is None:
+        return {}
+    from ..privacy.grid import audit_summary, plot_audit
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_audit(audited.records, out_dir / "privacy-audit.png")
+    return {
+        "privacy-audit": {"records": audited.records, "summary": audit_summary(audited.records)}
+    }
 
 
 def _reply_poll_interval(grid: Grid) -> float | None:
