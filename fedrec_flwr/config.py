@@ -513,6 +513,14 @@ class RunConfig:
                     "(fedavg, fedadam, fedyogi, fedavgm), dense items, no server-side "
                     "update-norm check, and clip on the nodes (dp='node-client' or 'user')"
                 )
+        local = privacy.ldp_clip > 0 or privacy.pseudo_items > 0
+        if (local or privacy.dp_on) and strategy.item_aggregation == "rowwise":
+            raise ConfigError(
+                "item-aggregation='rowwise' with "
+                + ("dp" if privacy.dp_on else "ldp-clip/pseudo-items")
+                + ": row-wise replies carry the node's item-counts in the clear, which "
+                "name its training items whatever the noise; use item-aggregation='dense'"
+            )
         if privacy.dp_on and privacy.dp_target_epsilon > 0:
             self.noise_multiplier()  # an unmeetable target fails here, before any round
 

@@ -150,6 +150,7 @@ _PER_USER = {"client-mode": "per-user", "weight-key": "users", "dp": "user"}
             "dp='node-server'",
         ),
         ({"dp-delta": 0.0}, "dp-delta"),
+        ({"pseudo-items": 5, "item-aggregation": "rowwise"}, "item-counts in the clear"),
         ({"ldp-noise": 0.1}, "set ldp-clip > 0"),
         ({"privacy-audit": "maybe"}, "expected true or false"),
     ],
