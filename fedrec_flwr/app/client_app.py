@@ -3,18 +3,26 @@
 ``app`` (Message API, works with ``flwr.serverapp.strategy`` strategies) and
 ``legacy_app`` (``ClientApp(client_fn=...)``, works with Flower's legacy
 strategies) both delegate to the same :class:`~fedrec_flwr.client.numpy_client.NCFClient`.
+
+``app`` (the one the FAB names) serves both run modes: with
+``secure-aggregation=secaggplus`` in the run config its dispatch mod hands train
+and evaluate messages to ``secagg_app`` (``legacy_app``'s client with
+:func:`secagg_mods`), which answers Flower's legacy SecAgg+ workflow.
 """
 
 from __future__ import annotations
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.client import Client
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from ..client.adapter import numpy_client_app
 from ..client.numpy_client import NCFClient
 from ..config import ConfigError, RunConfig
 from ..datasets import load_client_data
 from ..datasets.local import load_local_client_data
+from ..privacy.secagg import mode_dispatch_mod, secure_aggregation_mods
 from ..protocol import (
     DATA_FILE_KEY,
     ITEM_CATALOGUE_KEY,
@@ -23,7 +31,7 @@ from ..protocol import (
     PARTITION_ID_KEY,
 )
 
-__all__ = ["app", "client_fn", "legacy_app", "partition_query"]
+__all__ = ["app", "client_fn", "legacy_app", "partition_query", "secagg_app", "secagg_mods"]
 
 
 def _node_int(context: Context, key: str) -> int:
@@ -83,7 +91,18 @@ def partition_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS_RECORD: record}), reply_to=msg)
 
 
-app = numpy_client_app(client_fn)
-app.query()(partition_query)
+def secagg_mods() -> list[Mod]:
+    """Client mods of ``secure-aggregation=secaggplus``, outermost first (see
+    :func:`~fedrec_flwr.privacy.secagg.secure_aggregation_mods`)."""
+    return secure_aggregation_mods()
 
-legacy_app = ClientApp(client_fn=lambda context: client_fn(context).to_client())
+
+def _legacy_client(context: Context) -> Client:
+    return client_fn(context).to_client()
+
+
+legacy_app = ClientApp(client_fn=_legacy_client)
+secagg_app = ClientApp(client_fn=_legacy_client, mods=secagg_mods())
+
+app = numpy_client_app(client_fn, mods=[mode_dispatch_mod(secagg_app)])
+app.query()(partition_query)
