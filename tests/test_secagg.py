@@ -143,6 +143,28 @@ def test_aggregate_equals_weighted_fedavg_within_the_bound(data_dir, tmp_path):
     assert results["arrays-received"] == []
 
 
+@pytest.mark.parametrize("weight_key", ["users", "uniform"])
+def test_weight_key_sets_the_secagg_weight(data_dir, tmp_path, weight_key):
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 2, "weight-key": weight_key, **SMALL}
+    cfg = RunConfig.from_mapping(rc)
+    recorder = _Recorder()
+    grid = InProcessGrid(_app(recorder), _nodes(3), rc)
+    results = json.loads(run_secagg(grid, cfg, tmp_path).read_text())
+    weights = [recorder.replies[(1, p)][0] for p in range(3)]
+    if weight_key == "uniform":
+        assert weights == [1, 1, 1] and results["secure-aggregation"]["max-weight"] == 1
+    else:
+        assert all(1 < w < 100 for w in weights)  # users, not interactions
+    _check_round(
+        recorder,
+        1,
+        range(3),
+        results["secure-aggregation"]["max-weight"],
+        cfg,
+        recorder.received[(2, 0)],
+    )
+
+
 def test_the_server_sees_only_masked_vectors(data_dir, tmp_path):
     rc = {"data-dir": str(data_dir), "num-server-rounds": 1, **SMALL}
     recorder = _Recorder()
@@ -222,3 +244,44 @@ def test_the_bound_follows_flowers_quantisation():
     assert not quantization_bound([100.0, 300.0], max_weight=300.0).weights_exact
     assert max_weight_for(300, 2**22) == 512 and max_weight_for(1, 2**22) == 1
     assert max_weight_for(2**23, 2**22) == 2**23
+
+
+@pytest.mark.flower
+def test_flwr_run_with_secaggplus(tmp_path, ml100k_dir):
+    """The FAB under `flwr run` (SuperLink, Ray): SecAgg+ rounds, results written."""
+    import subprocess
+
+    from conftest import REPO
+
+    from fedrec_flwr.ops.processes import (
+        flower_env,
+        local_superlink_ports,
+        processes_mentioning,
+        stop_processes,
+    )
+
+    flwr_home = tmp_path / "flwr-home"
+    out = tmp_path / "results"
+    run_config = (
+        f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}' "
+        "secure-aggregation='secaggplus'"
+    )
+    cmd = ["flwr", "run", str(REPO), "--stream", "--run-config", run_config]
+    cmd += ["--federation-config", "num-supernodes=3 client-resources-num-cpus=1"]
+    neutral = tmp_path / "cwd"  # Ray puts the SuperLink's cwd on sys.path
+    neutral.mkdir()
+    env = flower_env(flwr_home, local_superlink_ports())
+    try:
+        proc = subprocess.run(
+            cmd, env=env, cwd=neutral, capture_output=True, text=True, timeout=420, check=False
+        )
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and (out / "results.json").is_file(), log[-3000:]
+    finally:
+        stop_processes(lambda: processes_mentioning(str(flwr_home)))
+    results = json.loads((out / "results.json").read_text())
+    assert results["strategy"] == "SecAggFedAvg" and results["arrays-received"] == []
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert all(r["failures"] == 0 and r["bytes-received"] > 0 for r in results["rounds"])
+    assert results["rounds"][-1]["test"]["hr@10"] > 0.3
+    assert results["secure-aggregation"]["bounds"]["2"]["per-element-mean"] < 1e-4

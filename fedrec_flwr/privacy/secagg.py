@@ -199,8 +199,8 @@ def secagg_reply_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) 
       client's own; ``users``: its ``num-users``; ``uniform``: 1), as the
       Message-API strategies weigh it.
     - Arrays go on as float64, so Flower's scaling and quantisation run in
-      float64 and the bound of :func:`quantization_bound` holds (float32 there
-      would add up to a third of a quantisation step).
+      float64 and the bound of :func:`quantization_bound` holds (in float32 the
+      scaled values, up to ``Q = 2**22``, would be rounded to a quarter step).
     - Elements beyond the clipping range are logged: SecAgg+ clips them.
 
     Evaluate messages and SecAgg+'s key-exchange stages pass through.
@@ -506,16 +506,27 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     rounds = round_entries(strategy.train_metrics, strategy.evaluate_metrics, metered, t_end)
     bounds = {}
     for entry in rounds:
-        weights = strategy.weights.get(entry["round"])
-        if weights:
-            bound = quantization_bound(
-                [float(w) for w in weights],
-                max_weight=max_weight,
-                clipping_range=c,
-                quantization_range=q,
+        weights = [float(w) for w in strategy.weights.get(entry["round"], [])]
+        if not weights:
+            continue
+        if not all(0 < w <= max_weight for w in weights):
+            # A node claimed more than max-weight: its scaled vector may have been
+            # clipped or wrapped, so no bound holds for this round.
+            log(
+                WARNING,
+                "fedrec-flwr: round %s: weights %s exceed max-weight %s; no "
+                "SecAgg+ error bound holds",
+                entry["round"],
+                weights,
+                max_weight,
             )
-            entry["secagg-error-bound"] = bound.mean
-            bounds[entry["round"]] = bound.to_dict()
+            entry["secagg-error-bound"] = None
+            continue
+        bound = quantization_bound(
+            weights, max_weight=max_weight, clipping_range=c, quantization_range=q
+        )
+        entry["secagg-error-bound"] = bound.mean
+        bounds[entry["round"]] = bound.to_dict()
     final = compat.arrayrecord_to_parameters(
         context.state.array_records[_main_params_key()], keep_input=True
     )
