@@ -490,18 +490,19 @@ class RunConfig:
             needs_replies = [
                 f"{key}={value!r}"
                 for key, value, ok in (
-                    (
-                        "strategy",
-                        strategy.strategy,
-                        strategy.strategy in ("fedavg", "fedadam", "fedyogi", "fedavgm"),
-                    ),
+                    # Only FedAvg is wired on Flower's legacy SecAgg+ path (SecAggFedAvg).
+                    ("strategy", strategy.strategy, strategy.strategy == "fedavg"),
                     (
                         "item-aggregation",
                         strategy.item_aggregation,
                         strategy.item_aggregation == "dense",
                     ),
                     ("max-update-norm", strategy.max_update_norm, strategy.max_update_norm == 0),
-                    ("dp", privacy.dp, privacy.dp != "node-server"),
+                    # The audit attacks read each reply, which the server no longer sees.
+                    ("privacy-audit", privacy.privacy_audit, not privacy.privacy_audit),
+                    # Node-level DP adds its noise through Flower's Message-API
+                    # wrappers, which the legacy SecAgg+ loop does not run.
+                    ("dp", privacy.dp, privacy.dp in ("off", "user")),
                 )
                 if not ok
             ]
@@ -509,9 +510,21 @@ class RunConfig:
                 raise ConfigError(
                     f"secure-aggregation={privacy.secure_aggregation!r} with "
                     f"{', '.join(needs_replies)}: SecAgg+ shows the server only the sum of "
-                    "the replies, and these need each reply; use a mean-based strategy "
-                    "(fedavg, fedadam, fedyogi, fedavgm), dense items, no server-side "
-                    "update-norm check, and clip on the nodes (dp='node-client' or 'user')"
+                    "the replies, and these need each reply or are not wired on its legacy "
+                    "path; accepted: strategy='fedavg', item-aggregation='dense', "
+                    "max-update-norm=0, privacy-audit=false, dp='off' or 'user' (clipped "
+                    "and noised on the nodes)"
+                )
+            if (
+                self.item_catalogue
+                and strategy.weight_key != "uniform"
+                and strategy.max_client_weight == 0
+            ):
+                raise ConfigError(
+                    f"secure-aggregation={privacy.secure_aggregation!r} with item-catalogue "
+                    f"set and max-client-weight=0: SecAgg+ scales each reply by weight / max "
+                    "weight, and the server holds no data to bound it; set max-client-weight "
+                    "to the largest node's weight (or weight-key='uniform')"
                 )
         local = privacy.ldp_clip > 0 or privacy.pseudo_items > 0
         if (local or privacy.dp_on) and strategy.item_aggregation == "rowwise":

@@ -3,12 +3,19 @@
 ``app`` (Message API, works with ``flwr.serverapp.strategy`` strategies) and
 ``legacy_app`` (``ClientApp(client_fn=...)``, works with Flower's legacy
 strategies) both delegate to the same :class:`~fedrec_flwr.client.numpy_client.NCFClient`.
+
+``app`` (the one the FAB names) serves both run modes: with
+``secure-aggregation=secaggplus`` in the run config its dispatch mod hands train
+and evaluate messages to ``secagg_app`` (``legacy_app``'s client with
+:func:`secagg_mods`), which answers Flower's legacy SecAgg+ workflow.
 """
 
 from __future__ import annotations
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.client import Client
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from ..client.adapter import numpy_client_app
 from ..client.numpy_client import NCFClient
@@ -16,6 +23,7 @@ from ..config import ConfigError, RunConfig
 from ..datasets import load_client_data
 from ..datasets.local import load_local_client_data
 from ..privacy.nodedp import client_mods
+from ..privacy.secagg import mode_dispatch_mod, secure_aggregation_mods
 from ..protocol import (
     DATA_FILE_KEY,
     DP_NOISE_SEED_KEY,
@@ -25,7 +33,7 @@ from ..protocol import (
     PARTITION_ID_KEY,
 )
 
-__all__ = ["app", "client_fn", "legacy_app", "partition_query"]
+__all__ = ["app", "client_fn", "legacy_app", "partition_query", "secagg_app", "secagg_mods"]
 
 
 def _node_int(context: Context, key: str) -> int:
@@ -91,7 +99,20 @@ def partition_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS_RECORD: record}), reply_to=msg)
 
 
-app = numpy_client_app(client_fn, train_mods=client_mods())
-app.query()(partition_query)
+def secagg_mods() -> list[Mod]:
+    """Client mods of ``secure-aggregation=secaggplus``, outermost first (see
+    :func:`~fedrec_flwr.privacy.secagg.secure_aggregation_mods`)."""
+    return secure_aggregation_mods()
 
-legacy_app = ClientApp(client_fn=lambda context: client_fn(context).to_client())
+
+def _legacy_client(context: Context) -> Client:
+    return client_fn(context).to_client()
+
+
+legacy_app = ClientApp(client_fn=_legacy_client)
+secagg_app = ClientApp(client_fn=_legacy_client, mods=secagg_mods())
+
+# A SecAgg+ run's messages go to secagg_app; node-level DP's scaling and
+# clipping mod runs on the plain path's train messages.
+app = numpy_client_app(client_fn, mods=[mode_dispatch_mod(secagg_app)], train_mods=client_mods())
+app.query()(partition_query)

@@ -9,6 +9,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import RunConfig
+from ..privacy.secagg import run_secagg
 from ..runs.federated import run_federated
 from ..runs.results import resolve_output_dir
 
@@ -23,7 +24,9 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = RunConfig.from_mapping(context.run_config)
         out_dir = resolve_output_dir(cfg.output_dir, f"run-{context.run_id}")
-        run_federated(grid, cfg, out_dir, run_id=context.run_id)
+        # SecAgg+ exists only on Flower's legacy path: its own server loop.
+        secure = cfg.privacy.secure_aggregation == "secaggplus"
+        (run_secagg if secure else run_federated)(grid, cfg, out_dir, run_id=context.run_id)
     except (ValueError, OSError, RuntimeError) as exc:
         # One readable line before Flower's traceback (bad config, data, clients).
         log(ERROR, "fedrec-flwr: %s", exc)

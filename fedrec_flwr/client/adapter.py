@@ -79,6 +79,7 @@ def numpy_client_app(
     *,
     weight_key: str = NUM_EXAMPLES_KEY,
     train_mods: Sequence[Mod] = (),
+    mods: Sequence[Mod] = (),
 ) -> ClientApp:
     """Build a Message-API ``ClientApp`` that delegates to a ``NumPyClient``.
 
@@ -94,6 +95,9 @@ def numpy_client_app(
         Mods on ``@app.train`` only, e.g. Flower's ``fixedclipping_mod`` for
         ``DifferentialPrivacyClientSideFixedClipping`` (app-wide mods would break
         evaluate).
+    mods : sequence of flwr mods (default: ())
+        App-wide mods, outside ``train_mods``, on every handler (e.g. the
+        SecAgg+ mode dispatch, which hands some messages to another app).
 
     Returns
     -------
@@ -102,7 +106,7 @@ def numpy_client_app(
         a MetricRecord under ``METRICS_RECORD``; evaluate replies carry the
         MetricRecord only, with ``LOSS_KEY`` added.
     """
-    app = ClientApp()
+    app = ClientApp(mods=list(mods))
 
     def unpack(
         msg: Message, context: Context

@@ -103,7 +103,8 @@ class PrivacyOptions:
     )
     secagg_reconstruction_threshold: int = option(
         2,
-        "SecAgg+: shares needed to reconstruct a secret (nodes that may drop out).",
+        "SecAgg+: shares needed to reconstruct a secret, in [2, secagg-num-shares): a "
+        "node may drop out while this many of its neighbours stay.",
         centralized=False,
     )
     secagg_clipping_range: float = option(
@@ -114,7 +115,7 @@ class PrivacyOptions:
     secagg_quantization_range: int = option(
         4194304,
         "SecAgg+: quantisation levels over the clipping range (error per element and "
-        "node at most clipping-range / quantization-range).",
+        "node below 2 * clipping-range / quantization-range; nodes * range < 2**32).",
         centralized=False,
     )
 
@@ -160,12 +161,14 @@ class PrivacyOptions:
                 "noise is calibrated to a clipped update; set ldp-clip > 0"
             )
         if self.secure_aggregation != "off":
-            if self.secagg_num_shares < 2:
-                raise ConfigError(f"secagg-num-shares={self.secagg_num_shares}: must be >= 2")
-            if not 1 <= self.secagg_reconstruction_threshold <= self.secagg_num_shares:
+            # Flower's SecAggPlusWorkflow: an integer share count must exceed 2 and
+            # the threshold stay below it (1 would mean "all shares" there).
+            if self.secagg_num_shares < 3:
+                raise ConfigError(f"secagg-num-shares={self.secagg_num_shares}: must be >= 3")
+            if not 2 <= self.secagg_reconstruction_threshold < self.secagg_num_shares:
                 raise ConfigError(
                     f"secagg-reconstruction-threshold={self.secagg_reconstruction_threshold}: "
-                    f"must be in [1, secagg-num-shares={self.secagg_num_shares}]"
+                    f"must be in [2, secagg-num-shares={self.secagg_num_shares})"
                 )
             if not self.secagg_clipping_range > 0 or self.secagg_quantization_range < 2:
                 raise ConfigError(

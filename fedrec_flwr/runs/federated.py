@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 
 from ..config import LEAKY_POOL_WARNING, RunConfig
 from ..datasets import (
@@ -51,7 +52,16 @@ from .results import (
     write_run,
 )
 
-__all__ = ["initial_arrays", "partition_sizes", "run_federated"]
+__all__ = [
+    "ServerView",
+    "dp_extra",
+    "dp_report",
+    "initial_arrays",
+    "partition_sizes",
+    "round_entries",
+    "run_federated",
+    "server_view",
+]
 
 
 def partition_sizes(options: DataOptions, num_partitions: int) -> PartitionSizes:
@@ -98,6 +108,69 @@ def initial_arrays(cfg: RunConfig, num_items: int) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in shared_arrays(model).items()})
 
 
+@dataclass(frozen=True)
+class ServerView:
+    """What the server knows before any round: catalogue, protocol, size caps.
+
+    Attributes
+    ----------
+    num_items : int
+        Catalogue size.
+    stats : dict
+        Dataset statistics for ``results.json`` (no user rows).
+    protocol : dict
+        The evaluation protocol for ``results.json``.
+    max_train : float
+        No training weight can exceed this (the dataset's size; inf when the
+        nodes hold their own logs).
+    max_evaluate : float
+        No evaluation weight (users) can exceed this.
+    partition_sizes : callable or None
+        ``num_partitions -> PartitionSizes`` when the server holds the data.
+    """
+
+    num_items: int
+    stats: dict[str, Any]
+    protocol: dict[str, Any]
+    max_train: float
+    max_evaluate: float
+    partition_sizes: Callable[[int], PartitionSizes] | None
+
+
+def server_view(cfg: RunConfig) -> ServerView:
+    """Read what the server may know of the data (catalogue and sizes only).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The run's configuration.
+    """
+    pool = cfg.training.negative_pool
+    if cfg.item_catalogue:
+        # Nodes hold their own logs (node-config data-file): the server sees only
+        # the shared catalogue, so it cannot bound a reply's weight by the data.
+        num_items = len(
+            read_catalogue(resolve_user_path(cfg.item_catalogue, key=ITEM_CATALOGUE_KEY))
+        )
+        stats: dict[str, Any] = {ITEM_CATALOGUE_KEY: cfg.item_catalogue, "num-items": num_items}
+        protocol = with_negative_pool(protocol_without_data(cfg.data), pool)
+        return ServerView(num_items, stats, protocol, math.inf, math.inf, None)
+    # The server reads only the item catalogue and sizes; user rows stay with clients.
+    prepared = prepare_data(cfg.data)
+    stats = prepared.stats()
+    # No partition can hold more than the whole dataset.
+    users = cfg.strategy.weight_key == "users"
+    return ServerView(
+        num_items=prepared.num_items,
+        stats=stats,
+        protocol=with_negative_pool(prepared.protocol(), pool),
+        max_train=stats[NUM_USERS_KEY if users else "num-train-interactions"],
+        max_evaluate=prepared.num_users,
+        # Exact per-partition caps, once the nodes tell how many partitions there are.
+        partition_sizes=functools.partial(partition_sizes, cfg.data),
+    )
+
+
 def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) -> Path:
     """Run ``num-server-rounds`` rounds on ``grid`` and write the results.
 
@@ -120,28 +193,9 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     if pool != "train":
         log(WARNING, "fedrec-flwr: %s", LEAKY_POOL_WARNING)
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
-    if cfg.item_catalogue:
-        # Nodes hold their own logs (node-config data-file): the server sees only
-        # the shared catalogue, so it cannot bound a reply's weight by the data.
-        num_items = len(
-            read_catalogue(resolve_user_path(cfg.item_catalogue, key=ITEM_CATALOGUE_KEY))
-        )
-        stats: dict[str, Any] = {ITEM_CATALOGUE_KEY: cfg.item_catalogue, "num-items": num_items}
-        protocol = with_negative_pool(protocol_without_data(cfg.data), pool)
-        max_train, max_evaluate = math.inf, math.inf
-        sizes = None
-    else:
-        # The server reads only the item catalogue and sizes; user rows stay with clients.
-        prepared = prepare_data(cfg.data)
-        num_items = prepared.num_items
-        stats = prepared.stats()
-        protocol = with_negative_pool(prepared.protocol(), pool)
-        # No partition can hold more than the whole dataset.
-        users = cfg.strategy.weight_key == "users"
-        max_train = stats[NUM_USERS_KEY if users else "num-train-interactions"]
-        max_evaluate = prepared.num_users
-        # Exact per-partition caps, once the nodes tell how many partitions there are.
-        sizes = functools.partial(partition_sizes, cfg.data)
+    view = server_view(cfg)
+    num_items, stats, protocol = view.num_items, view.stats, view.protocol
+    max_train, max_evaluate, sizes = view.max_train, view.max_evaluate, view.partition_sizes
     strategy = build_strategy(
         cfg,
         max_train_weight=max_train,
@@ -149,7 +203,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         num_items=num_items,
         partition_sizes=sizes,
     )
-    dp_report = _dp_report(cfg)
+    user_dp = dp_report(cfg)
     audited = _audited_grid(cfg, metered, num_items)
     t0 = time.perf_counter()
     result = strategy.start(
@@ -160,7 +214,9 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         evaluate_config=ConfigRecord(),
     )
     t_end = time.perf_counter()
-    rounds = _round_entries(result, metered, t_end)
+    rounds = round_entries(
+        result.train_metrics_clientapp, result.evaluate_metrics_clientapp, metered, t_end
+    )
     if not result.train_metrics_clientapp:
         raise RuntimeError(
             "no training round succeeded; client errors: "
@@ -170,7 +226,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     if failed:
         log(WARNING, "fedrec-flwr: rounds with failed clients: %s", failed)
     dropped_rounds = sorted({r for r, _, _ in strategy.dropped} | {r for r, _ in strategy.rejected})
-    dp_extra = _dp_extra(dp_report, strategy.strategy, rounds)
+    dp_section = dp_extra(user_dp, strategy.strategy, rounds)
     path = write_run(
         out_dir,
         mode="federated",
@@ -193,7 +249,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             NUM_PARTITIONS_KEY: strategy.num_partitions,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
-            **dp_extra,
+            **dp_section,
             **_audit_extra(audited, out_dir),
         },
     )
@@ -210,7 +266,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     return path
 
 
-def _dp_report(cfg: RunConfig) -> dict[str, Any] | None:
+def dp_report(cfg: RunConfig) -> dict[str, Any] | None:
     """The ``dp`` results section of a user-level DP run (logged up front), else None."""
     privacy = cfg.privacy
     if privacy.dp != "user":
@@ -236,7 +292,7 @@ def _dp_report(cfg: RunConfig) -> dict[str, Any] | None:
     return report
 
 
-def _dp_extra(
+def dp_extra(
     user_report: dict[str, Any] | None, strategy: object, rounds: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """``{"dp": ...}`` for the results' extra, and ``epsilon`` in each round (in place).
@@ -244,7 +300,7 @@ def _dp_extra(
     Parameters
     ----------
     user_report : dict or None
-        The user-level DP report (:func:`_dp_report`), None for other modes.
+        The user-level DP report (:func:`dp_report`), None for other modes.
     strategy : object
         The strategy inside the validation layer (node-level DP reports its
         accountant's epsilon per aggregated round).
@@ -311,14 +367,31 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _round_entries(result: Result, metered: MeteredGrid, t_end: float) -> list[dict[str, Any]]:
+def round_entries(
+    train_metrics: Mapping[int, Mapping[str, Any]],
+    evaluate_metrics: Mapping[int, Mapping[str, Any]],
+    metered: MeteredGrid,
+    t_end: float,
+) -> list[dict[str, Any]]:
+    """One ``results.json`` entry per round the grid metered.
+
+    Parameters
+    ----------
+    train_metrics, evaluate_metrics : mapping of int to mapping
+        Aggregated client metrics per round (Flower's ``Result`` fields, or the
+        SecAgg+ strategy's own record).
+    metered : MeteredGrid
+        The grid the rounds ran on (time, bytes, failures per round).
+    t_end : float
+        ``time.perf_counter()`` when the last round ended.
+    """
     starts = sorted(metered.rounds)
     entries = []
     for i, rnd in enumerate(starts):
         traffic = metered.rounds[rnd]
         nxt = metered.rounds[starts[i + 1]].started if i + 1 < len(starts) else t_end
-        train = dict(result.train_metrics_clientapp.get(rnd, {}))
-        evaluate = dict(result.evaluate_metrics_clientapp.get(rnd, {}))
+        train = dict(train_metrics.get(rnd, {}))
+        evaluate = dict(evaluate_metrics.get(rnd, {}))
         entry = round_entry(
             rnd,
             train_loss=_number(train.get(TRAIN_LOSS_KEY)),

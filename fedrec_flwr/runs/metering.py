@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -43,7 +43,8 @@ class MeteredGrid(Grid):
     """Delegate to ``grid``; record bytes, replies and failures per round.
 
     The round is read from the ``server-round`` entry of the messages'
-    ConfigRecord (every ``flwr.serverapp.strategy`` strategy sets it).
+    ConfigRecord (every ``flwr.serverapp.strategy`` strategy sets it), else
+    from the message's ``group_id`` (Flower's legacy workflows, SecAgg+ stages).
 
     Parameters
     ----------
@@ -132,7 +133,13 @@ class MeteredGrid(Grid):
                 for record in reply.content.array_records.values():
                     self.array_names_received.update(record.keys())
                 kind = reply.metadata.message_type.split(".")[0]
-                for metrics in reply.content.metric_records.values():
+                # Legacy replies (SecAgg+) carry their metrics in a ConfigRecord.
+                content = reply.content
+                records: list[MetricRecord | ConfigRecord] = [
+                    *content.metric_records.values(),
+                    *content.config_records.values(),
+                ]
+                for metrics in records:
                     seconds = metrics.get(COMPUTE_SECONDS_KEY)
                     if isinstance(seconds, (int, float)) and seconds >= 0:
                         traffic.client_seconds[kind] = traffic.client_seconds.get(
@@ -166,4 +173,9 @@ def _round_of(message: Message, default: int) -> int:
         value = record.get(SERVER_ROUND_KEY)
         if isinstance(value, int):
             return value
+    # Flower's legacy workflows (SecAgg+ stages carry no config of ours) put the
+    # round into the message's group id.
+    group = message.metadata.group_id
+    if group.isdigit() and int(group) > 0:
+        return int(group)
     return default

@@ -1,0 +1,314 @@
+"""Secure aggregation (``secure-aggregation=secaggplus``) through Flower's SecAgg+.
+
+In-process runs (``InProcessGrid``: real messages, protobuf round trip) with a
+recording mod *inside* the SecAgg+ mods: it keeps each node's plain reply (what
+would have been sent without SecAgg+) and the arrays each node received, so the
+aggregate can be checked against plain weighted FedAvg computed here.
+"""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from conftest import checkerboard_rows, write_u_data
+from flwr.app import Context, Message, MessageType
+from flwr.clientapp import ClientApp
+from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.compat.common import recorddict_compat as compat
+
+from fedrec_flwr.app.client_app import app as client_app
+from fedrec_flwr.app.client_app import client_fn, partition_query, secagg_mods
+from fedrec_flwr.client.adapter import numpy_client_app
+from fedrec_flwr.config import RunConfig
+from fedrec_flwr.errors import ConfigError
+from fedrec_flwr.privacy.secagg import (
+    max_weight_for,
+    mode_dispatch_mod,
+    quantization_bound,
+    run_secagg,
+)
+from fedrec_flwr.protocol import PARTITION_ID_KEY
+from fedrec_flwr.testing.inprocess import InProcessGrid
+
+logging.getLogger("flwr").setLevel(logging.WARNING)
+
+SMALL = {
+    "factors": 4,
+    "mlp-layers": "8,4",
+    "batch-size": 64,
+    "top-k": "1",
+    "num-eval-negatives": 20,
+    "local-epochs": 1,
+    "secure-aggregation": "secaggplus",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_u_data(tmp_path_factory.mktemp("secagg"), checkerboard_rows(users_per_group=12))
+
+
+def _nodes(k):
+    return [{"partition-id": p, "num-partitions": k} for p in range(k)]
+
+
+class _Recorder:
+    """A mod inside the SecAgg+ mods: plain replies and received arrays per node."""
+
+    def __init__(self, fail_partition=None, fail_round=None):
+        self.received = {}  # (round, partition) -> list of arrays sent to the node
+        self.replies = {}  # (round, partition) -> (weight, list of float64 arrays)
+        self.fail = (fail_round, fail_partition)
+
+    def __call__(self, msg: Message, ctxt: Context, call_next):
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, ctxt)
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        key = (int(fitins.config["server-round"]), ctxt.node_config[PARTITION_ID_KEY])
+        if key == self.fail:
+            raise RuntimeError("node lost")
+        self.received[key] = parameters_to_ndarrays(fitins.parameters)
+        reply = call_next(msg, ctxt)
+        fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        self.replies[key] = (fitres.num_examples, parameters_to_ndarrays(fitres.parameters))
+        return reply
+
+
+def _app(recorder):
+    """The FAB's app (dispatch mod, query handler), with the recorder inside."""
+    mods = secagg_mods()
+    secure = ClientApp(
+        client_fn=lambda ctx: client_fn(ctx).to_client(), mods=[*mods[:1], recorder, *mods[1:]]
+    )
+    app = numpy_client_app(client_fn, mods=[mode_dispatch_mod(secure)])
+    app.query()(partition_query)
+    return app
+
+
+def _plain_mean(replies):
+    weights = np.array([w for w, _ in replies], dtype=np.float64)
+    return [
+        sum(w * a[i] for w, (_, a) in zip(weights, replies, strict=True)) / weights.sum()
+        for i in range(len(replies[0][1]))
+    ]
+
+
+def _check_round(recorder, rnd, partitions, max_weight, cfg, next_round_arrays):
+    replies = [recorder.replies[(rnd, p)] for p in partitions]
+    expected = _plain_mean(replies)
+    bound = quantization_bound(
+        [float(w) for w, _ in replies],
+        max_weight=max_weight,
+        clipping_range=cfg.privacy.secagg_clipping_range,
+        quantization_range=cfg.privacy.secagg_quantization_range,
+    )
+    assert bound.weights_exact
+    worst = 0.0
+    for got, want in zip(next_round_arrays, expected, strict=True):
+        # The model goes out as float32: its rounding comes on top of the bound.
+        tol = bound.mean + np.abs(want) * 2.0**-24 + 1e-12
+        err = np.abs(got.astype(np.float64) - want)
+        assert (err <= tol).all(), float((err - tol).max())
+        worst = max(worst, float(err.max()))
+    # The aggregate is not plain FedAvg by accident: quantisation leaves a trace.
+    assert worst > 0
+    return bound
+
+
+def test_aggregate_equals_weighted_fedavg_within_the_bound(data_dir, tmp_path):
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 2, **SMALL}
+    cfg = RunConfig.from_mapping(rc)
+    recorder = _Recorder()
+    grid = InProcessGrid(_app(recorder), _nodes(4), rc)
+    results = json.loads(run_secagg(grid, cfg, tmp_path).read_text())
+    section = results["secure-aggregation"]
+    m = section["max-weight"]
+    # Largest partition's interactions, rounded up to a power of two.
+    largest = max(recorder.replies[(1, p)][0] for p in range(4))
+    assert m == max_weight_for(largest, 2**22) and m >= largest > m / 2
+    # Round 1's aggregate is what every node received in round 2.
+    received = recorder.received[(2, 0)]
+    bound = _check_round(recorder, 1, range(4), m, cfg, received)
+    assert section["bounds"]["1"]["per-element-mean"] == pytest.approx(bound.mean)
+    assert bound.mean < 2e-5
+    # The results schema is the plain mode's, and no array reached the server.
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert set(r["val"]) >= {"hr@1", "ndcg@1"} and r["wall-seconds"] > 0
+        assert r["bytes-sent"] > 0 and r["bytes-received"] > 0 and r["failures"] == 0
+        assert r["train-loss"] > 0 and r["secagg-error-bound"] > 0
+    assert results["arrays-received"] == []
+
+
+@pytest.mark.parametrize("weight_key", ["users", "uniform"])
+def test_weight_key_sets_the_secagg_weight(data_dir, tmp_path, weight_key):
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 2, "weight-key": weight_key, **SMALL}
+    cfg = RunConfig.from_mapping(rc)
+    recorder = _Recorder()
+    grid = InProcessGrid(_app(recorder), _nodes(3), rc)
+    results = json.loads(run_secagg(grid, cfg, tmp_path).read_text())
+    weights = [recorder.replies[(1, p)][0] for p in range(3)]
+    if weight_key == "uniform":
+        assert weights == [1, 1, 1] and results["secure-aggregation"]["max-weight"] == 1
+    else:
+        assert all(1 < w < 100 for w in weights)  # users, not interactions
+    _check_round(
+        recorder,
+        1,
+        range(3),
+        results["secure-aggregation"]["max-weight"],
+        cfg,
+        recorder.received[(2, 0)],
+    )
+
+
+def test_the_server_sees_only_masked_vectors(data_dir, tmp_path):
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 1, **SMALL}
+    recorder = _Recorder()
+    grid = InProcessGrid(_app(recorder), _nodes(3), rc)
+    run_secagg(grid, RunConfig.from_mapping(rc), tmp_path)
+    masked = []
+    for reply in grid.replies:
+        # No reply carries a plain array (secaggplus_mod empties them).
+        assert all(len(r) == 0 for r in reply.content.array_records.values())
+        configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+        if configs is not None and Key.MASKED_PARAMETERS in configs:
+            masked.append([bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]])
+    assert len(masked) == 3
+    q = 2**22
+    for vectors in masked:
+        flat = np.concatenate([v.ravel() for v in vectors[1:]]).astype(np.float64)
+        # Unmasked, every quantised value lies in [0, Q]; masked, they are
+        # uniform on [0, 2**32): almost none below Q, mean near 2**31.
+        assert flat.size > 500
+        assert (flat > q).mean() > 0.99
+        assert abs(flat.mean() / 2**32 - 0.5) < 0.05
+    # Two nodes' masked vectors differ though their plain models start equal.
+    assert not np.array_equal(masked[0][1], masked[1][1])
+
+
+def test_a_dropped_node_leaves_the_others_aggregate(data_dir, tmp_path):
+    # 5 nodes, 3 shares, threshold 2: partition 2 fails in round 1 after the key
+    # exchange; its neighbours' shares remove its pairwise masks.
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 2, **SMALL}
+    cfg = RunConfig.from_mapping(rc)
+    recorder = _Recorder(fail_partition=2, fail_round=1)
+    grid = InProcessGrid(_app(recorder), _nodes(5), rc)
+    results = json.loads(run_secagg(grid, cfg, tmp_path).read_text())
+    assert results["rounds"][0]["failures"] >= 1
+    m = results["secure-aggregation"]["max-weight"]
+    _check_round(recorder, 1, [0, 1, 3, 4], m, cfg, recorder.received[(2, 0)])
+
+
+def test_the_fab_app_serves_both_modes(data_dir, tmp_path):
+    # The ClientApp pyproject names answers the SecAgg+ workflow when the run
+    # config asks for it (its dispatch mod), and the Message API otherwise.
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 1, **SMALL}
+    grid = InProcessGrid(client_app, _nodes(3), rc)
+    results = json.loads(run_secagg(grid, RunConfig.from_mapping(rc), tmp_path).read_text())
+    assert results["strategy"] == "SecAggFedAvg" and results["rounds"][0]["failures"] == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ({"strategy": "krum"}, "strategy='krum'"),
+        ({"strategy": "fedadam"}, "strategy='fedadam'"),
+        ({"item-aggregation": "rowwise"}, "item-aggregation='rowwise'"),
+        ({"max-update-norm": 1.0}, "max-update-norm=1.0"),
+        ({"privacy-audit": True}, "privacy-audit=True"),
+        (
+            {"dp": "node-server", "dp-clip": 1.0, "dp-noise-multiplier": 1.0},
+            "dp='node-server'",
+        ),
+        ({"secagg-num-shares": 2}, "secagg-num-shares=2"),
+        ({"secagg-reconstruction-threshold": 3}, "secagg-reconstruction-threshold=3"),
+    ],
+)
+def test_combinations_that_need_each_reply_fail_in_one_line(edit, named):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"secure-aggregation": "secaggplus", **edit})
+    message = str(info.value)
+    assert named in message and "\n" not in message
+
+
+def test_the_bound_follows_flowers_quantisation():
+    b = quantization_bound([100.0, 300.0], max_weight=512.0)
+    delta = 16 / 2**22
+    assert b.weights_exact and b.per_node == delta and b.sum == 2 * delta
+    assert b.mean == pytest.approx(2 * delta * 512 / 400)
+    # A max weight that is not a power of two quantises the weights as well.
+    assert not quantization_bound([100.0, 300.0], max_weight=300.0).weights_exact
+    assert max_weight_for(300, 2**22) == 512 and max_weight_for(1, 2**22) == 1
+    assert max_weight_for(2**23, 2**22) == 2**23
+
+
+@pytest.mark.flower
+def test_flwr_run_with_secaggplus(tmp_path, ml100k_dir):
+    """The FAB under `flwr run` (SuperLink, Ray): SecAgg+ rounds, results written."""
+    import subprocess
+
+    from conftest import REPO
+
+    from fedrec_flwr.ops.processes import (
+        flower_env,
+        local_superlink_ports,
+        processes_mentioning,
+        stop_processes,
+    )
+
+    flwr_home = tmp_path / "flwr-home"
+    out = tmp_path / "results"
+    run_config = (
+        f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}' "
+        "secure-aggregation='secaggplus'"
+    )
+    cmd = ["flwr", "run", str(REPO), "--stream", "--run-config", run_config]
+    cmd += ["--federation-config", "num-supernodes=3 client-resources-num-cpus=1"]
+    neutral = tmp_path / "cwd"  # Ray puts the SuperLink's cwd on sys.path
+    neutral.mkdir()
+    env = flower_env(flwr_home, local_superlink_ports())
+    try:
+        proc = subprocess.run(
+            cmd, env=env, cwd=neutral, capture_output=True, text=True, timeout=420, check=False
+        )
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and (out / "results.json").is_file(), log[-3000:]
+    finally:
+        stop_processes(lambda: processes_mentioning(str(flwr_home)))
+    results = json.loads((out / "results.json").read_text())
+    assert results["strategy"] == "SecAggFedAvg" and results["arrays-received"] == []
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert all(r["failures"] == 0 and r["bytes-received"] > 0 for r in results["rounds"])
+    assert results["rounds"][-1]["test"]["hr@10"] > 0.3
+    assert results["secure-aggregation"]["bounds"]["2"]["per-element-mean"] < 1e-4
+
+
+def test_user_level_dp_under_secaggplus_adds_a_share_of_the_noise_per_node(data_dir, tmp_path):
+    from flwr.app import RecordDict
+
+    from fedrec_flwr.client.numpy_client import NCFClient
+    from fedrec_flwr.datasets import load_client_data
+
+    dp = {
+        "client-mode": "per-user",
+        "weight-key": "users",
+        "dp": "user",
+        "dp-clip": 0.5,
+        "dp-noise-multiplier": 3.0,
+        "min-nodes": 3,
+    }
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 2, **SMALL, **dp}
+    cfg = RunConfig.from_mapping(rc)
+    client = NCFClient(load_client_data(cfg.data, 0, 3), cfg, RecordDict(), noise_seed=1)
+    # Variances add up in the masked sum of >= min-nodes replies: sigma^2 = 3 share^2.
+    assert client.trainer.dp.noise_multiplier == pytest.approx(3.0 / np.sqrt(3))
+    grid = InProcessGrid(client_app, _nodes(3), rc)
+    results = json.loads(run_secagg(grid, cfg, tmp_path).read_text())
+    report = results["dp"]
+    assert report["noise-multiplier"] == 3.0
+    assert report["node-noise-multiplier"] == pytest.approx(3.0 / np.sqrt(3))
+    assert [r["epsilon"] for r in results["rounds"]] == report["epsilon-per-round"]
