@@ -19,6 +19,8 @@ Sections (``--sections``):
   (the server adds the noise, so it still reads the replies).
 - ``ldp``: FedPerGNN-style local DP and pseudo items: the audit on one-user
   nodes and utility on 10 groups.
+- ``secagg``: SecAgg+ round time and bytes against plain FedAvg on 10 groups
+  (``benchmarks/secagg_cost.py``, in-process, ``local-epochs=1``, 3 rounds).
 
 Prints markdown tables; writes ``privacy.json`` and ``privacy.png`` to ``--out``.
 
@@ -178,11 +180,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--audit-users", type=int, default=100, help="one-user nodes attacked")
-    parser.add_argument("--sections", default="user,node,ldp")
+    parser.add_argument("--sections", default="user,node,ldp,secagg")
     parser.add_argument("--node-seeds", default="42", help="seeds of the node section")
     parser.add_argument("--quick", action="store_true", help="2 rounds, 1 seed, epsilon 8 and inf")
     parser.add_argument("--out", type=Path, default=Path("privacy-bench"))
     args = parser.parse_args()
+    from fedrec_flwr.progress import progress
+
     quiet_flower()
     if args.quick:
         args.seeds, args.node_seeds, args.epsilons = "42", "42", "8,inf"
@@ -201,7 +205,7 @@ def main() -> None:
 
     if "user" in sections:
         rows, records = [], []
-        for eps in epsilons:
+        for eps in progress(epsilons, "user-level DP", unit="epsilons"):
             rc = {**base, **_dp_keys(USER_DP, eps)}
             central = [_utility({**rc, "seed": s, "min-nodes": 1}, 1) for s in seeds]
             spread = [_utility({**rc, "seed": s}, args.groups) for s in seeds]
@@ -240,7 +244,7 @@ def main() -> None:
 
     if "node" in sections:
         rows, records = [], []
-        for eps in epsilons:
+        for eps in progress(epsilons, "node-level DP", unit="epsilons"):
             rc = {**base, **_dp_keys(NODE_DP, eps)}
             runs = [_utility({**rc, "seed": s}, args.groups) for s in node_seeds]
             audit = _audit(rc, args.groups, list(range(args.groups)))
@@ -275,7 +279,7 @@ def main() -> None:
 
     if "ldp" in sections:
         rows, records = [], []
-        for label, keys in LDP_SETTINGS:
+        for label, keys in progress(LDP_SETTINGS, "local DP", unit="settings"):
             rc = {**base, **keys}
             runs = [_utility({**rc, "seed": s}, args.groups) for s in node_seeds]
             audit = _audit({**rc, **one_user}, NUM_USERS, audited)
@@ -289,6 +293,30 @@ def main() -> None:
                 ["setting", "HR@10", "best attack", "precision", "base rate", "recall", "AUC"],
                 rows,
             )
+        )
+
+    if "secagg" in sections:
+        import secagg_cost
+
+        rc = {
+            "data-dir": args.data_dir,
+            "num-server-rounds": 2 if args.quick else 3,
+            "local-epochs": 1,
+            "num-threads": 1,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = secagg_cost._run("off", rc, args.groups, Path(tmp), "inprocess")
+            secure = secagg_cost._run("secaggplus", rc, args.groups, Path(tmp), "inprocess")
+        bound = max(b["per-element-mean"] for b in secure["secure-aggregation"]["bounds"].values())
+        summary = {
+            "plain": secagg_cost._summary(plain),
+            "secaggplus": secagg_cost._summary(secure),
+            "bound": bound,
+        }
+        out["secagg"] = summary
+        tables.append(
+            f"SecAgg+ against plain FedAvg, {args.groups} groups, in-process, local-epochs=1:"
+            "\n\n" + secagg_cost._table(summary["plain"], summary["secaggplus"], bound)
         )
 
     print(out["stamp"])

@@ -75,6 +75,7 @@ def test_scale_quick(tmp_path):
 def test_privacy_quick(tmp_path, ml100k_dir):
     text = _run("privacy.py", tmp_path, "--data-dir", str(ml100k_dir))
     assert "User-level DP" in text and "Node-level DP" in text and "pseudo items" in text
+    assert "SecAgg+ against plain FedAvg" in text
     result = json.loads((tmp_path / "privacy.json").read_text())
     user = {r["epsilon"]: r for r in result["user"]}
     assert set(user) == {8.0, math.inf}
