@@ -184,7 +184,21 @@ def main() -> None:
     parser.add_argument("--node-seeds", default="42", help="seeds of the node section")
     parser.add_argument("--quick", action="store_true", help="2 rounds, 1 seed, epsilon 8 and inf")
     parser.add_argument("--out", type=Path, default=Path("privacy-bench"))
+    parser.add_argument(
+        "--merge",
+        default="",
+        help="comma-separated privacy.json files of runs of other sections: written "
+        "together to --out (privacy.json, privacy.png) without running anything",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merged: dict[str, Any] = {}
+        for name in args.merge.split(","):
+            merged.update(json.loads(Path(name).read_text()))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "privacy.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
+        _plot(merged, args.out / "privacy.png")
+        return
     from fedrec_flwr.progress import progress
 
     quiet_flower()
@@ -348,7 +362,12 @@ def _plot(out: Mapping[str, Any], path: Path) -> None:
         )
         for r in records:
             if math.isinf(r["epsilon"]):
-                ax_hr.axhline(np.mean([x["hr"] for x in r[runs]]), ls=":", color="grey")
+                ax_hr.axhline(
+                    np.mean([x["hr"] for x in r[runs]]),
+                    ls=":",
+                    color=ax_hr.lines[-1].get_color(),
+                    label=f"{label}: same run without DP",
+                )
     ax_hr.axhline(0.413, ls="--", color="red", label="popularity")
     ax_auc.axhline(0.5, ls="--", color="red", label="chance")
     for ax, title in ((ax_hr, "test HR@10"), (ax_auc, "best attack AUC")):
