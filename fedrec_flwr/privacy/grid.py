@@ -20,9 +20,9 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from ..protocol import ITEM_COUNTS_KEY, NUM_PARTITIONS_KEY, PARTITION_ID_KEY, server_round
+from ..runs.metering import DelegatingGrid
 from .audit import ATTACKS, REPORTED_COUNTS, audit_reply, reported_counts_attack, score_attack
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def _round(message: Message) -> int:
     return 0
 
 
-class AuditedGrid(Grid):
+class AuditedGrid(DelegatingGrid):
     """Delegate to ``grid``; attack each training reply of the audited rounds.
 
     Parameters
@@ -169,39 +169,13 @@ class AuditedGrid(Grid):
     ) -> None:
         if every < 1:
             raise ValueError(f"every={every}: must be >= 1")
-        self._grid = grid
+        super().__init__(grid)
         self._model = model
         self._truth = truth
         self._every = every
         self._attacks = tuple(attacks)
         self._seed = seed
         self.records: list[dict[str, Any]] = []
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
     def audited(self, server_round: int) -> bool:
         """Whether ``server_round`` is audited (1, 1+every, ...).

@@ -17,7 +17,7 @@ from flwr.supercore.run import Run
 
 from ..protocol import COMPUTE_SECONDS_KEY, SERVER_ROUND_KEY
 
-__all__ = ["MeteredGrid", "RoundTraffic", "payload_bytes"]
+__all__ = ["DelegatingGrid", "MeteredGrid", "RoundTraffic", "payload_bytes"]
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -39,7 +39,52 @@ class RoundTraffic:
     client_seconds: dict[str, float] = field(default_factory=dict)
 
 
-class MeteredGrid(Grid):
+class DelegatingGrid(Grid):
+    """A Grid that forwards every call to ``grid``: the base of grid wrappers
+    (metering, the privacy audit) that override only ``send_and_receive``.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The wrapped grid.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class MeteredGrid(DelegatingGrid):
     """Delegate to ``grid``; record bytes, replies and failures per round.
 
     The round is read from the ``server-round`` entry of the messages'
@@ -75,37 +120,11 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid, *, poll_interval: float | None = None) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._poll_interval = poll_interval
         self.rounds: dict[int, RoundTraffic] = {}
         self.failure_reasons: dict[int, list[str]] = {}
         self.array_names_received: set[str] = set()
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
