@@ -76,3 +76,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _SLOW_MARKERS & {mark.name for mark in item.iter_markers()}:
             item.add_marker(pytest.mark.slow)
+
+
+def flwr_run(tmp_path: Path, run_config: str, *, supernodes: int = 2) -> tuple[int, str, Path]:
+    """``flwr run`` of this repository's FAB with a private FLWR_HOME and free ports.
+
+    Every process the run started is stopped before returning, and none may be
+    left. Returns the exit code, stdout + stderr and the FLWR_HOME used.
+    """
+    import subprocess
+
+    from fedrec_flwr.ops.processes import (
+        flower_env,
+        local_superlink_ports,
+        processes_mentioning,
+        stop_processes,
+    )
+
+    flwr_home = tmp_path / "flwr-home"
+    cmd = ["flwr", "run", str(REPO), "--stream", "--run-config", run_config]
+    cmd += ["--federation-config", f"num-supernodes={supernodes} client-resources-num-cpus=1"]
+    neutral = tmp_path / "cwd"  # Ray puts the SuperLink's cwd on sys.path
+    neutral.mkdir()
+    env = flower_env(flwr_home, local_superlink_ports())
+    try:
+        proc = subprocess.run(
+            cmd, env=env, cwd=neutral, capture_output=True, text=True, timeout=420, check=False
+        )
+    finally:
+        stop_processes(lambda: processes_mentioning(str(flwr_home)))
+    assert processes_mentioning(str(flwr_home)) == []  # nothing left running
+    return proc.returncode, proc.stdout + proc.stderr, flwr_home

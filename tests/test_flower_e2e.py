@@ -6,20 +6,13 @@ gives it its own FLWR_HOME and ports, and stops it and every child by pid in a
 """
 
 import json
-import subprocess
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import flwr_run
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
-from fedrec_flwr.ops.processes import (
-    flower_env,
-    local_superlink_ports,
-    processes_mentioning,
-    stop_processes,
-)
 from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
@@ -27,38 +20,10 @@ pytestmark = pytest.mark.flower
 
 
 def test_flwr_run_trains_and_writes_results(tmp_path, ml100k_dir):
-    flwr_home = tmp_path / "flwr-home"
     out = tmp_path / "results"
-    env = flower_env(flwr_home, local_superlink_ports())
     run_config = f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}'"
-    cmd = [
-        "flwr",
-        "run",
-        str(REPO),
-        "--stream",
-        "--federation-config",
-        "num-supernodes=2 client-resources-num-cpus=1",
-        "--run-config",
-        run_config,
-    ]
-    neutral = tmp_path / "cwd"  # Ray puts the SuperLink's cwd on sys.path
-    neutral.mkdir()
-    try:
-        proc = subprocess.run(
-            cmd,
-            env=env,
-            cwd=neutral,
-            capture_output=True,
-            text=True,
-            timeout=420,
-            check=False,
-        )
-        log = proc.stdout + proc.stderr
-        assert proc.returncode == 0, log[-3000:]
-        assert (out / "results.json").is_file(), log[-3000:]
-    finally:
-        stop_processes(lambda: processes_mentioning(str(flwr_home)))
-    assert processes_mentioning(str(flwr_home)) == []  # nothing left running
+    code, log, _ = flwr_run(tmp_path, run_config)
+    assert code == 0 and (out / "results.json").is_file(), log[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["num-clients"] == 2 and [r["round"] for r in results["rounds"]] == [
         1,

@@ -342,43 +342,15 @@ def test_unknown_dataset_size_is_refused():
 @pytest.mark.flower
 def test_flwr_run_with_node_client_dp(tmp_path, ml100k_dir):
     """`flwr run .` for real (SuperLink, Ray, the FAB): the mod clips on the nodes."""
-    import subprocess
+    from conftest import flwr_run
 
-    from conftest import REPO
-
-    from fedrec_flwr.ops.processes import (
-        flower_env,
-        local_superlink_ports,
-        processes_mentioning,
-        stop_processes,
-    )
-
-    flwr_home, out = tmp_path / "flwr-home", tmp_path / "results"
-    env = flower_env(flwr_home, local_superlink_ports())
+    out = tmp_path / "results"
     run_config = (
         f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}' "
         "dp='node-client' dp-clip=14 dp-noise-multiplier=0.01"
     )
-    cmd = [
-        "flwr",
-        "run",
-        str(REPO),
-        "--stream",
-        "--federation-config",
-        "num-supernodes=2 client-resources-num-cpus=1",
-        "--run-config",
-        run_config,
-    ]
-    neutral = tmp_path / "cwd"  # Ray puts the SuperLink's cwd on sys.path
-    neutral.mkdir()
-    try:
-        proc = subprocess.run(
-            cmd, env=env, cwd=neutral, capture_output=True, text=True, timeout=420, check=False
-        )
-    finally:
-        stop_processes(lambda: processes_mentioning(str(flwr_home)))
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and (out / "results.json").is_file(), log[-3000:]
+    code, log, _ = flwr_run(tmp_path, run_config)
+    assert code == 0 and (out / "results.json").is_file(), log[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert "fixedclipping_mod: parameters are clipped by value: 14.0000" in log
     assert "fedrec-flwr: round 2: node-level DP epsilon=" in log

@@ -249,36 +249,15 @@ def test_the_bound_follows_flowers_quantisation():
 @pytest.mark.flower
 def test_flwr_run_with_secaggplus(tmp_path, ml100k_dir):
     """The FAB under `flwr run` (SuperLink, Ray): SecAgg+ rounds, results written."""
-    import subprocess
+    from conftest import flwr_run
 
-    from conftest import REPO
-
-    from fedrec_flwr.ops.processes import (
-        flower_env,
-        local_superlink_ports,
-        processes_mentioning,
-        stop_processes,
-    )
-
-    flwr_home = tmp_path / "flwr-home"
     out = tmp_path / "results"
     run_config = (
         f"num-server-rounds=2 local-epochs=1 data-dir='{ml100k_dir}' output-dir='{out}' "
         "secure-aggregation='secaggplus'"
     )
-    cmd = ["flwr", "run", str(REPO), "--stream", "--run-config", run_config]
-    cmd += ["--federation-config", "num-supernodes=3 client-resources-num-cpus=1"]
-    neutral = tmp_path / "cwd"  # Ray puts the SuperLink's cwd on sys.path
-    neutral.mkdir()
-    env = flower_env(flwr_home, local_superlink_ports())
-    try:
-        proc = subprocess.run(
-            cmd, env=env, cwd=neutral, capture_output=True, text=True, timeout=420, check=False
-        )
-        log = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and (out / "results.json").is_file(), log[-3000:]
-    finally:
-        stop_processes(lambda: processes_mentioning(str(flwr_home)))
+    code, log, _ = flwr_run(tmp_path, run_config, supernodes=3)
+    assert code == 0 and (out / "results.json").is_file(), log[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["strategy"] == "SecAggFedAvg" and results["arrays-received"] == []
     assert [r["round"] for r in results["rounds"]] == [1, 2]
