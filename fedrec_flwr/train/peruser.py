@@ -328,21 +328,19 @@ def train_users_independently(
         with torch.no_grad():
             if dp is not None:
                 _add_clipped_updates(acc, layout, chunk, shared, dp.clip)
-                for name in layout.private:
-                    out_private[name][chunk.ids] = chunk.params[name][:, 0].numpy()
-                continue
-            weights = torch.from_numpy(counts[chunk.ids].astype(np.float64))
-            for name in shared:
-                if name not in layout.trained:
-                    continue
-                value = chunk.params[name].double()
-                if layout.sliced and name in layout.tables:
-                    # Rows a user never touched equal the global rows: only deltas move.
-                    base = layout.state[name].double()[chunk.rows]
-                    delta = (value - base) * weights.view(-1, *[1] * (value.dim() - 1))
-                    acc[name].index_add_(0, chunk.rows[chunk.valid], delta[chunk.valid])
-                else:
-                    acc[name] += torch.einsum("u,u...->...", weights, value)
+            else:
+                weights = torch.from_numpy(counts[chunk.ids].astype(np.float64))
+                for name in shared:
+                    if name not in layout.trained:
+                        continue
+                    value = chunk.params[name].double()
+                    if layout.sliced and name in layout.tables:
+                        # Rows a user never touched equal the global rows: only deltas move.
+                        base = layout.state[name].double()[chunk.rows]
+                        delta = (value - base) * weights.view(-1, *[1] * (value.dim() - 1))
+                        acc[name].index_add_(0, chunk.rows[chunk.valid], delta[chunk.valid])
+                    else:
+                        acc[name] += torch.einsum("u,u...->...", weights, value)
             for name in layout.private:
                 out_private[name][chunk.ids] = chunk.params[name][:, 0].numpy()
 
