@@ -83,3 +83,22 @@ def test_privacy_quick(tmp_path, ml100k_dir):
     # The control: without protection one-user replies give their items away.
     assert user[math.inf]["audit"]["direction"]["auc"] > 0.95
     assert (tmp_path / "privacy.png").stat().st_size > 0
+
+
+def test_serve_quick(tmp_path):
+    text = _run("serve.py", tmp_path)
+    assert "| gmf | ml-100k |" in text and "| neumf | 20m |" in text
+    result = json.loads((tmp_path / "serve.json").read_text())
+    assert result["threads"] == 2 and result["k"] == 10
+    assert [(r["model"], r["size"]) for r in result["rows"]] == [
+        ("gmf", "ml-100k"),
+        ("neumf", "ml-100k"),
+        ("gmf", "20m"),
+        ("neumf", "20m"),
+    ]
+    for row in result["rows"]:
+        assert row["seconds"] > 0 and row["users-per-second"] > 0
+        assert row["naive-users-per-second"] > 0 and row["peak-rss-mib"] > 0
+        # The fast path and forward() on every pair recommend the same items.
+        assert row["sample-agreement"] == 1.0
+        assert row["target-met"] is None  # quick sizes check no targets

@@ -121,3 +121,58 @@ def test_default_reset_private_touches_only_private_rows():
     again.reset_private(5)
     for name, value in private_arrays(again).items():
         np.testing.assert_array_equal(value, private_arrays(model)[name])
+
+
+def _randomised(model: NCF, seed: int) -> NCF:
+    """Random weights on an O(1) scale, biases included (the init zeroes them)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    return model
+
+
+def _pairwise_forward(model: Recommender, users, items) -> np.ndarray:
+    uu, ii = np.meshgrid(users, items, indexing="ij")
+    with torch.no_grad():
+        out = model(torch.from_numpy(uu.ravel()), torch.from_numpy(ii.ravel()))
+    return out.numpy().reshape(len(users), len(items))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("mlp_layers", [(16, 8, 4), (8,)])
+def test_score_all_equals_forward_on_every_pair(arch, mlp_layers):
+    model = _randomised(NCF(11, 17, arch, factors=6, mlp_layers=mlp_layers), seed=3)
+    users = np.array([7, 0, 10, 7, 3], dtype=np.int64)  # selected rows, one repeated
+    everything = np.arange(17, dtype=np.int64)
+    got = model.score_all(torch.from_numpy(users))
+    assert got.shape == (5, 17) and got.dtype == torch.float32 and not got.requires_grad
+    np.testing.assert_allclose(
+        got.numpy(), _pairwise_forward(model, users, everything), rtol=0, atol=1e-5
+    )
+    # The base-class default (forward over all pairs) agrees too.
+    np.testing.assert_allclose(
+        Recommender.score_all(model, torch.from_numpy(users)).numpy(),
+        got.numpy(),
+        rtol=0,
+        atol=1e-5,
+    )
+    items = np.array([16, 2, 5], dtype=np.int64)
+    np.testing.assert_allclose(
+        model.score_all(torch.from_numpy(users), torch.from_numpy(items)).numpy(),
+        _pairwise_forward(model, users, items),
+        rtol=0,
+        atol=1e-5,
+    )
+    assert model.catalogue_size() == 17
+
+
+def test_score_all_blocks_users_exactly(monkeypatch):
+    """A hidden-tensor budget of one cell (one user per block) changes nothing."""
+    from fedrec_flwr.models import ncf
+
+    model = _randomised(NCF(6, 13, "neumf", factors=4, mlp_layers=(8, 4)), seed=4)
+    users = torch.arange(6)
+    whole = model.score_all(users)
+    monkeypatch.setattr(ncf, "_TOWER_BLOCK", 1)
+    np.testing.assert_allclose(model.score_all(users).numpy(), whole.numpy(), rtol=0, atol=1e-6)

@@ -97,6 +97,54 @@ class Recommender(nn.Module, ABC):
         """
         return ()
 
+    def catalogue_size(self) -> int:
+        """Number of catalogue items the model scores.
+
+        Returns
+        -------
+        int
+            Rows of the first item table (:meth:`item_tables`).
+
+        Raises
+        ------
+        NotImplementedError
+            If the model has no item tables (such a subclass overrides this).
+        """
+        tables = self.item_tables()
+        if not tables:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no item tables: override catalogue_size()"
+            )
+        return int(self.state_dict()[tables[0]].shape[0])
+
+    @torch.no_grad()
+    def score_all(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of every ``(user, item)`` pair of ``users`` x ``items``.
+
+        The default calls :meth:`forward` on all pairs at once; subclasses
+        override it with exact fast paths. Bounding memory (chunking ``users``)
+        is the caller's job.
+
+        Parameters
+        ----------
+        users : torch.Tensor
+            ``(U,)`` model-local user indices (int64).
+        items : torch.Tensor or None (default: None)
+            ``(I,)`` item codes (int64); ``None`` scores the whole catalogue
+            (``arange(catalogue_size())``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(U, I)`` float logits, row ``r`` for ``users[r]``.
+        """
+        if items is None:
+            items = torch.arange(self.catalogue_size(), device=users.device)
+        n_users, n_items = users.shape[0], items.shape[0]
+        pair_users = users.repeat_interleave(n_items)
+        pair_items = items.repeat(n_users)
+        return self.forward(pair_users, pair_items).reshape(n_users, n_items)
+
     @abstractmethod
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Score a batch of pairs.
