@@ -34,6 +34,7 @@ from .errors import ConfigError
 from .models import ARCHITECTURES
 from .privacy.options import PrivacyOptions
 from .protocol import KNOB_KEYS, PRIVATE_LAYERS_KEY, PROXIMAL_MU_KEY
+from .serving.options import ServingOptions
 from .settings import (
     check_choices,
     check_numbers,
@@ -58,6 +59,7 @@ __all__ = [
     "PrivacyOptions",
     "RoundKnobs",
     "RunConfig",
+    "ServingOptions",
     "StrategyOptions",
     "TrainingOptions",
     "markdown_table",
@@ -381,7 +383,7 @@ class RoundKnobs:
 @documented
 @dataclass(frozen=True)
 class RunConfig:
-    """Every setting of a run: the run-level keys and four option groups.
+    """Every setting of a run: the run-level keys and the option groups.
 
     Each group's own docstring lists its keys; ``RunConfig.from_mapping`` reads
     them all from one flat kebab-case mapping and ``to_dict`` writes it back.
@@ -408,6 +410,7 @@ class RunConfig:
     training: TrainingOptions = field(default_factory=TrainingOptions)
     strategy: StrategyOptions = field(default_factory=StrategyOptions)
     privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
+    serving: ServingOptions = field(default_factory=ServingOptions)
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -442,11 +445,44 @@ class RunConfig:
                     + (" (weight-key='users')" if weight == "users" else "")
                 )
         self._check_privacy()
+        self._check_serving()
         if training.finetunes_per_user and training.private_layers.strip():
             raise ConfigError(
                 f"private-layers={training.private_layers!r} with per-user fine-tuning: "
                 "personal layers belong to a client, not to each user; set "
                 "finetune-unit='client' or private-layers=''"
+            )
+
+    def _check_serving(self) -> None:
+        """Resume and warm start against the privacy keys (before any round).
+
+        A resumed run must repeat what the first one would have done; node-level
+        DP's noise and accountant, SecAgg+'s legacy loop and the audit's records
+        are not in a checkpoint, so those runs are refused rather than resumed
+        differently.
+        """
+        serving, privacy = self.serving, self.privacy
+        key = "resume-from" if serving.resume_from.strip() else None
+        key = key or ("init-from" if serving.init_from.strip() else None)
+        if key is None:
+            return
+        bad = [
+            f"{name}={value!r}"
+            for name, value, clash in (
+                ("dp", privacy.dp, privacy.dp in ("node-client", "node-server")),
+                (
+                    "secure-aggregation",
+                    privacy.secure_aggregation,
+                    privacy.secure_aggregation != "off",
+                ),
+                ("privacy-audit", privacy.privacy_audit, privacy.privacy_audit),
+            )
+            if clash
+        ]
+        if bad:
+            raise ConfigError(
+                f"{key} with {', '.join(bad)}: not resumable (their state is not in a "
+                "checkpoint); run without them or start anew"
             )
 
     def _check_privacy(self) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 __all__ = [
     "HOME_ENV_VAR",
@@ -24,6 +26,7 @@ __all__ = [
     "resolve_user_path",
     "runs_home",
     "staged",
+    "write_npz",
 ]
 
 HOME_ENV_VAR = "FEDREC_FLWR_HOME"
@@ -223,6 +226,21 @@ def staged(
             os.rename(tmp, target)
     finally:
         _remove(tmp)
+
+
+def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as one ``.npz`` at ``path``, atomically and flushed to disk.
+
+    A reader finds the previous file or the finished new one (:func:`staged`);
+    the data reach the disk before the rename, so a crash cannot leave a file
+    whose name is new and whose bytes are not.
+    """
+    target = Path(path)
+    with staged(target) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
+        fh.flush()
+        os.fsync(fh.fileno())
+    return target
 
 
 def _remove(path: Path) -> None:

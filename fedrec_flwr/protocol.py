@@ -29,12 +29,15 @@ __all__ = [
     "CONFIG_RECORD",
     "COUNT_KEYS",
     "DATA_FILE_KEY",
+    "DELIVER_ACTION",
+    "DELIVER_ROUND_KEY",
     "DP_NOISE_SEED_KEY",
     "FINETUNE_EPOCHS_KEY",
     "FINETUNE_SCOPE_KEY",
     "GLOBAL_PREFIX",
     "ITEM_CATALOGUE_KEY",
     "ITEM_COUNTS_KEY",
+    "KEEP_ROUNDS_KEY",
     "KNOB_KEYS",
     "LOSS_KEY",
     "METRICS_RECORD",
@@ -48,10 +51,18 @@ __all__ = [
     "PRIVATE_STATE_KEY",
     "PROXIMAL_MU_KEY",
     "SERVER_ROUND_KEY",
+    "STATE_DIR_KEY",
+    "STATE_RUN_KEY",
     "SUM_SUFFIX",
     "TEST_PART",
     "TRAIN_LOSS_KEY",
+    "USERS_SERVED_KEY",
+    "USER_IDS_STATE_KEY",
     "VAL_PART",
+    "WARM_ROUND_KEY",
+    "WARM_RUN_KEY",
+    "WARM_STATE_KEY",
+    "WARM_USERS_KEY",
     "node_metrics",
     "prefixed",
     "server_round",
@@ -79,6 +90,21 @@ KNOB_KEYS = (PROXIMAL_MU_KEY, PRIVATE_LAYERS_KEY, FINETUNE_EPOCHS_KEY, FINETUNE_
 #: before Flower's ``fixedclipping_mod`` clips it (:mod:`fedrec_flwr.privacy.nodedp`).
 NODE_DP_SCALE_KEY = "node-dp-scale"
 
+#: The run lineage a node files its private state under (``run-<id>-<token>``;
+#: a resumed run keeps its checkpoint's), so runs never mix in a node's store.
+STATE_RUN_KEY = "state-run"
+#: Rounds whose private state a node must keep: the last checkpointed round
+#: (a resume restarts after it) and the validation-selected round (delivery).
+KEEP_ROUNDS_KEY = "keep-rounds"
+#: Warm start (``init-from``): the earlier run's lineage and delivered round,
+#: whose rows a node copies for the users it still has.
+WARM_RUN_KEY = "warm-run"
+WARM_ROUND_KEY = "warm-round"
+#: ``query.deliver``: the server sends the delivered model after the last
+#: round; the config names the round whose private state goes with it.
+DELIVER_ACTION = "deliver"
+DELIVER_ROUND_KEY = "deliver-round"
+
 # Client -> server metrics.
 NUM_EXAMPLES_KEY = "num-examples"  # FedAvg weight n_k: training interactions
 NUM_USERS_KEY = "num-users"  # users of the group (evaluation weight)
@@ -90,6 +116,8 @@ NUM_PARTITIONS_KEY = "num-partitions"
 TRAIN_LOSS_KEY = "train-loss"
 LOSS_KEY = "loss"  # evaluate: validation BCE (the NumPyClient convention)
 COMPUTE_SECONDS_KEY = "compute-seconds"
+#: Delivery reply: how many users got recommendations written.
+USERS_SERVED_KEY = "users-served"
 SUM_SUFFIX = "-sum"
 VAL_PART = "val"
 TEST_PART = "test"
@@ -105,10 +133,17 @@ ITEM_CATALOGUE_KEY = "item-catalogue"
 #: recompute the noise (it could subtract it). Without it the node derives the
 #: noise from the run seed, which reproduces a simulation but protects nothing.
 DP_NOISE_SEED_KEY = "dp-noise-seed"
+#: The node's private store folder (default ``$FEDREC_FLWR_HOME/nodes``).
+STATE_DIR_KEY = "state-dir"
 
 # context.state records: what a node keeps between rounds and never sends.
 PRIVATE_STATE_KEY = "fedrec-private-arrays"
 PERSONAL_STATE_KEY = "fedrec-personal-layers"
+#: The raw user id of each private row (the store keeps it for warm starts).
+USER_IDS_STATE_KEY = "fedrec-user-ids"
+#: Warm start: the earlier run's private rows and the raw user ids they belong to.
+WARM_STATE_KEY = "fedrec-warm-arrays"
+WARM_USERS_KEY = "fedrec-warm-users"
 
 
 def node_metrics(partition_id: int, num_partitions: int, num_users: int) -> dict[str, int]:

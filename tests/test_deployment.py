@@ -161,3 +161,54 @@ def test_run_survives_losing_a_supernode(deployment, ml100k_slice, tmp_path):
     assert (second["replies"], second["failures"]) == (2, 0)
     assert results["num-clients"] == 1
     assert second["test"]["hr@10"] > 0
+
+
+def test_killed_deployment_resumes_bit_identically(ml100k_slice, tmp_path):
+    """SuperLink killed after round 2 of 4 (SuperNodes with it), restarted, resumed."""
+    from fedrec_flwr.serving.checkpoint import read_checkpoint
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    base = f"num-server-rounds=4 local-epochs=1 data-dir='{ml100k_slice}'"
+    state_dir = (tmp_path / "deploy").resolve()
+    dep = up(2, state_dir=state_dir, flwr_home=tmp_path / "flwr-cli", timeout=90)
+    log = tmp_path / "first.log"
+    try:
+        proc = _flwr_run(dep, f"{base} output-dir='{first}'", log)
+        deadline = time.time() + 240
+        while True:
+            assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            path = first / "checkpoint.npz"
+            if path.is_file() and read_checkpoint(first).server_round >= 2:
+                break
+            time.sleep(0.05)
+        os.killpg(dep.pids["superlink"], signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    finally:
+        down(state_dir)
+    assert read_checkpoint(first).server_round == 2
+    dep = up(2, state_dir=state_dir, flwr_home=tmp_path / "flwr-cli", timeout=90)
+    log = tmp_path / "second.log"
+    try:
+        rc = f"{base} output-dir='{second}' resume-from='{first}'"
+        text = _finish(_flwr_run(dep, rc, log), log, timeout=300)
+    finally:
+        down(state_dir)
+    assert (second / "results.json").is_file(), text[-3000:]
+    resumed = json.loads((second / "results.json").read_text())
+
+    rc_map = {"num-server-rounds": 4, "local-epochs": 1, "data-dir": str(ml100k_slice)}
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    grid = InProcessGrid(client_app, nodes, rc_map, shuffle_seed=3)
+    whole = json.loads(
+        run_federated(grid, RunConfig.from_mapping(rc_map), tmp_path / "whole").read_text()
+    )
+
+    def metrics(rounds):
+        return [(r["round"], r["train-loss"], r["val"], r["test"], r["val-loss"]) for r in rounds]
+
+    assert metrics(resumed["rounds"]) == metrics(whole["rounds"])
+    ours = torch.load(tmp_path / "whole" / "model.pt")["state_dict"]
+    theirs = torch.load(second / "model.pt")["state_dict"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert resumed["delivery"]["users-served"] == SLICE_USERS

@@ -167,7 +167,14 @@ def test_a_non_finite_aggregate_keeps_the_previous_model():
 @pytest.fixture(scope="module")
 def rc(tmp_path_factory):
     data = write_u_data(tmp_path_factory.mktemp("checkerboard"), checkerboard_rows())
-    return {"data-dir": str(data), "num-eval-negatives": 20, "learning-rate": 0.01, **SMALL}
+    # These apps answer train/evaluate only: no delivery after the last round.
+    return {
+        "data-dir": str(data),
+        "num-eval-negatives": 20,
+        "learning-rate": 0.01,
+        "deliver": "off",
+        **SMALL,
+    }
 
 
 def _nodes(n, k=None):

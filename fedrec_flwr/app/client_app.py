@@ -12,6 +12,9 @@ and evaluate messages to ``secagg_app`` (``legacy_app``'s client with
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.client import Client
 from flwr.clientapp import ClientApp
@@ -25,15 +28,33 @@ from ..datasets.local import load_local_client_data
 from ..privacy.nodedp import client_mods
 from ..privacy.secagg import mode_dispatch_mod, secure_aggregation_mods
 from ..protocol import (
+    COMPUTE_SECONDS_KEY,
     DATA_FILE_KEY,
+    DELIVER_ACTION,
+    DELIVER_ROUND_KEY,
     DP_NOISE_SEED_KEY,
     ITEM_CATALOGUE_KEY,
     METRICS_RECORD,
     NUM_PARTITIONS_KEY,
+    NUM_USERS_KEY,
     PARTITION_ID_KEY,
+    STATE_DIR_KEY,
+    STATE_RUN_KEY,
+    USERS_SERVED_KEY,
 )
+from ..serving.deliver import recommendations_frame, write_delivery
+from ..serving.mod import node_store_mod
+from ..serving.store import node_folder, state_root
 
-__all__ = ["app", "client_fn", "legacy_app", "partition_query", "secagg_app", "secagg_mods"]
+__all__ = [
+    "app",
+    "client_fn",
+    "deliver_recommendations",
+    "legacy_app",
+    "partition_query",
+    "secagg_app",
+    "secagg_mods",
+]
 
 
 def _node_int(context: Context, key: str) -> int:
@@ -99,6 +120,50 @@ def partition_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS_RECORD: record}), reply_to=msg)
 
 
+def deliver_recommendations(msg: Message, context: Context) -> Message:
+    """Write this node's users' top-k of the delivered model into its own folder.
+
+    The store mod has put the delivered round's private rows into
+    ``context.state``; the reply carries only how many users were served.
+    """
+    started = time.perf_counter()
+    client = client_fn(context)
+    (arrays,) = msg.content.array_records.values()
+    names = client.array_names()
+    client._set_shared([arrays[n].numpy() for n in names])
+    serving = client.config.serving
+    items, scores = client.recommend(serving.recommend_k, exclude=serving.recommend_exclude)
+    data = client.data
+    catalogue = data.raw_item_ids
+    if catalogue is None:
+        catalogue = np.asarray([str(i) for i in range(data.num_items)], dtype=np.str_)
+    frame = recommendations_frame(client.user_ids(), catalogue, items, scores)
+    (config,) = msg.content.config_records.values()
+    lineage = str(config[STATE_RUN_KEY])
+    folder = node_folder(
+        state_root(context.node_config.get(STATE_DIR_KEY)), lineage, data.partition_id
+    )
+    write_delivery(
+        folder,
+        frame,
+        {n: arrays[n].numpy() for n in names},
+        {
+            "run-config": dict(context.run_config),
+            "node-config": dict(context.node_config),
+            STATE_RUN_KEY: lineage,
+            DELIVER_ROUND_KEY: int(str(config[DELIVER_ROUND_KEY])),
+            NUM_USERS_KEY: data.num_users,
+        },
+    )
+    record = MetricRecord(
+        {
+            USERS_SERVED_KEY: int(data.num_users),
+            COMPUTE_SECONDS_KEY: time.perf_counter() - started,
+        }
+    )
+    return Message(RecordDict({METRICS_RECORD: record}), reply_to=msg)
+
+
 def secagg_mods() -> list[Mod]:
     """Client mods of ``secure-aggregation=secaggplus``, outermost first (see
     :func:`~fedrec_flwr.privacy.secagg.secure_aggregation_mods`)."""
@@ -114,5 +179,12 @@ secagg_app = ClientApp(client_fn=_legacy_client, mods=secagg_mods())
 
 # A SecAgg+ run's messages go to secagg_app; node-level DP's scaling and
 # clipping mod runs on the plain path's train messages.
-app = numpy_client_app(client_fn, mods=[mode_dispatch_mod(secagg_app)], train_mods=client_mods())
+# The store mod is outermost: it loads the private rows a message needs and
+# stores them after training, whichever path answers.
+app = numpy_client_app(
+    client_fn,
+    mods=[node_store_mod, mode_dispatch_mod(secagg_app)],
+    train_mods=client_mods(),
+)
 app.query()(partition_query)
+app.query(DELIVER_ACTION)(deliver_recommendations)

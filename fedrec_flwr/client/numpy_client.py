@@ -40,11 +40,16 @@ from ..protocol import (
     PRIVATE_STATE_KEY,
     TEST_PART,
     TRAIN_LOSS_KEY,
+    USER_IDS_STATE_KEY,
     VAL_PART,
+    WARM_STATE_KEY,
+    WARM_USERS_KEY,
     node_metrics,
     server_round,
     sum_key,
 )
+from ..serving.mod import user_ids_of, user_ids_record
+from ..serving.scoring import full_ranking_sums, top_k
 from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
 from ..train.evaluate import EvalResult, rank_val_test
 from ..train.peruser import UserLevelDP
@@ -126,8 +131,55 @@ class NCFClient(NumPyClient):
             load_arrays(self.model, {k: v.numpy() for k, v in record.items()}, private=True)
         else:
             self.trainer.init_private(self.model, data)
+            self._warm_start()
         # Which training interactions negatives avoid (see TrainingOptions.negative_pool).
         self.exclude = data.negative_pool(training.negative_pool)
+
+    def user_ids(self) -> np.ndarray:
+        """Raw id (text) of each local user (global codes when the data has none)."""
+        if self.data.raw_user_ids is not None:
+            return self.data.raw_user_ids
+        return np.asarray([str(u) for u in self.data.users.tolist()], dtype=np.str_)
+
+    def _warm_start(self) -> None:
+        """Copy an earlier run's rows for the users it had (``init-from``).
+
+        Rows are matched by raw user id, so a log that grew (new users, other
+        order) keeps every known user's row; new users keep their fresh rows.
+        """
+        if WARM_STATE_KEY not in self.state.array_records:
+            return
+        old_ids = user_ids_of(self.state.config_records.get(WARM_USERS_KEY, {}))  # type: ignore[arg-type]
+        where = {u: i for i, u in enumerate(old_ids)}
+        ids = self.user_ids().tolist()
+        new_rows = np.asarray([i for i, u in enumerate(ids) if u in where], dtype=np.int64)
+        old_rows = np.asarray([where[ids[i]] for i in new_rows], dtype=np.int64)
+        current = private_arrays(self.model)
+        for name, array in self.state.array_records[WARM_STATE_KEY].items():
+            if name in current and len(new_rows):
+                current[name][new_rows] = array.numpy()[old_rows]
+        load_arrays(self.model, current, private=True)
+
+    def recommend(self, k: int, *, exclude: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """Every local user's top-``k`` items and scores, their seen items excluded.
+
+        Parameters
+        ----------
+        k : int
+            Items per user.
+        exclude : {"train", "all"} (default: "train")
+            Exclude each user's training items, or also their validation and
+            test items.
+        """
+        data = self.data
+        users, items = data.train_users, data.train_items
+        if exclude == "all":
+            local = np.arange(data.num_users)
+            users = np.concatenate([users, local, local])
+            items = np.concatenate([items, data.val_items, data.test_items])
+        return top_k(
+            self.model, np.arange(data.num_users), k, exclude_users=users, exclude_items=items
+        )
 
     def array_names(self) -> list[str]:
         """Names of the shared arrays, in the order of the NumPy lists."""
@@ -173,6 +225,7 @@ class NCFClient(NumPyClient):
         self.state[PRIVATE_STATE_KEY] = ArrayRecord(
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )
+        self.state[USER_IDS_STATE_KEY] = user_ids_record(self.user_ids().tolist())
         shared = dict(update.shared)
         privacy, data = self.config.privacy, self.data
         if privacy.ldp_clip > 0 or privacy.pseudo_items > 0:
@@ -221,8 +274,25 @@ class NCFClient(NumPyClient):
         )
         knobs = self.config.round_knobs(config)
         personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
-        ranked = rank_val_test(self.model, data, self.config.training.ks)
-        if personal or knobs.finetune_epochs > 0:
+        ks = self.config.training.ks
+        ranked = rank_val_test(self.model, data, ks)
+        personalised = bool(personal) or knobs.finetune_epochs > 0
+        if self.config.serving.full_ranking and not personalised:
+            # Over the whole catalogue minus the user's training items, with the
+            # scoring code of the recommendations.
+            prefix = ""
+            users = np.arange(data.num_users)
+            for part, targets in ((VAL_PART, data.val_items), (TEST_PART, data.test_items)):
+                sums = full_ranking_sums(
+                    self.model,
+                    users,
+                    targets,
+                    ks,
+                    exclude_users=data.train_users,
+                    exclude_items=data.train_items,
+                )
+                metrics.update({sum_key(part, k, prefix): v for k, v in sums.items()})
+        if personalised:
             _add_sums(metrics, ranked, GLOBAL_PREFIX)
             self.personal.load(self.model, personal)
             # Nothing of the fine-tuned copy is stored: the next message rebuilds

@@ -65,7 +65,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # 2: checksums in meta.json. A format-1 cache (none) is rebuilt, not trusted.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _ARRAYS = (
     "users",
     "user_offsets",
@@ -88,7 +88,7 @@ _SLICED = {
 }
 # Small files hashed in full whenever the whole cache is checked (a partition
 # read checks only its own bounds and rows).
-_WHOLE = ("user_offsets.npy", "train_offsets.npy", "catalogue.txt")
+_WHOLE = ("user_offsets.npy", "train_offsets.npy", "catalogue.txt", "user_ids.txt")
 
 
 class _DamagedError(Exception):
@@ -248,6 +248,9 @@ def _write_partition_cache(
             files[f"{name}.npy"] = {"dtype": array.dtype.str, "shape": list(array.shape)}
         write_catalogue(tmp / "catalogue.txt", prepared.item_ids)
         files["catalogue.txt"] = {}
+        # Raw user ids in code order: a node writes its recommendations by them.
+        write_catalogue(tmp / "user_ids.txt", prepared.user_ids)
+        files["user_ids.txt"] = {}
         for name, record in files.items():
             record["bytes"] = (tmp / name).stat().st_size
             record["sha256"] = _file_sha256(tmp / name)
@@ -433,7 +436,7 @@ def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
         raise _DamagedError("meta.json does not match its checksum")
     try:
         files = meta["checksums"]["files"]
-        for name in (*(f"{a}.npy" for a in _ARRAYS), "catalogue.txt"):
+        for name in (*(f"{a}.npy" for a in _ARRAYS), "catalogue.txt", "user_ids.txt"):
             try:
                 size = (directory / name).stat().st_size
             except FileNotFoundError:
@@ -494,7 +497,17 @@ def _read_verified(
         test_items=part["test_items"],
         eval_negatives=part["eval_negatives"],
         train_set=InteractionSet(part["train_users"], part["train_items"], num_items),
+        raw_user_ids=_text_ids(directory / "user_ids.txt")[np.asarray(part["users"])],
+        raw_item_ids=_text_ids(directory / "catalogue.txt"),
     )
+
+
+def _text_ids(path: Path) -> np.ndarray:
+    """The raw ids of a cache's id file, as text, in code order."""
+    try:
+        return np.asarray(path.read_text(encoding="utf-8").splitlines(), dtype=np.str_)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _DamagedError(f"{path.name} cannot be read ({exc})") from exc
 
 
 def _read_partition(directory: Path, partition_id: int) -> ClientData:

@@ -146,6 +146,8 @@ class PreparedData:
             test_items=self.test_items[users],
             eval_negatives=self.eval_negatives[users],
             train_set=InteractionSet(train_users, train_items, self.num_items),
+            raw_user_ids=np.asarray([str(u) for u in self.user_ids[users].tolist()], dtype=np.str_),
+            raw_item_ids=np.asarray([str(i) for i in self.item_ids.tolist()], dtype=np.str_),
         )
 
 
@@ -422,6 +424,11 @@ class ClientData:
         ``(len(users), k)`` evaluation negatives per local user.
     train_set : InteractionSet
         The training interactions, excluded when drawing training negatives.
+    raw_user_ids : numpy.ndarray or None (default: None)
+        Raw id (text) of each local user, for recommendations; None when the
+        data was built in memory without ids.
+    raw_item_ids : numpy.ndarray or None (default: None)
+        Raw id (text) of each item code (the catalogue).
     """
 
     partition_id: int
@@ -434,6 +441,8 @@ class ClientData:
     test_items: np.ndarray
     eval_negatives: np.ndarray
     train_set: InteractionSet
+    raw_user_ids: np.ndarray | None = None
+    raw_item_ids: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:

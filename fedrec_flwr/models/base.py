@@ -18,10 +18,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..serving.recommender import NodeRecommender
 
 __all__ = [
     "PRIVATE_PREFIX",
@@ -116,6 +121,17 @@ class Recommender(nn.Module, ABC):
                 f"{type(self).__name__} has no item tables: override catalogue_size()"
             )
         return int(self.state_dict()[tables[0]].shape[0])
+
+    @staticmethod
+    def load(node_dir: str | Path) -> NodeRecommender:
+        """A node's delivered model with its users' rows, to recommend from.
+
+        ``Recommender.load(node_dir).recommend(user_ids, k)`` (``implicit``'s
+        style); see :class:`~fedrec_flwr.serving.recommender.NodeRecommender`.
+        """
+        from ..serving.recommender import NodeRecommender
+
+        return NodeRecommender.load(node_dir)
 
     @torch.no_grad()
     def score_all(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:

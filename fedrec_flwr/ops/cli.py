@@ -1,4 +1,4 @@
-"""``fedrec``: inspect and prepare datasets from the command line.
+"""``fedrec``: inspect and prepare datasets, and serve a node's recommendations.
 
 The data flags are :class:`~fedrec_flwr.datasets.DataOptions`' fields (same
 names, defaults and checks as the run-config keys).
@@ -9,6 +9,8 @@ Examples
 ``fedrec data stats log --data-dir /data/events.parquet --log-columns user=uid,item=sku
 --partitioner dirichlet --num-partitions 20 --dirichlet-alpha 0.1``
 ``fedrec data catalogue ml-100k --out /data/catalogue.txt``
+``fedrec recommend --node-dir ~/.cache/fedrec-flwr/nodes/run-1-ab12cd34/partition-0
+--users 1,7 --k 10``
 """
 
 from __future__ import annotations
@@ -58,7 +60,49 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--max-rows", type=int, default=50, help="partitions listed")
         else:
             p.add_argument("--out", required=True, help="catalogue file to write")
+    rec = commands.add_parser(
+        "recommend",
+        help="top-k recommendations from a node folder (after a run's delivery)",
+        description="Serve recommendations from a node's folder: the delivered model, "
+        "the node's stored user rows and its own log; nothing is fetched.",
+    )
+    rec.add_argument("--node-dir", required=True, help="<state-dir>/<run lineage>/partition-<id>")
+    rec.add_argument("--users", default="", help="comma-separated raw user ids (default: all)")
+    rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    rec.add_argument(
+        "--exclude-seen",
+        choices=("none", "train", "all"),
+        default="train",
+        help="leave out each user's training items (default), all their items, or none",
+    )
+    rec.add_argument("--out", default="", help=".csv or .parquet file (default: CSV on stdout)")
     return parser
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from ..serving.recommender import NodeRecommender, UnknownUserError
+
+    if args.k < 1:
+        raise ValueError(f"--k={args.k}: must be >= 1")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"--out={args.out}: name a .csv or .parquet file")
+    recommender = NodeRecommender.load(args.node_dir)
+    users = [u.strip() for u in args.users.split(",") if u.strip()] or None
+    try:
+        frame = recommender.recommend(users, args.k, exclude_seen=args.exclude_seen)
+    except UnknownUserError as exc:
+        raise ValueError(str(exc)) from None
+    if out is None:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    print(f"wrote {len(frame)} recommendations for {frame['user'].nunique()} users to {out}")
+    return 0
 
 
 # This CLI's own integer flags, beside DataOptions' integer fields.
@@ -113,6 +157,12 @@ def _stats_text(meta: dict[str, Any], max_rows: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedrec`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.group == "recommend":
+        try:
+            return _recommend(args)
+        except (DataFileError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         _check_numbers(args)
         options = _options(args)

@@ -11,9 +11,11 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 
 from ..config import LEAKY_POOL_WARNING, RunConfig
 from ..datasets import (
@@ -24,6 +26,7 @@ from ..datasets import (
     read_cache_meta,
     read_catalogue,
 )
+from ..errors import ConfigError
 from ..models import build_model, shared_arrays
 from ..paths import resolve_user_path
 from ..privacy.accounting import user_level_report
@@ -38,6 +41,8 @@ from ..protocol import (
     VAL_PART,
     prefixed,
 )
+from ..serving.rounds import run_rounds
+from ..serving.session import ServerSession
 from ..strategies import PartitionSizes
 from ..strategies.registry import build_strategy
 from .metering import MeteredGrid
@@ -127,6 +132,8 @@ class ServerView:
         No evaluation weight (users) can exceed this.
     partition_sizes : callable or None
         ``num_partitions -> PartitionSizes`` when the server holds the data.
+    item_ids : numpy.ndarray or None
+        Raw id (text) of each item code: the catalogue.
     """
 
     num_items: int
@@ -135,6 +142,7 @@ class ServerView:
     max_train: float
     max_evaluate: float
     partition_sizes: Callable[[int], PartitionSizes] | None
+    item_ids: np.ndarray | None = None
 
 
 def server_view(cfg: RunConfig) -> ServerView:
@@ -149,12 +157,12 @@ def server_view(cfg: RunConfig) -> ServerView:
     if cfg.item_catalogue:
         # Nodes hold their own logs (node-config data-file): the server sees only
         # the shared catalogue, so it cannot bound a reply's weight by the data.
-        num_items = len(
-            read_catalogue(resolve_user_path(cfg.item_catalogue, key=ITEM_CATALOGUE_KEY))
-        )
+        catalogue = read_catalogue(resolve_user_path(cfg.item_catalogue, key=ITEM_CATALOGUE_KEY))
+        num_items = len(catalogue)
         stats: dict[str, Any] = {ITEM_CATALOGUE_KEY: cfg.item_catalogue, "num-items": num_items}
         protocol = with_negative_pool(protocol_without_data(cfg.data), pool)
-        return ServerView(num_items, stats, protocol, math.inf, math.inf, None)
+        ids = np.asarray([str(i) for i in catalogue.tolist()], dtype=np.str_)
+        return ServerView(num_items, stats, protocol, math.inf, math.inf, None, ids)
     # The server reads only the item catalogue and sizes; user rows stay with clients.
     prepared = prepare_data(cfg.data)
     stats = prepared.stats()
@@ -168,6 +176,7 @@ def server_view(cfg: RunConfig) -> ServerView:
         max_evaluate=prepared.num_users,
         # Exact per-partition caps, once the nodes tell how many partitions there are.
         partition_sizes=functools.partial(partition_sizes, cfg.data),
+        item_ids=np.asarray([str(i) for i in prepared.item_ids.tolist()], dtype=np.str_),
     )
 
 
@@ -205,23 +214,64 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     )
     user_dp = dp_report(cfg)
     audited = _audited_grid(cfg, metered, num_items)
+    serving = cfg.serving
+    session = ServerSession(
+        cfg.to_dict(),
+        out_dir,
+        strategy,
+        checkpoint_every=serving.checkpoint_every,
+        select=select_by_validation,
+        run_id=run_id,
+        resume_from=serving.resume_from,
+        init_from=serving.init_from,
+    )
+    earlier = session.earlier_rounds()
+    if session.first_round > cfg.num_server_rounds:
+        raise ConfigError(
+            f"resume-from: the checkpoint already holds round {session.first_round - 1} of "
+            f"num-server-rounds={cfg.num_server_rounds}; raise num-server-rounds to train on"
+        )
+    train_config, evaluate_config = session.train_config(), session.evaluate_config()
     t0 = time.perf_counter()
-    result = strategy.start(
-        grid=audited or metered,
-        initial_arrays=initial_arrays(cfg, num_items),
+
+    def on_round(rnd: int, arrays: ArrayRecord, result: Result) -> None:
+        so_far = earlier + round_entries(
+            result.train_metrics_clientapp,
+            result.evaluate_metrics_clientapp,
+            metered,
+            time.perf_counter(),
+        )
+        session.on_round(rnd, arrays, result, so_far, train_config, cfg.num_server_rounds)
+
+    log(INFO, "fedrec-flwr: run lineage %s (the nodes' private store)", session.lineage)
+    result = run_rounds(
+        strategy,
+        audited or metered,
+        session.initial_arrays(
+            initial_arrays(cfg, num_items), view.item_ids, _item_tables(cfg, num_items)
+        ),
         num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
+        first_round=session.first_round,
+        train_config=train_config,
+        evaluate_config=evaluate_config,
+        on_round=on_round,
     )
     t_end = time.perf_counter()
-    rounds = round_entries(
+    rounds = earlier + round_entries(
         result.train_metrics_clientapp, result.evaluate_metrics_clientapp, metered, t_end
     )
-    if not result.train_metrics_clientapp:
+    if not result.train_metrics_clientapp and not session.earlier_train_rounds():
         raise RuntimeError(
             "no training round succeeded; client errors: "
             + "; ".join(r for rs in metered.failure_reasons.values() for r in rs[:3])
         )
+    delivery = (
+        session.deliver(
+            metered, serving.deliver, result.arrays, cfg.num_server_rounds, view.item_ids
+        )
+        if serving.deliver != "off"
+        else None
+    )
     failed = [r["round"] for r in rounds if r["failures"]]
     if failed:
         log(WARNING, "fedrec-flwr: rounds with failed clients: %s", failed)
@@ -249,6 +299,12 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             NUM_PARTITIONS_KEY: strategy.num_partitions,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
+            "lineage": session.lineage,
+            "resumed-from": serving.resume_from or None,
+            "initialised-from": serving.init_from or None,
+            "delivery": delivery,
+            # Timing, kept out of the round entries (which repeat bit for bit).
+            "checkpoint-seconds": {str(r): s for r, s in session.checkpoint_seconds.items()},
             **dp_section,
             **_audit_extra(audited, out_dir),
         },
@@ -319,6 +375,15 @@ def dp_extra(
         if entry["round"] in strategy.epsilons:
             entry["epsilon"] = strategy.epsilons[entry["round"]]
     return {"dp": strategy.describe()}
+
+
+def _item_tables(cfg: RunConfig, num_items: int) -> tuple[str, ...]:
+    """Names of the model's arrays with one row per item (a warm start maps them)."""
+    arch = cfg.model
+    model = build_model(
+        arch.model, 0, num_items, factors=arch.factors, mlp_layers=arch.mlp_layers, seed=0
+    )
+    return tuple(model.item_tables())
 
 
 def _audited_grid(cfg: RunConfig, grid: Grid, num_items: int) -> AuditedGrid | None:
