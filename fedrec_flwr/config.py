@@ -147,6 +147,12 @@ class TrainingOptions:
     top_k: tuple[int, ...] = option(
         (10,), "Cut-offs for HR@K and NDCG@K, e.g. `5,10,20`; 10 is always reported."
     )
+    full_ranking: bool = option(
+        True,
+        "Also rank each held-out item over the whole catalogue minus the user's training "
+        "items (`full-hr@K`, `full-recall@K`, `full-ndcg@K` next to the sampled metrics; "
+        "not with per-user fine-tuning, which scores only the sampled candidates).",
+    )
     negative_pool: str = option(
         "train",
         "Items kept out of a user's *training* negatives: `train` (its training "

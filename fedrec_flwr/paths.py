@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +19,12 @@ import numpy as np
 
 __all__ = [
     "HOME_ENV_VAR",
+    "NPZ_ERRORS",
     "check_input_path",
     "check_output_dir",
     "data_home",
     "fedrec_home",
+    "read_npz",
     "replace_symlink",
     "resolve_user_path",
     "runs_home",
@@ -241,6 +244,23 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     return target
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` written by :func:`write_npz`, read into memory.
+
+    Raises
+    ------
+    OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile
+        As numpy raises them for a missing, truncated or foreign file; callers
+        turn them into one line naming the file (:data:`NPZ_ERRORS`).
+    """
+    with np.load(Path(path), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+#: What :func:`read_npz` raises for a file that cannot be read.
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 def _remove(path: Path) -> None:

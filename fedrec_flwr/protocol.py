@@ -90,7 +90,7 @@ KNOB_KEYS = (PROXIMAL_MU_KEY, PRIVATE_LAYERS_KEY, FINETUNE_EPOCHS_KEY, FINETUNE_
 #: before Flower's ``fixedclipping_mod`` clips it (:mod:`fedrec_flwr.privacy.nodedp`).
 NODE_DP_SCALE_KEY = "node-dp-scale"
 
-#: The run lineage a node files its private state under (``run-<id>-<token>``;
+#: The run lineage a node files its private state under (``run-<16 hex>-<8 hex>``;
 #: a resumed run keeps its checkpoint's), so runs never mix in a node's store.
 STATE_RUN_KEY = "state-run"
 #: Rounds whose private state a node must keep: the last checkpointed round

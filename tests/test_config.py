@@ -178,7 +178,7 @@ def test_centralized_cli_has_exactly_the_applicable_keys():
         "duplicates", "validation", "split", "log_columns",
         "model", "factors", "mlp_layers",
         "learning_rate", "weight_decay", "batch_size", "num_negatives", "top_k",
-        "negative_pool",
+        "negative_pool", "full_ranking",
     }  # fmt: skip
     inapplicable = {f.name for _, f in RunConfig.settings()} - set(flags)
     assert {f.name for f in dataclasses.fields(config.StrategyOptions)} <= inapplicable

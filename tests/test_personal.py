@@ -51,7 +51,10 @@ def test_each_round_reports_global_and_personalised_metrics(personal_run):
     _, results, _, _ = personal_run
     for entry in results["rounds"]:
         assert (
-            set(entry["global-val"]) == set(entry["val"]) == {"hr@1", "ndcg@1", "hr@10", "ndcg@10"}
+            set(entry["global-val"])
+            == set(entry["val"])
+            == {"hr@1", "ndcg@1", "hr@10", "ndcg@10"}
+            | {f"full-{m}@{k}" for m in ("hr", "recall", "ndcg") for k in (1, 10)}
         )
         assert set(entry["global-test"]) == set(entry["test"])
         # Fine-tuning changed the model: personalised and global numbers differ.

@@ -355,7 +355,13 @@ def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path, finetune):
     """
     from conftest import write_u_data
 
-    base = {**_BASE, "data-dir": str(write_u_data(tmp_path / "log", _random_log())), **finetune}
+    # Per-user fine-tuning scores only the sampled candidates: no full ranking to compare.
+    base = {
+        **_BASE,
+        "data-dir": str(write_u_data(tmp_path / "log", _random_log())),
+        "full-ranking": not finetune,
+        **finetune,
+    }
     one_each, model_a = _run_grid({**base, "partitioner": "natural"}, 12, tmp_path / "natural")
     grouped, model_b = _run_grid({**base, "client-mode": "per-user"}, 3, tmp_path / "per-user")
     assert one_each["num-clients"] == 12 and grouped["num-clients"] == 3
@@ -394,6 +400,7 @@ def test_finetune_unit_user_personalises_each_user_of_a_group(tmp_path):
         "data-dir": str(write_u_data(tmp_path / "log", _random_log())),
         "finetune-epochs": 2,
         "finetune-scope": "all",
+        "full-ranking": False,  # per-user fine-tuning scores only the sampled candidates
     }
     natural = {**base, "partitioner": "natural"}
     as_client, _ = _run_grid(natural, 12, tmp_path / "nc")

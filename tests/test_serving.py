@@ -23,6 +23,7 @@ from fedrec_flwr.serving.checkpoint import (
     strategy_state,
 )
 from fedrec_flwr.serving.recommender import NodeRecommender, UnknownUserError
+from fedrec_flwr.serving.session import new_lineage
 from fedrec_flwr.serving.store import NodeStore, StoreError, check_lineage
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
@@ -136,6 +137,12 @@ def test_store_names_a_corrupted_file(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(StoreError, match=r"partition-3/round-000001\.npz.*cannot be read"):
         store.load(1)
+
+
+def test_lineages_are_safe_unique_and_of_one_length():
+    names = [new_lineage(0), new_lineage(0), new_lineage(2**64 - 1), new_lineage(123)]
+    assert len(set(names)) == 4 and len({len(n) for n in names}) == 1
+    assert all(check_lineage(n) == n for n in names)
 
 
 @pytest.mark.parametrize("lineage", ["../x", "/etc", "a/b", "", "..", "x" * 200])

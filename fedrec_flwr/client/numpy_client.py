@@ -49,7 +49,7 @@ from ..protocol import (
     sum_key,
 )
 from ..serving.mod import user_ids_of, user_ids_record
-from ..serving.scoring import full_ranking_sums, top_k
+from ..serving.scoring import top_k
 from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
 from ..train.evaluate import EvalResult, rank_val_test
 from ..train.peruser import UserLevelDP
@@ -275,23 +275,8 @@ class NCFClient(NumPyClient):
         knobs = self.config.round_knobs(config)
         personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
         ks = self.config.training.ks
-        ranked = rank_val_test(self.model, data, ks)
+        ranked = rank_val_test(self.model, data, ks, full=self.config.training.full_ranking)
         personalised = bool(personal) or knobs.finetune_epochs > 0
-        if self.config.serving.full_ranking and not personalised:
-            # Over the whole catalogue minus the user's training items, with the
-            # scoring code of the recommendations.
-            prefix = ""
-            users = np.arange(data.num_users)
-            for part, targets in ((VAL_PART, data.val_items), (TEST_PART, data.test_items)):
-                sums = full_ranking_sums(
-                    self.model,
-                    users,
-                    targets,
-                    ks,
-                    exclude_users=data.train_users,
-                    exclude_items=data.train_items,
-                )
-                metrics.update({sum_key(part, k, prefix): v for k, v in sums.items()})
         if personalised:
             _add_sums(metrics, ranked, GLOBAL_PREFIX)
             self.personal.load(self.model, personal)

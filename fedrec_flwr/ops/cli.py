@@ -9,7 +9,7 @@ Examples
 ``fedrec data stats log --data-dir /data/events.parquet --log-columns user=uid,item=sku
 --partitioner dirichlet --num-partitions 20 --dirichlet-alpha 0.1``
 ``fedrec data catalogue ml-100k --out /data/catalogue.txt``
-``fedrec recommend --node-dir ~/.cache/fedrec-flwr/nodes/run-1-ab12cd34/partition-0
+``fedrec recommend --node-dir ~/.cache/fedrec-flwr/nodes/run-000000000000002a-ab12cd34/partition-0
 --users 1,7 --k 10``
 """
 

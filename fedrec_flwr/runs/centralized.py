@@ -104,7 +104,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
             rng=rng,
         )
         train_seconds = time.perf_counter() - t0
-        val, test = rank_val_test(model, data, train.ks)
+        val, test = rank_val_test(model, data, train.ks, full=train.full_ranking)
         entry = round_entry(
             epoch,
             train_loss=loss,

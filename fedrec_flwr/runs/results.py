@@ -233,7 +233,8 @@ def with_negative_pool(protocol: Mapping[str, Any], pool: str) -> dict[str, Any]
 
 
 def plot_metrics(rounds: Sequence[Mapping[str, Any]], path: Path, *, xlabel: str) -> None:
-    """Draw HR@10 and NDCG@10 (validation and test) per round into ``path``."""
+    """Draw HR@10 and NDCG@10 (validation and test) per round into ``path``;
+    the full-ranking values too (dotted) when the rounds hold them."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless; selected here, not at import time
@@ -250,8 +251,12 @@ def plot_metrics(rounds: Sequence[Mapping[str, Any]], path: Path, *, xlabel: str
                 style,
                 marker="o",
                 markersize=3,
-                label=part,
+                label=f"{part} (sampled)",
             )
+        full = f"full-{metric}"
+        for part, style in ((VAL_PART, ":"), (TEST_PART, "-.")):
+            if all(full in r[part] for r in scored):
+                ax.plot(x, [r[part][full] for r in scored], style, label=f"{part} (full ranking)")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric.upper())
         ax.grid(alpha=0.3)

@@ -13,7 +13,6 @@ sample needs no state: it is a hash of (seed, round, partition)
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from ..errors import ConfigError
-from ..paths import write_npz
+from ..paths import NPZ_ERRORS, read_npz, write_npz
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -125,10 +124,9 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
             "wrote checkpoints (checkpoint-every > 0)"
         )
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            loaded = {k: npz[k] for k in npz.files}
+        loaded = read_npz(path)
         meta = json.loads(loaded.pop(_META).tobytes().decode("utf-8"))
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+    except NPZ_ERRORS as exc:
         raise ConfigError(
             f"resume-from: {path} is corrupted or not a checkpoint ({exc}); resume from "
             "another run folder or start anew"

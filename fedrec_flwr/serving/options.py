@@ -25,7 +25,7 @@ RECOMMEND_EXCLUDES = ("train", "all")
 @documented
 @dataclass(frozen=True)
 class ServingOptions:
-    """Checkpoints and resume, warm start, delivery, recommendations, full ranking."""
+    """Checkpoints and resume, warm start, delivery, recommendations."""
 
     checkpoint_every: int = option(
         1,
@@ -63,13 +63,6 @@ class ServingOptions:
         "Items not recommended to a user: `train` (those they trained on), `all` (also "
         "their validation and test items).",
         choices=RECOMMEND_EXCLUDES,
-        centralized=False,
-    )
-    full_ranking: bool = option(
-        True,
-        "Also rank each held-out item over the whole catalogue minus the user's training "
-        "items (`full-hr@K`, `full-recall@K`, `full-ndcg@K` next to the sampled metrics; "
-        "not yet with personalised evaluation).",
         centralized=False,
     )
 

@@ -21,6 +21,7 @@ import pandas as pd
 from flwr.app import Context, RecordDict
 
 from ..errors import ConfigError
+from ..paths import NPZ_ERRORS, read_npz
 from ..protocol import DELIVER_ROUND_KEY, PARTITION_ID_KEY, STATE_RUN_KEY
 from .deliver import MODEL_FILE, NODE_FILE, recommendations_frame
 from .scoring import top_k
@@ -76,9 +77,8 @@ class NodeRecommender:
                 )
         try:
             node = json.loads(node_path.read_text(encoding="utf-8"))
-            with np.load(model_path, allow_pickle=False) as npz:
-                shared = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError, KeyError) as exc:
+            shared = read_npz(model_path)
+        except NPZ_ERRORS as exc:
             raise ConfigError(f"{folder}: {exc}; the node folder is damaged") from exc
         rnd = int(node[DELIVER_ROUND_KEY])
         stored = NodeStore(folder.parent.parent, node[STATE_RUN_KEY], _pid(node)).load(rnd)

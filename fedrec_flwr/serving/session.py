@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from ..errors import ConfigError
-from ..paths import resolve_user_path, write_npz
+from ..paths import NPZ_ERRORS, read_npz, resolve_user_path, write_npz
 from ..protocol import (
     ARRAYS_RECORD,
     CONFIG_RECORD,
@@ -56,8 +56,12 @@ DELIVERED_FILE = "delivered.npz"
 
 
 def new_lineage(run_id: int) -> str:
-    """``run-<id>-<random>``: unique even where run ids repeat (in-process runs use 0)."""
-    return f"run-{int(run_id)}-{secrets.token_hex(4)}"
+    """``run-<id, 16 hex digits>-<8 random hex digits>``.
+
+    Unique even where run ids repeat (in-process runs use 0), and of one length
+    for every run, so the bytes a round sends do not depend on the run id.
+    """
+    return f"run-{int(run_id) % 2**64:016x}-{secrets.token_hex(4)}"
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -368,9 +372,8 @@ def _read_delivered(run_dir: str, config: Mapping[str, Any]) -> dict[str, Any]:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        with np.load(arrays_path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, KeyError) as exc:
+        arrays = read_npz(arrays_path)
+    except NPZ_ERRORS as exc:
         raise ConfigError(f"init-from: {arrays_path} cannot be read ({exc})") from exc
     model_group = tuple(key_of(f.name) for g, f in RunConfig.settings() if g == "model")
     check_resumable(meta.get("config", {}), config, what="init-from", keys=model_group)

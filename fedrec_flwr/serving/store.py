@@ -11,14 +11,13 @@ is chosen by the server per run and kept by a resumed run, so runs never mix.
 from __future__ import annotations
 
 import re
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..paths import fedrec_home, resolve_user_path, write_npz
+from ..paths import NPZ_ERRORS, fedrec_home, read_npz, resolve_user_path, write_npz
 from ..protocol import STATE_DIR_KEY
 
 __all__ = ["NodeStore", "StoreError", "StoredState", "check_lineage", "node_folder", "state_root"]
@@ -137,9 +136,8 @@ class NodeStore:
             return None
         path = self._path(candidates[-1])
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            arrays = read_npz(path)
+        except NPZ_ERRORS as exc:
             raise StoreError(
                 f"{path}: the node's stored private state cannot be read ({exc}); delete "
                 "the file to fall back to the round before, or the folder to start anew"

@@ -71,10 +71,30 @@ def rank_logits(logits: torch.Tensor, ks: Sequence[int]) -> EvalResult:
 
 
 def rank_val_test(
-    model: nn.Module, data: ClientData, ks: Sequence[int]
+    model: nn.Module, data: ClientData, ks: Sequence[int], *, full: bool = False
 ) -> tuple[EvalResult, EvalResult]:
-    """Rank every user's validation and test item among its eval negatives."""
+    """Rank every user's validation and test item among its eval negatives.
+
+    With ``full``, each result's sums also hold ``full-hr@K``,
+    ``full-recall@K`` and ``full-ndcg@K``: the held-out item ranked over the
+    whole catalogue minus the user's training items, with the scoring code of
+    the recommendations (:func:`~fedrec_flwr.serving.scoring.full_ranking_sums`).
+    """
     users = np.arange(data.num_users)
-    val = evaluate_ranking(model, users, data.val_items, data.eval_negatives, ks)
-    test = evaluate_ranking(model, users, data.test_items, data.eval_negatives, ks)
-    return val, test
+    ranked = []
+    for targets in (data.val_items, data.test_items):
+        result = evaluate_ranking(model, users, targets, data.eval_negatives, ks)
+        if full:
+            from ..serving.scoring import full_ranking_sums
+
+            sums = full_ranking_sums(
+                model,  # type: ignore[arg-type]
+                users,
+                targets,
+                ks,
+                exclude_users=data.train_users,
+                exclude_items=data.train_items,
+            )
+            result = EvalResult(result.num_users, {**result.sums, **sums}, result.loss)
+        ranked.append(result)
+    return ranked[0], ranked[1]

@@ -188,7 +188,7 @@ class GroupTrainer(Trainer):
                 num_negatives=t.num_negatives,
                 rng=np.random.default_rng(seed),
             )
-        return rank_val_test(model, data, t.ks)
+        return rank_val_test(model, data, t.ks, full=t.full_ranking)
 
 
 class PerUserTrainer(Trainer):
@@ -279,7 +279,7 @@ class PerUserTrainer(Trainer):
             )
         t = self.training
         if knobs.finetune_epochs <= 0:
-            return rank_val_test(model, data, t.ks)
+            return rank_val_test(model, data, t.ks, full=t.full_ranking)
         # One fine-tuning serves both parts: columns 0/1 are the val/test items.
         candidates = np.concatenate(
             [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1
