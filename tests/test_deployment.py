@@ -23,7 +23,7 @@ from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import prepare_data
 from fedrec_flwr.models import NCF, is_private
-from fedrec_flwr.ops.deploy import Deployment, down, up
+from fedrec_flwr.ops.deploy import Deployment, down, restart, up
 from fedrec_flwr.ops.processes import flower_env, processes_with_home
 from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.testing.inprocess import InProcessGrid
@@ -197,18 +197,82 @@ def test_killed_deployment_resumes_bit_identically(ml100k_slice, tmp_path):
     assert (second / "results.json").is_file(), text[-3000:]
     resumed = json.loads((second / "results.json").read_text())
 
-    rc_map = {"num-server-rounds": 4, "local-epochs": 1, "data-dir": str(ml100k_slice)}
-    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
-    grid = InProcessGrid(client_app, nodes, rc_map, shuffle_seed=3)
-    whole = json.loads(
-        run_federated(grid, RunConfig.from_mapping(rc_map), tmp_path / "whole").read_text()
-    )
-
-    def metrics(rounds):
-        return [(r["round"], r["train-loss"], r["val"], r["test"], r["val-loss"]) for r in rounds]
-
-    assert metrics(resumed["rounds"]) == metrics(whole["rounds"])
+    whole = _uninterrupted(ml100k_slice, tmp_path / "whole")
+    assert _round_metrics(resumed["rounds"]) == _round_metrics(whole["rounds"])
     ours = torch.load(tmp_path / "whole" / "model.pt")["state_dict"]
     theirs = torch.load(second / "model.pt")["state_dict"]
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     assert resumed["delivery"]["users-served"] == SLICE_USERS
+
+
+def _uninterrupted(ml100k_slice: Path, out: Path, rounds: int = 4) -> dict:
+    """The same run in this process (equal to a deployment's, as tested above)."""
+    rc_map = {"num-server-rounds": rounds, "local-epochs": 1, "data-dir": str(ml100k_slice)}
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    grid = InProcessGrid(client_app, nodes, rc_map, shuffle_seed=3)
+    return json.loads(run_federated(grid, RunConfig.from_mapping(rc_map), out).read_text())
+
+
+def _round_metrics(rounds):
+    return [(r["round"], r["train-loss"], r["val"], r["test"], r["val-loss"]) for r in rounds]
+
+
+def _serverapp_pids(state_dir: Path) -> list[int]:
+    """The ``flwr-serverapp`` processes of the deployment in ``state_dir``."""
+    found = []
+    for pid in processes_with_home(state_dir):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"flwr-serverapp" in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_restarted_supernode_goes_on_where_it_was(ml100k_slice, tmp_path):
+    """A SuperNode killed after round 2 and restarted reloads its users' rows.
+
+    With SuperNode authentication (``up(secure=True)``) the restarted node keeps
+    its node id, so round 3's message waiting for it reaches it; its
+    ``context.state`` is gone, and the node store brings the rows back. The
+    result equals an uninterrupted run bit for bit.
+    """
+    out = tmp_path / "results"
+    state_dir = (tmp_path / "deploy").resolve()
+    dep = up(2, state_dir=state_dir, flwr_home=tmp_path / "flwr-cli", timeout=120, secure=True)
+    log = tmp_path / "flwr-run.log"
+    try:
+        rc = f"num-server-rounds=4 local-epochs=1 data-dir='{ml100k_slice}' output-dir='{out}'"
+        proc = _flwr_run(dep, rc, log)
+        victim = Path(str(dep.processes["supernode-1"]["log"]))
+        deadline = time.time() + 240
+        while True:  # round 2's evaluate reply sent: the node is idle until round 3
+            text = victim.read_text(errors="replace")
+            tail = text.split("Sending: evaluate message")
+            if len(tail) >= 3 and "Sent successfully" in tail[2]:
+                break
+            assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.02)
+        # Hold the ServerApp while the node restarts: between rounds, as a node
+        # restarting while the server aggregates (an offline node's waiting
+        # message would otherwise be answered "unavailable" by the SuperLink).
+        server = _serverapp_pids(state_dir)
+        assert server, "no flwr-serverapp process found"
+        for pid in server:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            restart(dep, "supernode-1", timeout=60)
+        finally:
+            for pid in server:
+                os.kill(pid, signal.SIGCONT)
+        text = _finish(proc, log, timeout=300)
+    finally:
+        down(state_dir)
+    assert (out / "results.json").is_file(), text[-3000:]
+    assert victim.read_text(errors="replace").count("SuperNode ID") == 2  # it came back
+    results = json.loads((out / "results.json").read_text())
+    assert results["rounds-with-failures"] == [], results["rounds"]
+    whole = _uninterrupted(ml100k_slice, tmp_path / "whole")
+    assert _round_metrics(results["rounds"]) == _round_metrics(whole["rounds"])
+    ours = torch.load(tmp_path / "whole" / "model.pt")["state_dict"]
+    theirs = torch.load(out / "model.pt")["state_dict"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert results["delivery"]["users-served"] == SLICE_USERS

@@ -7,6 +7,12 @@ Runtime API port and ``--node-config``), writes the SuperLink connection into
 into a state file; ``python -m fedrec_flwr.ops.deploy down`` stops them all by pid.
 Then ``flwr run . local-deploy --stream`` trains on the deployment.
 
+With ``--secure`` the SuperLink serves TLS (a throw-away CA from
+:mod:`fedrec_flwr.ops.certs`) and accepts only SuperNodes whose public key was
+registered (``flwr supernode register``): each SuperNode then keeps its node id
+across restarts (Flower maps the key to the id), so ``restart`` brings a node
+back as the same node, and messages waiting for it reach it.
+
 Every process gets its own ``FLWR_HOME`` under the state directory (as separate
 machines would have) and runs from that neutral directory, in its own session
 (a Ctrl-C in the shell that ran ``up`` does not reach it), with telemetry, the
@@ -43,6 +49,7 @@ __all__ = [
     "down",
     "main",
     "node_config",
+    "restart",
     "up",
 ]
 
@@ -64,6 +71,8 @@ class Deployment:
         SuperLink address (``host:port``: Fleet, Control and ServerAppIo APIs).
     flwr_home : str
         The ``FLWR_HOME`` whose ``config.toml`` holds the connection.
+    secure : bool
+        TLS and SuperNode authentication (``up(secure=True)``).
     processes : dict of str to dict
         Per process name (``superlink``, ``supernode-0`` ...): ``pid``,
         ``start-time`` (from ``/proc``, guards against a reused pid), ``log``,
@@ -74,6 +83,7 @@ class Deployment:
     connection: str
     address: str
     flwr_home: str
+    secure: bool = False
     processes: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
@@ -211,6 +221,7 @@ def up(
     flwr_home: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    secure: bool = False,
 ) -> Deployment:
     """Start a SuperLink and ``num_supernodes`` SuperNodes; wait until all are up.
 
@@ -236,6 +247,11 @@ def up(
         and :data:`FLOWER_ENV` (``FLWR_HOME`` is always the process's own).
     timeout : float (default: 60.0)
         Seconds to wait for the SuperLink to listen and every SuperNode to connect.
+    secure : bool (default: False)
+        TLS with a throw-away CA (``state_dir/certs``) and SuperNode
+        authentication: one key pair per SuperNode (``state_dir/keys``), each
+        public key registered before the SuperNode starts, so every SuperNode
+        keeps its node id when it restarts.
 
     Returns
     -------
@@ -267,7 +283,26 @@ def up(
         connection=connection,
         address=f"{host}:{port}",
         flwr_home=str(home.resolve()),
+        secure=secure,
     )
+    link_tls, node_tls, keys = ["--insecure"], ["--insecure"], []
+    ca = None
+    if secure:
+        from .certs import make_certificates, make_supernode_keys
+
+        certs = make_certificates(state_dir / "certs", (host,))
+        keys = make_supernode_keys(state_dir / "keys", num_supernodes)
+        ca = str(certs["ca-cert"])
+        link_tls = [
+            "--ssl-ca-certfile",
+            ca,
+            "--ssl-certfile",
+            str(certs["server-cert"]),
+            "--ssl-keyfile",
+            str(certs["server-key"]),
+            "--enable-supernode-auth",
+        ]
+        node_tls = ["--root-certificates", ca]
     deadline = time.time() + timeout
     try:
         dep.processes["superlink"] = {
@@ -275,7 +310,7 @@ def up(
                 "superlink",
                 [
                     _executable("flower-superlink"),
-                    "--insecure",
+                    *link_tls,
                     "--host",
                     host,
                     "--port",
@@ -289,15 +324,21 @@ def up(
         }
         dep.save()  # from here on `down` can stop what we started
         _wait_for("the SuperLink", lambda: _port_open(host, port), deadline, dep.processes)
+        if secure:
+            _write_connection(home, connection, dep.address, root_certificates=ca)
+            for key in keys:
+                _register(home, connection, key.with_name(f"{key.name}.pub"))
         for i in range(num_supernodes):
             runtime_port = free_port(host)
             config = node_config(i, num_supernodes, extra_node_config)
+            auth = ["--auth-supernode-private-key", str(keys[i])] if secure else []
             dep.processes[f"supernode-{i}"] = {
                 **_spawn(
                     f"supernode-{i}",
                     [
                         _executable("flower-supernode"),
-                        "--insecure",
+                        *node_tls,
+                        *auth,
                         "--superlink",
                         dep.address,
                         "--host",
@@ -322,21 +363,95 @@ def up(
                 deadline,
                 dep.processes,
             )
-        _write_connection(home, connection, dep.address)
+        _write_connection(home, connection, dep.address, root_certificates=ca)
     except BaseException:
         _stop(dep)
         raise
     return dep
 
 
-def _write_connection(home: Path, name: str, address: str) -> None:
+def restart(
+    dep: Deployment, name: str, *, graceful: bool = True, timeout: float = 60.0
+) -> dict[str, object]:
+    """Stop process ``name`` (its whole group) and start it again.
+
+    The same command, home and log; a SuperNode of a ``secure`` deployment
+    comes back with its node id (its key is registered), so the run goes on
+    with it. Returns the new process record (also saved in the state file).
+
+    ``graceful`` (default) sends SIGTERM, so a SuperNode tells the SuperLink it
+    is leaving and may reconnect at once; a SIGKILLed one stays "online" on the
+    SuperLink until its heartbeats expire (2 x 30 s in Flower 1.42), and
+    Flower refuses to activate it again before that.
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is not a process of ``dep``.
+    TimeoutError
+        If a restarted SuperNode does not connect within ``timeout``.
+    """
+    old = dep.processes[name]
+    pid = int(str(old["pid"]))
+    deadline = time.time() + timeout
+    for sig in (signal.SIGTERM, signal.SIGKILL) if graceful else (signal.SIGKILL,):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        grace = min(deadline, time.time() + 15)
+        while _alive(pid, old["start-time"]) and time.time() < grace:
+            _reap(dep)
+            time.sleep(0.05)
+        if not _alive(pid, old["start-time"]):
+            break
+    log_path = Path(str(old["log"]))
+    seen = log_path.read_text(errors="replace").count("SuperNode ID") if log_path.is_file() else 0
+    cmd = shlex.split(str(old["command"]))
+    record = {**old, **_spawn(name, cmd, Path(dep.state_dir), None)}
+    dep.processes[name] = record
+    dep.save()
+    if name.startswith("supernode"):
+        _wait_for(
+            f"{name} to reconnect",
+            lambda: log_path.read_text(errors="replace").count("SuperNode ID") > seen,
+            deadline,
+            {name: record},
+        )
+    return record
+
+
+def _register(home: Path, connection: str, public_key: Path) -> None:
+    """``flwr supernode register`` one SuperNode's public key (secure deployments)."""
+    done = subprocess.run(
+        [_executable("flwr"), "supernode", "register", str(public_key), connection],
+        env=flower_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"flwr supernode register {public_key.name} failed: "
+            f"{(done.stdout + done.stderr).strip()[-500:]}"
+        )
+
+
+def _write_connection(
+    home: Path, name: str, address: str, *, root_certificates: str | None = None
+) -> None:
     # Flower's own reader/writer keep config.toml in the shape `flwr` expects
     # (default `local` connection created if the file is new).
     from flwr.cli.flower_config import write_superlink_connection
     from flwr.cli.typing import SuperLinkConnection
 
     with _flwr_home(home):
-        write_superlink_connection(SuperLinkConnection(name, address=address, insecure=True))
+        if root_certificates is None:
+            connection = SuperLinkConnection(name, address=address, insecure=True)
+        else:
+            connection = SuperLinkConnection(
+                name, address=address, root_certificates=root_certificates
+            )
+        write_superlink_connection(connection)
 
 
 def _remove_connection(home: Path, name: str) -> None:
@@ -452,6 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "are substituted, e.g. \"data-file='/data/org{partition-id}.csv'\"",
     )
     p_up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
+    p_up.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS (throw-away CA) and SuperNode authentication: nodes keep their ids on restart",
+    )
     for p in (p_up, sub.add_parser("down", help="stop it by pid"), sub.add_parser("status")):
         p.add_argument("--connection", default=DEFAULT_CONNECTION, help="connection name")
         p.add_argument(
@@ -471,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=args.port,
                 extra_node_config=args.node_config,
                 timeout=args.timeout,
+                secure=args.secure,
             )
             print(f"SuperLink {dep.address}, {args.supernodes} SuperNode(s); state {dep.state_dir}")
             print(f"connection '{dep.connection}' written to {dep.flwr_home}/config.toml; run:")
