@@ -106,11 +106,12 @@ class ModelOptions:
 
     model: str = option(
         "neumf",
-        "NCF architecture: `gmf` (generalised matrix factorisation), `mlp` (a tower over "
-        "the concatenated user and item embeddings) or `neumf` (both, fused).",
+        "Model: the NCF architectures `gmf` (generalised matrix factorisation), `mlp` (a "
+        "tower over the concatenated user and item embeddings) and `neumf` (both, fused), "
+        "or `mf` (a dot product with user, item and global biases; Rendle et al. 2020).",
         choices=ARCHITECTURES,
     )
-    factors: int = option(16, "GMF embedding size.")
+    factors: int = option(16, "Embedding size of GMF and MF.")
     mlp_layers: tuple[int, ...] = option(
         (64, 32, 16),
         "MLP tower widths, comma-separated; the first (even) is the concatenated "

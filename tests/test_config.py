@@ -76,7 +76,7 @@ def test_readme_holds_exactly_the_generated_table():
     rows = readme[start:].split("\n\n", 1)[0] + "\n"
     assert rows == table  # no stale row after the generated ones
     assert len(table.splitlines()) == 2 + len(RunConfig().to_dict())
-    assert "| `model` | `neumf` | NCF architecture: `gmf` (generalised" in table
+    assert "| `model` | `neumf` | Model: the NCF architectures `gmf` (generalised" in table
     assert '| `mlp-layers` | `"64,32,16"` |' in table and "| `seed` | 42 |" in table
 
 
@@ -189,7 +189,7 @@ def test_centralized_cli_has_exactly_the_applicable_keys():
     }  # fmt: skip
     assert federation_only <= inapplicable
     model = next(a for a in parser._actions if a.dest == "model")
-    assert model.metavar == "{gmf,mlp,neumf}" and "NCF architecture" in model.help
+    assert model.metavar == "{gmf,mlp,neumf,mf}" and "NCF architectures" in model.help
 
 
 def test_centralized_cli_refuses_a_federation_key(capsys):
@@ -293,7 +293,7 @@ def test_centralized_cli_writes_the_federated_results_shape(tmp_path, capsys):
 def test_centralized_cli_bad_input_is_one_line(tmp_path, capsys):
     assert centralized_main(["--model", "bpr"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: model='bpr': unknown; accepted: gmf, mlp, neumf"
+    assert err == "error: model='bpr': unknown; accepted: gmf, mlp, neumf, mf"
     assert centralized_main(["--data-dir", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
 

@@ -4,6 +4,7 @@ import torch
 
 from fedrec_flwr.models import (
     ARCHITECTURES,
+    MF,
     MODELS,
     NCF,
     Recommender,
@@ -17,11 +18,13 @@ from fedrec_flwr.models import (
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_split_names_and_sigmoid_output(arch):
-    model = NCF(5, 7, arch, factors=4, mlp_layers=(8, 4))
+    """Every registered model: user tables private, item tables shared, logits."""
+    model = build_model(arch, 5, 7, factors=4, mlp_layers=(8, 4))
     shared, private = shared_arrays(model), private_arrays(model)
     assert private and all(k.startswith("user_") for k in private)
     assert not any(is_private(k) for k in shared)
-    assert any(k.startswith("item_") for k in shared) and "output.weight" in shared
+    assert set(model.item_tables()) <= set(shared) and model.item_tables()
+    assert any(k not in model.item_tables() for k in shared)  # interaction/bias terms
     assert set(shared) | set(private) == set(model.state_dict())
     for emb in private.values():
         assert emb.shape[0] == 5
@@ -67,8 +70,8 @@ def test_unknown_architecture():
 
 
 def test_registry_builds_each_ncf_architecture_as_ncf_itself():
-    assert ARCHITECTURES == tuple(MODELS) == ("gmf", "mlp", "neumf")
-    for arch in ARCHITECTURES:
+    assert ARCHITECTURES == tuple(MODELS) == ("gmf", "mlp", "neumf", "mf")
+    for arch in ("gmf", "mlp", "neumf"):
         built = build_model(arch, 4, 9, factors=4, mlp_layers=(8, 4), seed=3)
         direct = NCF(4, 9, arch, 4, (8, 4), seed=3)
         assert isinstance(built, Recommender) and built.arch == arch
@@ -76,7 +79,7 @@ def test_registry_builds_each_ncf_architecture_as_ncf_itself():
         assert list(a) == list(b)
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
-    with pytest.raises(ValueError, match=r"model='bpr': unknown; accepted: gmf, mlp, neumf"):
+    with pytest.raises(ValueError, match=r"model='bpr': unknown; accepted: gmf, mlp, neumf, mf"):
         build_model("bpr", 1, 1)
 
 
@@ -142,7 +145,8 @@ def _pairwise_forward(model: Recommender, users, items) -> np.ndarray:
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("mlp_layers", [(16, 8, 4), (8,)])
 def test_score_all_equals_forward_on_every_pair(arch, mlp_layers):
-    model = _randomised(NCF(11, 17, arch, factors=6, mlp_layers=mlp_layers), seed=3)
+    built = build_model(arch, 11, 17, factors=6, mlp_layers=mlp_layers)
+    model = _randomised(built, seed=3)
     users = np.array([7, 0, 10, 7, 3], dtype=np.int64)  # selected rows, one repeated
     everything = np.arange(17, dtype=np.int64)
     got = model.score_all(torch.from_numpy(users))
@@ -176,3 +180,31 @@ def test_score_all_blocks_users_exactly(monkeypatch):
     whole = model.score_all(users)
     monkeypatch.setattr(ncf, "_TOWER_BLOCK", 1)
     np.testing.assert_allclose(model.score_all(users).numpy(), whole.numpy(), rtol=0, atol=1e-6)
+
+
+def test_mf_is_a_biased_dot_product():
+    """s(u, i) = <p_u, q_i> + b_u + b_i + b, computed by hand."""
+    model = _randomised(MF(3, 4, factors=2), seed=1)
+    p, q = model.user_emb.weight, model.item_emb.weight
+    bu, bi, b = model.user_bias.weight[:, 0], model.item_bias.weight[:, 0], model.global_bias
+    with torch.no_grad():
+        got = model(torch.tensor([2, 0]), torch.tensor([1, 3]))
+        want = torch.stack([p[2] @ q[1] + bu[2] + bi[1] + b[0], p[0] @ q[3] + bu[0] + bi[3] + b[0]])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert set(private_arrays(model)) == {"user_emb.weight", "user_bias.weight"}
+    assert set(shared_arrays(model)) == {"item_emb.weight", "item_bias.weight", "global_bias"}
+    assert model.item_tables() == ("item_emb.weight", "item_bias.weight")
+
+
+def test_mf_shared_init_is_independent_of_users_and_private_reset_redraws_users_only():
+    a, b = MF(2, 11, seed=7), MF(300, 11, seed=7)
+    for name, value in shared_arrays(a).items():
+        np.testing.assert_array_equal(value, shared_arrays(b)[name], err_msg=name)
+    before = shared_arrays(a)
+    users = private_arrays(a)["user_emb.weight"].copy()
+    a.reset_private(99)
+    assert not np.array_equal(private_arrays(a)["user_emb.weight"], users)
+    assert np.all(private_arrays(a)["user_bias.weight"] == 0)  # biases start at 0
+    for name, value in shared_arrays(a).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    assert 0.05 < float(users.std()) < 0.2  # N(0, 0.1)

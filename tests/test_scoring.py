@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec_flwr.models import ARCHITECTURES, NCF, Recommender
+from fedrec_flwr.models import ARCHITECTURES, Recommender, build_model
 from fedrec_flwr.serving.scoring import full_ranking_sums, top_k
 
 NUM_USERS, NUM_ITEMS = 7, 23
 
 
-def _model(arch: str, seed: int = 0) -> NCF:
-    model = NCF(NUM_USERS, NUM_ITEMS, arch, factors=5, mlp_layers=(8, 6, 4), seed=seed)
+def _model(arch: str, seed: int = 0) -> Recommender:
+    model = build_model(arch, NUM_USERS, NUM_ITEMS, factors=5, mlp_layers=(8, 6, 4), seed=seed)
     gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for param in model.parameters():

@@ -17,10 +17,12 @@ from .base import (
     private_arrays,
     shared_arrays,
 )
+from .mf import MF
 from .ncf import NCF
 
 __all__ = [
     "ARCHITECTURES",
+    "MF",
     "MODELS",
     "NCF",
     "PRIVATE_PREFIX",
@@ -42,9 +44,15 @@ def _ncf(arch: str) -> Callable[..., Recommender]:
     return build
 
 
+def _mf(
+    num_users: int, num_items: int, *, factors: int, mlp_layers: Sequence[int], seed: int
+) -> Recommender:
+    return MF(num_users, num_items, factors, seed=seed)  # no tower: mlp-layers unused
+
+
 # Name -> builder(num_users, num_items, *, factors, mlp_layers, seed); read-only.
 MODELS: Mapping[str, Callable[..., Recommender]] = MappingProxyType(
-    {arch: _ncf(arch) for arch in ("gmf", "mlp", "neumf")}
+    {**{arch: _ncf(arch) for arch in ("gmf", "mlp", "neumf")}, "mf": _mf}
 )
 ARCHITECTURES: tuple[str, ...] = tuple(MODELS)
 
