@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.client import Client
 from flwr.clientapp import ClientApp
@@ -130,14 +129,11 @@ def deliver_recommendations(msg: Message, context: Context) -> Message:
     client = client_fn(context)
     (arrays,) = msg.content.array_records.values()
     names = client.array_names()
-    client._set_shared([arrays[n].numpy() for n in names])
+    client.set_shared([arrays[n].numpy() for n in names])
     serving = client.config.serving
     items, scores = client.recommend(serving.recommend_k, exclude=serving.recommend_exclude)
     data = client.data
-    catalogue = data.raw_item_ids
-    if catalogue is None:
-        catalogue = np.asarray([str(i) for i in range(data.num_items)], dtype=np.str_)
-    frame = recommendations_frame(client.user_ids(), catalogue, items, scores)
+    frame = recommendations_frame(client.user_ids(), client.item_ids(), items, scores)
     (config,) = msg.content.config_records.values()
     lineage = str(config[STATE_RUN_KEY])
     folder = node_folder(

@@ -160,25 +160,42 @@ class NCFClient(NumPyClient):
                 current[name][new_rows] = array.numpy()[old_rows]
         load_arrays(self.model, current, private=True)
 
-    def recommend(self, k: int, *, exclude: str = "train") -> tuple[np.ndarray, np.ndarray]:
-        """Every local user's top-``k`` items and scores, their seen items excluded.
+    def item_ids(self) -> np.ndarray:
+        """Raw id (text) of each item code (the codes themselves when the data has none)."""
+        if self.data.raw_item_ids is not None:
+            return self.data.raw_item_ids
+        return np.asarray([str(i) for i in range(self.data.num_items)], dtype=np.str_)
+
+    def recommend(
+        self, k: int, *, exclude: str = "train", users: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items and scores of local users, their seen items excluded.
 
         Parameters
         ----------
         k : int
             Items per user.
-        exclude : {"train", "all"} (default: "train")
-            Exclude each user's training items, or also their validation and
-            test items.
+        exclude : {"none", "train", "all"} (default: "train")
+            Exclude nothing, each user's training items, or also their
+            validation and test items.
+        users : numpy.ndarray, optional (default: None = every local user)
+            Local user indices, in output order.
         """
         data = self.data
-        users, items = data.train_users, data.train_items
-        if exclude == "all":
-            local = np.arange(data.num_users)
-            users = np.concatenate([users, local, local])
-            items = np.concatenate([items, data.val_items, data.test_items])
+        users = np.arange(data.num_users) if users is None else np.asarray(users, np.int64)
+        if exclude == "none":
+            seen_users = seen_items = np.zeros(0, dtype=np.int64)
+        else:
+            seen_users, seen_items = data.train_users, data.train_items
+            if exclude == "all":
+                local = np.arange(data.num_users)
+                seen_users = np.concatenate([seen_users, local, local])
+                seen_items = np.concatenate([seen_items, data.val_items, data.test_items])
+        wanted = np.zeros(data.num_users, dtype=bool)
+        wanted[users] = True
+        keep = wanted[seen_users]  # only the asked users' pairs
         return top_k(
-            self.model, np.arange(data.num_users), k, exclude_users=users, exclude_items=items
+            self.model, users, k, exclude_users=seen_users[keep], exclude_items=seen_items[keep]
         )
 
     def array_names(self) -> list[str]:
@@ -189,7 +206,8 @@ class NCFClient(NumPyClient):
         """Shared arrays only; user embeddings are never returned."""
         return list(shared_arrays(self.model).values())
 
-    def _set_shared(self, parameters: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def set_shared(self, parameters: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Load the shared arrays (in :meth:`array_names` order); return them by name."""
         names = self.array_names()
         if len(parameters) != len(names):
             raise ValueError(
@@ -210,7 +228,7 @@ class NCFClient(NumPyClient):
         by ``partition-id`` and checks ``num-partitions``).
         """
         started = time.perf_counter()
-        received = self._set_shared(parameters)
+        received = self.set_shared(parameters)
         knobs = self.config.round_knobs(config)
         personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
         self.personal.load(self.model, personal)
@@ -267,7 +285,7 @@ class NCFClient(NumPyClient):
         ``global-val-``/``global-test-`` the global model's.
         """
         started = time.perf_counter()
-        self._set_shared(parameters)
+        self.set_shared(parameters)
         data = self.data
         metrics: dict[str, Any] = node_metrics(
             data.partition_id, data.num_partitions, data.num_users

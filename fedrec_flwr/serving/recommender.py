@@ -24,7 +24,6 @@ from ..errors import ConfigError
 from ..paths import NPZ_ERRORS, read_npz
 from ..protocol import DELIVER_ROUND_KEY, PARTITION_ID_KEY, STATE_RUN_KEY
 from .deliver import MODEL_FILE, NODE_FILE, recommendations_frame
-from .scoring import top_k
 from .store import NodeStore
 
 __all__ = ["EXCLUDE_SEEN", "NodeRecommender", "UnknownUserError"]
@@ -95,7 +94,7 @@ class NodeRecommender:
         from ..models import load_arrays
 
         load_arrays(client.model, stored.private, private=True)
-        client._set_shared([shared[n] for n in client.array_names()])
+        client.set_shared([shared[n] for n in client.array_names()])
         return cls(client, node)
 
     @property
@@ -142,31 +141,11 @@ class NodeRecommender:
                 f"e.g. {', '.join(list(self._index)[:3])})"
             )
         local = np.asarray([self._index[u] for u in wanted], dtype=np.int64)
-        data = self.client_.data
-        ex_users, ex_items = _seen(data, exclude_seen)
-        wanted_mask = np.zeros(data.num_users, dtype=bool)
-        wanted_mask[local] = True
-        keep = wanted_mask[ex_users]  # only the wanted users' seen pairs
-        items, scores = top_k(
-            self.client_.model, local, k, exclude_users=ex_users[keep], exclude_items=ex_items[keep]
-        )
-        catalogue = data.raw_item_ids
-        if catalogue is None:
-            catalogue = np.asarray([str(i) for i in range(data.num_items)], dtype=np.str_)
-        return recommendations_frame(np.asarray(wanted, dtype=np.str_), catalogue, items, scores)
+        client = self.client_
+        items, scores = client.recommend(k, exclude=exclude_seen, users=local)
+        wanted_ids = np.asarray(wanted, dtype=np.str_)
+        return recommendations_frame(wanted_ids, client.item_ids(), items, scores)
 
 
 def _pid(node: dict[str, Any]) -> int:
     return int(node["node-config"][PARTITION_ID_KEY])
-
-
-def _seen(data: Any, exclude: str) -> tuple[np.ndarray, np.ndarray]:
-    empty = np.zeros(0, dtype=np.int64)
-    if exclude == "none":
-        return empty, empty
-    users, items = np.asarray(data.train_users), np.asarray(data.train_items)
-    if exclude == "all":
-        local = np.arange(data.num_users)
-        users = np.concatenate([users, local, local])
-        items = np.concatenate([items, data.val_items, data.test_items])
-    return users, items
