@@ -30,7 +30,7 @@ from flwr.compat.client.numpy_client import NumPyClient
 
 from ..config import RunConfig
 from ..datasets.prepare import ClientData
-from ..models import build_model, load_arrays, private_arrays, shared_arrays
+from ..models import build_model, load_arrays, private_arrays, shared_arrays, shared_names
 from ..privacy.local import perturb_item_update
 from ..protocol import (
     COMPUTE_SECONDS_KEY,
@@ -112,6 +112,7 @@ class NCFClient(NumPyClient):
             mlp_layers=config.model.mlp_layers,
             seed=seed,
         )
+        self.model.bind(data.context())
         self.trainer: Trainer
         if training.client_mode == "per-user":
             dp = (
@@ -194,13 +195,14 @@ class NCFClient(NumPyClient):
         wanted = np.zeros(data.num_users, dtype=bool)
         wanted[users] = True
         keep = wanted[seen_users]  # only the asked users' pairs
-        return top_k(
-            self.model, users, k, exclude_users=seen_users[keep], exclude_items=seen_items[keep]
-        )
+        with self.model.history_for("serve"):  # a sequence model reads everything known
+            return top_k(
+                self.model, users, k, exclude_users=seen_users[keep], exclude_items=seen_items[keep]
+            )
 
     def array_names(self) -> list[str]:
         """Names of the shared arrays, in the order of the NumPy lists."""
-        return [name for name in self.model.state_dict() if not self.model.is_private(name)]
+        return shared_names(self.model)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """Shared arrays only; user embeddings are never returned."""

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..paths import data_home, fedrec_home, staged
 from ..progress import progress
@@ -65,7 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # 2: checksums in meta.json. A format-1 cache (none) is rebuilt, not trusted.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 _ARRAYS = (
     "users",
     "user_offsets",
@@ -89,6 +90,25 @@ _SLICED = {
 # Small files hashed in full whenever the whole cache is checked (a partition
 # read checks only its own bounds and rows).
 _WHOLE = ("user_offsets.npy", "train_offsets.npy", "catalogue.txt", "user_ids.txt")
+
+
+_USER_TABLE, _ITEM_TABLE = "user_table.parquet", "item_table.parquet"
+
+
+def _write_table(path: Path, table: pd.DataFrame) -> None:
+    # Text columns as text: a parquet file of one dtype per column, whatever the source mixed.
+    frame = table.reset_index(drop=True)
+    frame = frame.astype({c: str for c in frame.columns if frame[c].dtype == object})
+    frame.to_parquet(path, index=False)
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise _DamagedError(f"{path.name} cannot be read ({exc})") from exc
 
 
 class _DamagedError(Exception):
@@ -251,6 +271,14 @@ def _write_partition_cache(
         # Raw user ids in code order: a node writes its recommendations by them.
         write_catalogue(tmp / "user_ids.txt", prepared.user_ids)
         files["user_ids.txt"] = {}
+        # Side features (models that read them): users in partition order, items by code.
+        for name, table in (
+            (_USER_TABLE, None if prepared.user_table is None else prepared.user_table.iloc[users]),
+            (_ITEM_TABLE, prepared.item_table),
+        ):
+            if table is not None:
+                _write_table(tmp / name, table)
+                files[name] = {}
         for name, record in files.items():
             record["bytes"] = (tmp / name).stat().st_size
             record["sha256"] = _file_sha256(tmp / name)
@@ -436,7 +464,8 @@ def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
         raise _DamagedError("meta.json does not match its checksum")
     try:
         files = meta["checksums"]["files"]
-        for name in (*(f"{a}.npy" for a in _ARRAYS), "catalogue.txt", "user_ids.txt"):
+        tables = (t for t in (_USER_TABLE, _ITEM_TABLE) if t in files)
+        for name in (*(f"{a}.npy" for a in _ARRAYS), "catalogue.txt", "user_ids.txt", *tables):
             try:
                 size = (directory / name).stat().st_size
             except FileNotFoundError:
@@ -445,7 +474,8 @@ def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
                 raise _DamagedError(
                     f"{name} has {size} bytes, {files[name]['bytes']} expected (truncated?)"
                 )
-        for name in _WHOLE if full else ():
+        side = tuple(t for t in (_USER_TABLE, _ITEM_TABLE) if t in files)
+        for name in (*_WHOLE, *side) if full else ():
             if _file_sha256(directory / name) != files[name]["sha256"]:
                 raise _DamagedError(f"{name} does not match its checksum")
         if len(meta["checksums"]["partitions"]) != meta[NUM_PARTITIONS_KEY]:
@@ -483,9 +513,12 @@ def _read_verified(
     k, num_items = meta[NUM_PARTITIONS_KEY], meta["num-items"]
     if not 0 <= partition_id < k:
         raise ValueError(f"partition-id={partition_id}: must be in [0, num-partitions={k})")
-    digest, part = _partition_sha256(_open(directory, meta), partition_id)
+    arrays = _open(directory, meta)
+    digest, part = _partition_sha256(arrays, partition_id)
     if digest != meta["checksums"]["partitions"][partition_id]:
         raise _DamagedError(f"the arrays of partition {partition_id} do not match their checksum")
+    start, stop = (int(arrays["user_offsets"][partition_id + i]) for i in (0, 1))
+    user_table = _read_table(directory / _USER_TABLE)
     return ClientData(
         partition_id=partition_id,
         num_partitions=k,
@@ -499,6 +532,10 @@ def _read_verified(
         train_set=InteractionSet(part["train_users"], part["train_items"], num_items),
         raw_user_ids=_text_ids(directory / "user_ids.txt")[np.asarray(part["users"])],
         raw_item_ids=_text_ids(directory / "catalogue.txt"),
+        user_table=(
+            None if user_table is None else user_table.iloc[start:stop].reset_index(drop=True)
+        ),
+        item_table=_read_table(directory / _ITEM_TABLE),
     )
 
 

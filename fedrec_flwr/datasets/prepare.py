@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..models.base import NodeContext
 from ..protocol import NUM_USERS_KEY
 from .atomic import read_atomic
 from .encoder import IdEncoder
@@ -148,6 +149,12 @@ class PreparedData:
             train_set=InteractionSet(train_users, train_items, self.num_items),
             raw_user_ids=np.asarray([str(u) for u in self.user_ids[users].tolist()], dtype=np.str_),
             raw_item_ids=np.asarray([str(i) for i in self.item_ids.tolist()], dtype=np.str_),
+            user_table=(
+                None
+                if self.user_table is None
+                else self.user_table.iloc[users].reset_index(drop=True)
+            ),
+            item_table=self.item_table,
         )
 
 
@@ -429,6 +436,9 @@ class ClientData:
         data was built in memory without ids.
     raw_item_ids : numpy.ndarray or None (default: None)
         Raw id (text) of each item code (the catalogue).
+    user_table, item_table : pandas.DataFrame or None (default: None)
+        Side features: row ``i`` describes local user ``i`` / item code ``i``;
+        None where the data has none.
     """
 
     partition_id: int
@@ -443,10 +453,24 @@ class ClientData:
     train_set: InteractionSet
     raw_user_ids: np.ndarray | None = None
     raw_item_ids: np.ndarray | None = None
+    user_table: pd.DataFrame | None = None
+    item_table: pd.DataFrame | None = None
 
     @property
     def num_users(self) -> int:
         return len(self.users)
+
+    def context(self) -> NodeContext:
+        """What a model may read of this group besides ids (:meth:`Recommender.bind`)."""
+        return NodeContext(
+            num_users=self.num_users,
+            train_users=self.train_users,
+            train_items=self.train_items,
+            val_items=self.val_items,
+            test_items=self.test_items,
+            user_table=self.user_table,
+            item_table=self.item_table,
+        )
 
     @property
     def num_train(self) -> int:

@@ -11,11 +11,13 @@ from types import MappingProxyType
 
 from .base import (
     PRIVATE_PREFIX,
+    NodeContext,
     Recommender,
     is_private,
     load_arrays,
     private_arrays,
     shared_arrays,
+    shared_names,
 )
 from .mf import MF
 from .ncf import NCF
@@ -26,12 +28,14 @@ __all__ = [
     "MODELS",
     "NCF",
     "PRIVATE_PREFIX",
+    "NodeContext",
     "Recommender",
     "build_model",
     "is_private",
     "load_arrays",
     "private_arrays",
     "shared_arrays",
+    "shared_names",
 ]
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,12 +31,15 @@ if TYPE_CHECKING:
     from ..serving.recommender import NodeRecommender
 
 __all__ = [
+    "HISTORY_TARGETS",
     "PRIVATE_PREFIX",
+    "NodeContext",
     "Recommender",
     "is_private",
     "load_arrays",
     "private_arrays",
     "shared_arrays",
+    "shared_names",
 ]
 
 PRIVATE_PREFIX = "user_"
@@ -56,6 +61,41 @@ def is_private(name: str) -> bool:
     return name.startswith(PRIVATE_PREFIX)
 
 
+# What a sequence model scores from: the validation item, the test item, or
+# recommendations after training (every known interaction).
+HISTORY_TARGETS = ("val", "test", "serve")
+
+
+@dataclass(frozen=True, eq=False)
+class NodeContext:
+    """What a node knows about its own users, for models that read more than ids.
+
+    Built on the node from its own data and handed to :meth:`Recommender.bind`;
+    nothing of it is sent anywhere.
+
+    Attributes
+    ----------
+    num_users : int
+        Local users (rows of the private tables).
+    train_users, train_items : numpy.ndarray
+        Training interactions (local user, item code), grouped by user and in
+        time order within a user.
+    val_items, test_items : numpy.ndarray
+        Held-out item per local user.
+    user_table, item_table : pandas.DataFrame or None (default: None)
+        Side features: row ``u`` describes local user ``u``, row ``i`` item
+        code ``i``; ``None`` where the data has none.
+    """
+
+    num_users: int
+    train_users: np.ndarray
+    train_items: np.ndarray
+    val_items: np.ndarray
+    test_items: np.ndarray
+    user_table: Any = None  # pandas.DataFrame; Any keeps pandas out of the models' imports
+    item_table: Any = None
+
+
 class Recommender(nn.Module, ABC):
     """A model scoring ``(user, item)`` batches, with shared and private parameters.
 
@@ -74,7 +114,97 @@ class Recommender(nn.Module, ABC):
       row counts differ from the module's);
     - :meth:`forward` is deterministic (no dropout) and treats every pair
       independently (no batch statistics).
+
+    Models that read more than ids (side features, sequences, a graph) get the
+    node's data through :meth:`bind` and keep it in buffers named by
+    :meth:`data_buffers`, which are neither sent nor stored. Models trained by
+    their own objective rather than pairwise BCE set :attr:`pairwise` to
+    ``False`` and implement :meth:`train_epochs`.
     """
+
+    #: Trained on ``(user, item)`` pairs with BCE by :func:`~fedrec_flwr.train.group.train_epochs`
+    #: (``False``: by the model's own :meth:`train_epochs`).
+    pairwise: ClassVar[bool] = True
+
+    def bind(self, context: NodeContext) -> None:
+        """Take what the model reads besides ids from the node's own data.
+
+        The default reads nothing. Called on the node after construction and
+        before anything is trained or scored.
+
+        Parameters
+        ----------
+        context : NodeContext
+            The node's users, their interactions and side tables.
+        """
+
+    def data_buffers(self) -> tuple[str, ...]:
+        """``state_dict`` entries that are the node's data, not parameters.
+
+        They are filled by :meth:`bind`, never sent, stored or averaged, but
+        kept in the ``state_dict`` so that per-user training can slice them
+        like the tables they index: a private one (``user_*``) has a row per
+        local user, a shared one a row per catalogue item. They are not item
+        tables (:meth:`item_tables` lists learned parameters only).
+
+        Returns
+        -------
+        tuple of str
+            Default: none.
+        """
+        return ()
+
+    @contextmanager
+    def history_for(self, target: str) -> Iterator[None]:
+        """Score, inside the block, from the history that ``target`` allows.
+
+        Only sequence models care: the validation item is scored from the
+        training interactions, the test item from those plus the validation
+        item (or not, by configuration), recommendations from everything
+        known. The default ignores ``target``.
+
+        Parameters
+        ----------
+        target : {"val", "test", "serve"}
+            What is about to be scored.
+        """
+        if target not in HISTORY_TARGETS:
+            raise ValueError(f"target={target!r}: expected one of {HISTORY_TARGETS}")
+        yield
+
+    def train_epochs(
+        self,
+        *,
+        epochs: int,
+        batch_size: int,
+        optimizer: torch.optim.Optimizer,
+        num_negatives: int,
+        rng: np.random.Generator,
+        exclude: Any,
+    ) -> float:
+        """Train on the bound data by the model's own objective (``pairwise = False``).
+
+        Parameters
+        ----------
+        epochs, batch_size : int
+            Passes over the bound data and mini-batch size.
+        optimizer : torch.optim.Optimizer
+            Over the parameters to train; owned by the caller.
+        num_negatives : int
+            Negatives per positive.
+        rng : numpy.random.Generator
+            Source of all randomness (negatives, order, dropout seeds).
+        exclude : InteractionSet
+            Pairs never drawn as negatives (the training interactions).
+
+        Returns
+        -------
+        float
+            Mean training loss of the last epoch.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} is trained pairwise (pairwise=True); it has no own objective"
+        )
 
     def is_private(self, name: str) -> bool:
         """Whether ``state_dict`` entry ``name`` is private to the user's client.
@@ -226,13 +356,34 @@ def _private_rule(model: nn.Module) -> Callable[[str], bool]:
     return model.is_private if isinstance(model, Recommender) else is_private
 
 
+def _data(model: nn.Module) -> frozenset[str]:
+    return frozenset(model.data_buffers()) if isinstance(model, Recommender) else frozenset()
+
+
 def _arrays(model: nn.Module, private: bool) -> OrderedDict[str, np.ndarray]:
-    rule = _private_rule(model)
+    rule, data = _private_rule(model), _data(model)
     return OrderedDict(
         (name, t.detach().cpu().numpy().copy())
         for name, t in model.state_dict().items()
-        if rule(name) == private
+        if rule(name) == private and name not in data
     )
+
+
+def shared_names(model: nn.Module) -> list[str]:
+    """Names of the shared arrays, in ``state_dict`` order (the wire order).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        As for :func:`shared_arrays`.
+
+    Returns
+    -------
+    list of str
+        What :func:`shared_arrays` returns the keys of, without copying.
+    """
+    rule, data = _private_rule(model), _data(model)
+    return [n for n in model.state_dict() if not rule(n) and n not in data]
 
 
 def shared_arrays(model: nn.Module) -> OrderedDict[str, np.ndarray]:
@@ -286,9 +437,9 @@ def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray], *, private: 
         If names or shapes differ from the model's: the sender runs another
         model configuration.
     """
-    rule = _private_rule(model)
+    rule, data = _private_rule(model), _data(model)
     state = model.state_dict()
-    expected = {n for n in state if rule(n) == private}
+    expected = {n for n in state if rule(n) == private and n not in data}
     if set(arrays) != expected:
         missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
         raise ValueError(

@@ -403,6 +403,7 @@ def shadow_signatures(
 
     tables = model.item_tables()
     state = model.state_dict()
+    data = frozenset(model.data_buffers())
     gen = torch.Generator().manual_seed(seed)
     # Shadow user: one row of every private table; the scale of a fresh user row.
     shadow = {
@@ -410,10 +411,15 @@ def shadow_signatures(
             torch.randn((1, *value.shape[1:]), generator=gen, dtype=value.dtype) * 0.01
         ).requires_grad_(True)
         for name, value in state.items()
-        if model.is_private(name)
+        if model.is_private(name) and name not in data
     }
+    # Data buffers (side features) are the module's own: the shadow has none of its own.
     params: dict[str, Any] = {
-        name: torch.as_tensor(np.asarray(sent[name])).to(state[name].dtype)
+        name: (
+            state[name]
+            if name in data
+            else torch.as_tensor(np.asarray(sent[name])).to(state[name].dtype)
+        )
         for name in state
         if not model.is_private(name)
     }
@@ -422,6 +428,8 @@ def shadow_signatures(
     users = torch.zeros(rows.size, dtype=torch.long)
     # Only the changed rows enter the forward pass: row j of the sliced tables is item rows[j].
     sliced = {t: params[t][index].clone().requires_grad_(True) for t in tables}
+    # Item-row data buffers (item features) are cut to the same rows.
+    sliced.update({t: state[t][index] for t in data if not model.is_private(t)})
 
     def signatures(create_graph: bool) -> list[Any]:
         logits = functional_call(

@@ -79,6 +79,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         mlp_layers=cfg.model.mlp_layers,
         seed=seed,
     )
+    model.bind(data.context())
     rng = np.random.default_rng([seed, 0xCE47])
     # One optimizer for the whole run: Adam's moments carry across epochs.
     optimizer = torch.optim.Adam(

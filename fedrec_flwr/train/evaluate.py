@@ -7,6 +7,7 @@ centralised baseline (every user), so the two are directly comparable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from ..datasets.prepare import ClientData
+from ..models.base import Recommender
 from .metrics import rank_of_positive, ranking_sums
 
 __all__ = ["EvalResult", "evaluate_ranking", "rank_logits", "rank_val_test"]
@@ -82,19 +84,25 @@ def rank_val_test(
     """
     users = np.arange(data.num_users)
     ranked = []
-    for targets in (data.val_items, data.test_items):
-        result = evaluate_ranking(model, users, targets, data.eval_negatives, ks)
+    for target, targets in (("val", data.val_items), ("test", data.test_items)):
+        with _history_for(model, target):  # what a sequence model may read
+            result = evaluate_ranking(model, users, targets, data.eval_negatives, ks)
         if full:
             from ..serving.scoring import full_ranking_sums
 
-            sums = full_ranking_sums(
-                model,  # type: ignore[arg-type]
-                users,
-                targets,
-                ks,
-                exclude_users=data.train_users,
-                exclude_items=data.train_items,
-            )
+            with _history_for(model, target):
+                sums = full_ranking_sums(
+                    model,  # type: ignore[arg-type]
+                    users,
+                    targets,
+                    ks,
+                    exclude_users=data.train_users,
+                    exclude_items=data.train_items,
+                )
             result = EvalResult(result.num_users, {**result.sums, **sums}, result.loss)
         ranked.append(result)
     return ranked[0], ranked[1]
+
+
+def _history_for(model: nn.Module, target: str) -> AbstractContextManager[None]:
+    return model.history_for(target) if isinstance(model, Recommender) else nullcontext()

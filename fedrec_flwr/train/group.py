@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..datasets.negatives import InteractionSet, sample_train_negatives
+from ..models.base import Recommender
 
 __all__ = ["train_epochs"]
 
@@ -60,8 +61,29 @@ def train_epochs(
     Returns
     -------
     float
-        Mean BCE loss over all samples of the last epoch.
+        Mean BCE loss over all samples of the last epoch (a model with its own
+        objective, ``pairwise = False``: its mean loss, from its bound data,
+        which must be ``users``/``items``).
+
+    Raises
+    ------
+    ValueError
+        For FedProx (``proximal_mu`` > 0) with a model trained by its own objective.
     """
+    if isinstance(model, Recommender) and not model.pairwise:
+        if proximal_mu > 0:
+            raise ValueError(
+                f"{type(model).__name__} is trained by its own objective, which has no "
+                "FedProx term: set proximal-mu=0"
+            )
+        return model.train_epochs(
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            num_negatives=num_negatives,
+            rng=rng,
+            exclude=exclude,
+        )
     model.train()
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     pos_users = torch.from_numpy(np.asarray(users, dtype=np.int64))

@@ -183,7 +183,9 @@ class _Layout:
 def _layout(model: Recommender, *, frozen_shared: bool, weight_decay: float) -> _Layout:
     state = {k: v.detach() for k, v in model.state_dict().items()}
     private = tuple(n for n in state if model.is_private(n))
-    tables = frozenset(model.item_tables())
+    # Shared data buffers (item features) have a row per item: sliced like the tables.
+    item_data = [b for b in model.data_buffers() if not model.is_private(b)]
+    tables = frozenset((*model.item_tables(), *item_data))
     wrong = sorted(t for t in tables if t not in state or t in private)
     if wrong:
         raise ValueError(
@@ -309,9 +311,10 @@ def train_users_independently(
     total = int(counts.sum())
     if total == 0:
         raise ValueError("no user of the group has a training interaction")
-    shared = [n for n in layout.state if n not in layout.private]
+    data = frozenset(model.data_buffers())  # the node's data: neither averaged nor returned
+    shared = [n for n in layout.state if n not in layout.private and n not in data]
     acc = {n: torch.zeros(layout.state[n].shape, dtype=torch.float64) for n in shared}
-    out_private = {n: layout.state[n].numpy().copy() for n in layout.private}
+    out_private = {n: layout.state[n].numpy().copy() for n in layout.private if n not in data}
     loss_sum, loss_n = 0.0, 0.0
     for chunk in _train_chunks(
         model,
@@ -341,7 +344,7 @@ def train_users_independently(
                         acc[name].index_add_(0, chunk.rows[chunk.valid], delta[chunk.valid])
                     else:
                         acc[name] += torch.einsum("u,u...->...", weights, value)
-            for name in layout.private:
+            for name in out_private:
                 out_private[name][chunk.ids] = chunk.params[name][:, 0].numpy()
 
     loss = loss_sum / loss_n if loss_n else float("nan")
