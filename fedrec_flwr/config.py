@@ -31,7 +31,7 @@ from typing import Any
 from .datasets.options import DataOptions
 from .datasets.prepare import NEGATIVE_POOLS
 from .errors import ConfigError
-from .models import ARCHITECTURES
+from .models import ARCHITECTURES, Recommender, build_model
 from .privacy.options import PrivacyOptions
 from .protocol import KNOB_KEYS, PRIVATE_LAYERS_KEY, PROXIMAL_MU_KEY
 from .serving.options import ServingOptions
@@ -102,20 +102,36 @@ def _widths(values: tuple[int, ...]) -> str:
 @documented
 @dataclass(frozen=True)
 class ModelOptions:
-    """The NCF architecture and its widths."""
+    """The model family and its widths."""
 
     model: str = option(
         "neumf",
         "Model: the NCF architectures `gmf` (generalised matrix factorisation), `mlp` (a "
         "tower over the concatenated user and item embeddings) and `neumf` (both, fused), "
-        "or `mf` (a dot product with user, item and global biases; Rendle et al. 2020).",
+        "`mf` (a dot product with user, item and global biases; Rendle et al. 2020), or "
+        "`hybrid` (LightFM's model: id plus side-feature embeddings; needs user and item "
+        "tables, see `user-features`).",
         choices=ARCHITECTURES,
     )
-    factors: int = option(16, "Embedding size of GMF and MF.")
+    factors: int = option(16, "Embedding size of GMF, MF and the other factor models.")
     mlp_layers: tuple[int, ...] = option(
         (64, 32, 16),
         "MLP tower widths, comma-separated; the first (even) is the concatenated "
         "user+item embedding.",
+    )
+    user_features: str = option(
+        "age,gender,occupation",
+        "`hybrid`: user-table columns whose values are embedded (private: encoded on the "
+        "node); `''` for none. `age` is grouped as MovieLens-1M does, a `*year` column "
+        "by decade, `|` separates several values.",
+    )
+    item_features: str = option(
+        "genres,release_year", "`hybrid`: item-table columns embedded (shared); `''` for none."
+    )
+    feature_buckets: int = option(
+        1024,
+        "`hybrid`: rows of each feature table; values are hashed into them (scikit-learn's "
+        "FeatureHasher) so nodes agree without a shared vocabulary.",
     )
 
     def __post_init__(self) -> None:
@@ -126,13 +142,45 @@ class ModelOptions:
             raise ConfigError(
                 f"mlp-layers={_widths(self.mlp_layers)}: widths must be <= {MAX_WIDTH}"
             )
-        _positive(self, "factors")
+        if self.feature_buckets > MAX_WIDTH * 16:
+            raise ConfigError(
+                f"feature-buckets={self.feature_buckets}: must be <= {MAX_WIDTH * 16}"
+            )
+        _positive(self, "factors", "feature_buckets")
         check_choices(self)
         if self.model != "gmf" and self.mlp_layers[0] % 2:
             raise ConfigError(
                 f"mlp-layers={_widths(self.mlp_layers)}: the first width must "
                 "be even (user and item embeddings concatenated)"
             )
+
+    def build(self, num_users: int, num_items: int, seed: int) -> Recommender:
+        """The configured model (:func:`~fedrec_flwr.models.build_model`).
+
+        Parameters
+        ----------
+        num_users : int
+            Rows of the private user tables (0 on a server).
+        num_items : int
+            Catalogue size.
+        seed : int
+            Initialisation seed.
+        """
+        return build_model(
+            self.model,
+            num_users,
+            num_items,
+            seed=seed,
+            factors=self.factors,
+            mlp_layers=self.mlp_layers,
+            user_features=_columns(self.user_features),
+            item_features=_columns(self.item_features),
+            feature_buckets=self.feature_buckets,
+        )
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 @documented

@@ -65,7 +65,7 @@ def test_the_pyproject_check_detects_a_changed_or_missing_default(edit, problem)
 def test_pyproject_holds_the_generated_table():
     text = (REPO / "pyproject.toml").read_text()
     assert config.toml_table() in text
-    assert "# model (ModelOptions): The NCF architecture and its widths\n" in config.toml_table()
+    assert "# model (ModelOptions): The model family and its widths\n" in config.toml_table()
 
 
 def test_readme_holds_exactly_the_generated_table():
@@ -89,7 +89,7 @@ def test_markdown_and_toml_come_from_the_command_line(capsys):
 
 def test_every_key_lives_in_one_group_with_help():
     keys = [settings.key_of(f.name) for _, f in RunConfig.settings()]
-    assert len(keys) == len(set(keys)) == 70
+    assert len(keys) == len(set(keys)) == 73
     groups = {g for g, _ in RunConfig.settings()}
     assert groups == {None, "data", "model", "training", "strategy", "privacy", "serving"}
     for _, f in RunConfig.settings():
@@ -176,7 +176,7 @@ def test_centralized_cli_has_exactly_the_applicable_keys():
         "num_server_rounds", "output_dir", "num_threads",
         "dataset", "data_dir", "seed", "num_eval_negatives", "implicit_threshold", "k_core",
         "duplicates", "validation", "split", "log_columns",
-        "model", "factors", "mlp_layers",
+        "model", "factors", "mlp_layers", "user_features", "item_features", "feature_buckets",
         "learning_rate", "weight_decay", "batch_size", "num_negatives", "top_k",
         "negative_pool", "full_ranking",
     }  # fmt: skip
@@ -189,7 +189,7 @@ def test_centralized_cli_has_exactly_the_applicable_keys():
     }  # fmt: skip
     assert federation_only <= inapplicable
     model = next(a for a in parser._actions if a.dest == "model")
-    assert model.metavar == "{gmf,mlp,neumf,mf}" and "NCF architectures" in model.help
+    assert model.metavar == "{gmf,mlp,neumf,mf,hybrid}" and "NCF architectures" in model.help
 
 
 def test_centralized_cli_refuses_a_federation_key(capsys):
@@ -293,7 +293,7 @@ def test_centralized_cli_writes_the_federated_results_shape(tmp_path, capsys):
 def test_centralized_cli_bad_input_is_one_line(tmp_path, capsys):
     assert centralized_main(["--model", "bpr"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: model='bpr': unknown; accepted: gmf, mlp, neumf, mf"
+    assert err == "error: model='bpr': unknown; accepted: " + ", ".join(ARCHITECTURES)
     assert centralized_main(["--data-dir", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
 

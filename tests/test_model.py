@@ -22,10 +22,12 @@ def test_split_names_and_sigmoid_output(arch):
     model = build_model(arch, 5, 7, factors=4, mlp_layers=(8, 4))
     shared, private = shared_arrays(model), private_arrays(model)
     assert private and all(k.startswith("user_") for k in private)
-    assert not any(is_private(k) for k in shared)
+    assert not any(model.is_private(k) for k in shared)
     assert set(model.item_tables()) <= set(shared) and model.item_tables()
     assert any(k not in model.item_tables() for k in shared)  # interaction/bias terms
-    assert set(shared) | set(private) == set(model.state_dict())
+    data = set(model.data_buffers())  # the node's data: neither sent nor stored
+    assert set(shared) | set(private) | data == set(model.state_dict())
+    assert not data & (set(shared) | set(private))
     for emb in private.values():
         assert emb.shape[0] == 5
     probs = model.predict(torch.tensor([0, 4]), torch.tensor([6, 0]))
@@ -70,7 +72,7 @@ def test_unknown_architecture():
 
 
 def test_registry_builds_each_ncf_architecture_as_ncf_itself():
-    assert ARCHITECTURES == tuple(MODELS) == ("gmf", "mlp", "neumf", "mf")
+    assert ARCHITECTURES == tuple(MODELS) == ("gmf", "mlp", "neumf", "mf", "hybrid")
     for arch in ("gmf", "mlp", "neumf"):
         built = build_model(arch, 4, 9, factors=4, mlp_layers=(8, 4), seed=3)
         direct = NCF(4, 9, arch, 4, (8, 4), seed=3)
@@ -79,7 +81,9 @@ def test_registry_builds_each_ncf_architecture_as_ncf_itself():
         assert list(a) == list(b)
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
-    with pytest.raises(ValueError, match=r"model='bpr': unknown; accepted: gmf, mlp, neumf, mf"):
+    with pytest.raises(
+        ValueError, match=r"model='bpr': unknown; accepted: gmf, mlp, neumf, mf, hybrid"
+    ):
         build_model("bpr", 1, 1)
 
 

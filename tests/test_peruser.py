@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from fedrec_flwr.datasets.negatives import InteractionSet
 from fedrec_flwr.models import (
     MODELS,
+    NodeContext,
     Recommender,
     build_model,
     load_arrays,
@@ -61,13 +63,57 @@ class _WholeTablesMF(_BiasedMF):
         return ()
 
 
+def _side_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """User features for NUM_USERS users, item features for the catalogue."""
+    users = pd.DataFrame(
+        {
+            "age": [str(18 + 7 * u) for u in range(NUM_USERS)],
+            "gender": ["F" if u % 2 else "M" for u in range(NUM_USERS)],
+            "occupation": [f"job{u % 3}" for u in range(NUM_USERS)],
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "genres": [
+                "A|B" if i % 3 == 0 else ("B" if i % 3 == 1 else "") for i in range(NUM_ITEMS)
+            ],
+            "release_year": [str(1950 + 5 * i) for i in range(NUM_ITEMS)],
+        }
+    )
+    return users, items
+
+
+def _bind_rows(model: Recommender, rows) -> Recommender:
+    """Bind the side features of users ``rows`` (model row j = user rows[j])."""
+    users, items = _side_tables()
+    empty = np.zeros(0, dtype=np.int64)
+    model.bind(
+        NodeContext(
+            num_users=len(rows),
+            train_users=empty,
+            train_items=empty,
+            val_items=empty,
+            test_items=empty,
+            user_table=users.iloc[list(rows)].reset_index(drop=True),
+            item_table=items,
+        )
+    )
+    return model
+
+
 def _factory(name: str):
-    """``build(num_users, seed)`` for a registered model or a test-only one."""
+    """``build(num_users, seed, rows=None)`` for a registered model or a test-only
+    one; ``rows`` are the users a model's rows stand for (side features)."""
     if name == "biased-mf":
-        return lambda n, seed: _BiasedMF(n, NUM_ITEMS, seed=seed)
+        return lambda n, seed, rows=None: _BiasedMF(n, NUM_ITEMS, seed=seed)
     if name == "whole-tables-mf":
-        return lambda n, seed: _WholeTablesMF(n, NUM_ITEMS, seed=seed)
-    return lambda n, seed: build_model(name, n, NUM_ITEMS, factors=8, mlp_layers=(16, 8), seed=seed)
+        return lambda n, seed, rows=None: _WholeTablesMF(n, NUM_ITEMS, seed=seed)
+
+    def build(n: int, seed: int, rows=None) -> Recommender:
+        model = build_model(name, n, NUM_ITEMS, factors=8, mlp_layers=(16, 8), seed=seed)
+        return _bind_rows(model, range(n) if rows is None else rows)
+
+    return build
 
 
 MODEL_NAMES = [*MODELS, "biased-mf", "whole-tables-mf"]
@@ -87,7 +133,7 @@ def _log(seed: int = 0, num_users: int = NUM_USERS) -> tuple[np.ndarray, np.ndar
 
 def _one_user(build, model, u: int):
     """User ``u``'s own one-user client model: global shared arrays, its rows."""
-    one = build(1, 0)
+    one = build(1, 0, rows=[u])
     load_arrays(one, shared_arrays(model), private=False)
     load_arrays(one, {k: v[u : u + 1] for k, v in private_arrays(model).items()}, private=True)
     return one

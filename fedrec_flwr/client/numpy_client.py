@@ -30,7 +30,7 @@ from flwr.compat.client.numpy_client import NumPyClient
 
 from ..config import RunConfig
 from ..datasets.prepare import ClientData
-from ..models import build_model, load_arrays, private_arrays, shared_arrays, shared_names
+from ..models import load_arrays, private_arrays, shared_arrays, shared_names
 from ..privacy.local import perturb_item_update
 from ..protocol import (
     COMPUTE_SECONDS_KEY,
@@ -104,14 +104,7 @@ class NCFClient(NumPyClient):
         # One thread per client unless num-threads says otherwise: simulation
         # runs several clients side by side on one machine's CPUs.
         apply_num_threads(training.num_threads, default=CLIENT_DEFAULT_THREADS)
-        self.model = build_model(
-            config.model.model,
-            data.num_users,
-            data.num_items,
-            factors=config.model.factors,
-            mlp_layers=config.model.mlp_layers,
-            seed=seed,
-        )
+        self.model = config.model.build(data.num_users, data.num_items, seed=seed)
         self.model.bind(data.context())
         self.trainer: Trainer
         if training.client_mode == "per-user":

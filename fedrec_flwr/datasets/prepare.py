@@ -101,6 +101,21 @@ class PreparedData:
             "num-train-interactions": len(self.train_items),
         }
 
+    def schema(self) -> NodeContext:
+        """A context with no users but this data's side tables (their columns, the
+        item rows): binding a model to it checks the data has what the model reads,
+        before anything is trained (:meth:`Recommender.bind` raises the one line)."""
+        empty = np.zeros(0, dtype=np.int64)
+        return NodeContext(
+            num_users=0,
+            train_users=empty,
+            train_items=empty,
+            val_items=empty,
+            test_items=empty,
+            user_table=None if self.user_table is None else self.user_table.iloc[:0],
+            item_table=self.item_table,
+        )
+
     def protocol(self) -> dict[str, Any]:
         """The evaluation protocol, recorded verbatim in results files."""
         return _protocol(self.preparation or {}, int(self.eval_negatives.shape[1]))

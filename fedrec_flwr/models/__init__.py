@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 from .base import (
     PRIVATE_PREFIX,
@@ -19,6 +20,7 @@ from .base import (
     shared_arrays,
     shared_names,
 )
+from .hybrid import DEFAULT_ITEM_FEATURES, DEFAULT_USER_FEATURES, Hybrid
 from .mf import MF
 from .ncf import NCF
 
@@ -28,6 +30,7 @@ __all__ = [
     "MODELS",
     "NCF",
     "PRIVATE_PREFIX",
+    "Hybrid",
     "NodeContext",
     "Recommender",
     "build_model",
@@ -41,34 +44,55 @@ __all__ = [
 
 def _ncf(arch: str) -> Callable[..., Recommender]:
     def build(
-        num_users: int, num_items: int, *, factors: int, mlp_layers: Sequence[int], seed: int
+        num_users: int,
+        num_items: int,
+        *,
+        seed: int,
+        factors: int = 16,
+        mlp_layers: Sequence[int] = (64, 32, 16),
+        **_: Any,
     ) -> Recommender:
         return NCF(num_users, num_items, arch, factors, mlp_layers, seed=seed)
 
     return build
 
 
-def _mf(
-    num_users: int, num_items: int, *, factors: int, mlp_layers: Sequence[int], seed: int
+def _mf(num_users: int, num_items: int, *, seed: int, factors: int = 16, **_: Any) -> Recommender:
+    return MF(num_users, num_items, factors, seed=seed)
+
+
+def _hybrid(
+    num_users: int,
+    num_items: int,
+    *,
+    seed: int,
+    factors: int = 32,
+    user_features: Sequence[str] = DEFAULT_USER_FEATURES,
+    item_features: Sequence[str] = DEFAULT_ITEM_FEATURES,
+    feature_buckets: int = 1024,
+    **_: Any,
 ) -> Recommender:
-    return MF(num_users, num_items, factors, seed=seed)  # no tower: mlp-layers unused
+    return Hybrid(
+        num_users,
+        num_items,
+        factors,
+        user_features=user_features,
+        item_features=item_features,
+        feature_buckets=feature_buckets,
+        seed=seed,
+    )
 
 
-# Name -> builder(num_users, num_items, *, factors, mlp_layers, seed); read-only.
+# Name -> builder(num_users, num_items, *, seed, **hyperparameters): each builder
+# takes the hyperparameters it knows and ignores the rest; read-only.
 MODELS: Mapping[str, Callable[..., Recommender]] = MappingProxyType(
-    {**{arch: _ncf(arch) for arch in ("gmf", "mlp", "neumf")}, "mf": _mf}
+    {**{arch: _ncf(arch) for arch in ("gmf", "mlp", "neumf")}, "mf": _mf, "hybrid": _hybrid}
 )
 ARCHITECTURES: tuple[str, ...] = tuple(MODELS)
 
 
 def build_model(
-    name: str,
-    num_users: int,
-    num_items: int,
-    *,
-    factors: int = 16,
-    mlp_layers: Sequence[int] = (64, 32, 16),
-    seed: int = 0,
+    name: str, num_users: int, num_items: int, *, seed: int = 0, **hyperparameters: Any
 ) -> Recommender:
     """Construct a registered model.
 
@@ -80,12 +104,13 @@ def build_model(
         Rows of the private user tables (a client holds only its own users).
     num_items : int
         Size of the shared item catalogue.
-    factors : int (default: 16)
-        Embedding size of factor models (GMF's predictive factors).
-    mlp_layers : sequence of int (default: (64, 32, 16))
-        Widths of an MLP tower, where the model has one.
     seed : int (default: 0)
         Initialisation seed.
+    **hyperparameters
+        Widths and options by the builders' names (``factors``,
+        ``mlp_layers``, ``user_features`` ...); each model reads its own and
+        ignores the others (:meth:`~fedrec_flwr.config.ModelOptions.build`
+        passes them all).
 
     Returns
     -------
@@ -99,4 +124,4 @@ def build_model(
     """
     if name not in MODELS:
         raise ValueError(f"model={name!r}: unknown; accepted: {', '.join(MODELS)}")
-    return MODELS[name](num_users, num_items, factors=factors, mlp_layers=mlp_layers, seed=seed)
+    return MODELS[name](num_users, num_items, seed=seed, **hyperparameters)

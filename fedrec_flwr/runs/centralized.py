@@ -21,7 +21,6 @@ import torch
 
 from ..config import LEAKY_POOL_WARNING, ConfigError, RunConfig
 from ..datasets import prepare_data
-from ..models import build_model
 from ..progress import progress
 from ..protocol import TEST_PART, VAL_PART
 from ..settings import add_flags, key_of, setting
@@ -71,14 +70,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     num_threads = apply_num_threads(train.num_threads)
     prepared = prepare_data(cfg.data)
     data = prepared.client_data()  # everybody in one group
-    model = build_model(
-        cfg.model.model,
-        data.num_users,
-        data.num_items,
-        factors=cfg.model.factors,
-        mlp_layers=cfg.model.mlp_layers,
-        seed=seed,
-    )
+    model = cfg.model.build(data.num_users, data.num_items, seed=seed)
     model.bind(data.context())
     rng = np.random.default_rng([seed, 0xCE47])
     # One optimizer for the whole run: Adam's moments carry across epochs.

@@ -27,7 +27,7 @@ from ..datasets import (
     read_catalogue,
 )
 from ..errors import ConfigError
-from ..models import build_model, shared_arrays
+from ..models import shared_arrays
 from ..paths import resolve_user_path
 from ..privacy.accounting import user_level_report
 from ..protocol import (
@@ -102,14 +102,7 @@ def initial_arrays(cfg: RunConfig, num_items: int) -> ArrayRecord:
         Catalogue size.
     """
     arch = cfg.model
-    model = build_model(
-        arch.model,
-        0,
-        num_items,
-        factors=arch.factors,
-        mlp_layers=arch.mlp_layers,
-        seed=cfg.data.seed,
-    )
+    model = arch.build(0, num_items, seed=cfg.data.seed)
     return ArrayRecord({k: Array(v) for k, v in shared_arrays(model).items()})
 
 
@@ -165,6 +158,8 @@ def server_view(cfg: RunConfig) -> ServerView:
         return ServerView(num_items, stats, protocol, math.inf, math.inf, None, ids)
     # The server reads only the item catalogue and sizes; user rows stay with clients.
     prepared = prepare_data(cfg.data)
+    # A model that reads side tables fails here, in one line, not on every node.
+    cfg.model.build(0, prepared.num_items, seed=0).bind(prepared.schema())
     stats = prepared.stats()
     # No partition can hold more than the whole dataset.
     users = cfg.strategy.weight_key == "users"
@@ -380,9 +375,7 @@ def dp_extra(
 def _item_tables(cfg: RunConfig, num_items: int) -> tuple[str, ...]:
     """Names of the model's arrays with one row per item (a warm start maps them)."""
     arch = cfg.model
-    model = build_model(
-        arch.model, 0, num_items, factors=arch.factors, mlp_layers=arch.mlp_layers, seed=0
-    )
+    model = arch.build(0, num_items, seed=0)
     return tuple(model.item_tables())
 
 
@@ -398,9 +391,7 @@ def _audited_grid(cfg: RunConfig, grid: Grid, num_items: int) -> AuditedGrid | N
     from ..privacy.grid import AuditedGrid, training_items_truth
 
     arch = cfg.model
-    model = build_model(
-        arch.model, 1, num_items, factors=arch.factors, mlp_layers=arch.mlp_layers, seed=0
-    )
+    model = arch.build(1, num_items, seed=0)
     truth = None if cfg.item_catalogue else training_items_truth(cfg.data)
     return AuditedGrid(
         grid, model, truth=truth, every=cfg.privacy.privacy_audit_every, seed=cfg.data.seed

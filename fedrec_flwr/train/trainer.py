@@ -25,6 +25,7 @@ from ..datasets.prepare import ClientData
 from ..models import Recommender, load_arrays, shared_arrays
 from .evaluate import EvalResult, rank_logits, rank_val_test
 from .group import train_epochs
+from .looped import finetune_users_looped, train_users_looped
 from .peruser import UserLevelDP, finetune_users_and_score, train_users_independently
 
 __all__ = [
@@ -169,13 +170,13 @@ class GroupTrainer(Trainer):
         personal: Sequence[str],
     ) -> tuple[EvalResult, EvalResult]:
         t = self.training
-        if knobs.finetune_epochs > 0:
+        params = [
+            p
+            for n, p in model.named_parameters()
+            if knobs.finetune_scope == "all" or model.is_private(n) or n in personal
+        ]
+        if knobs.finetune_epochs > 0 and params:  # no private rows: nothing to fine-tune
             seed = round_seed(self.seed, data.partition_id, server_round, _FINETUNE)
-            params = [
-                p
-                for n, p in model.named_parameters()
-                if knobs.finetune_scope == "all" or model.is_private(n) or n in personal
-            ]
             optimizer = torch.optim.Adam(params, lr=t.finetune_lr, weight_decay=t.weight_decay)
             train_epochs(
                 model,
@@ -246,19 +247,38 @@ class PerUserTrainer(Trainer):
                 dp,
                 noise_seed=round_seed(dp.noise_seed, data.partition_id, server_round, _DP_NOISE),
             )
-        update = train_users_independently(
-            model,
-            data.train_users,
-            data.train_items,
-            exclude,
-            self._user_seeds(data, server_round),
-            epochs=t.local_epochs,
-            batch_size=t.batch_size,
-            learning_rate=t.learning_rate,
-            num_negatives=t.num_negatives,
-            weight_decay=t.weight_decay,
-            dp=dp,
-        )
+        if not model.pairwise:
+            if dp is not None:
+                raise ValueError(
+                    f"dp='user' with {type(model).__name__} (trained by its own objective): "
+                    "user-level DP is implemented for pairwise models only; use "
+                    "dp='node' or a pairwise model"
+                )
+            update = train_users_looped(
+                model,
+                data.context(),
+                exclude,
+                self._user_seeds(data, server_round),
+                epochs=t.local_epochs,
+                batch_size=t.batch_size,
+                learning_rate=t.learning_rate,
+                num_negatives=t.num_negatives,
+                weight_decay=t.weight_decay,
+            )
+        else:
+            update = train_users_independently(
+                model,
+                data.train_users,
+                data.train_items,
+                exclude,
+                self._user_seeds(data, server_round),
+                epochs=t.local_epochs,
+                batch_size=t.batch_size,
+                learning_rate=t.learning_rate,
+                num_negatives=t.num_negatives,
+                weight_decay=t.weight_decay,
+                dp=dp,
+            )
         load_arrays(model, update.private, private=True)
         return LocalUpdate(shared=dict(update.shared), weight=update.weight, loss=update.loss)
 
@@ -280,6 +300,21 @@ class PerUserTrainer(Trainer):
         t = self.training
         if knobs.finetune_epochs <= 0:
             return rank_val_test(model, data, t.ks, full=t.full_ranking)
+        if not model.pairwise:
+            return finetune_users_looped(
+                model,
+                data.context(),
+                exclude,
+                self._user_seeds(data, server_round, _FINETUNE),
+                data.eval_negatives,
+                t.ks,
+                scope=knobs.finetune_scope,
+                epochs=knobs.finetune_epochs,
+                batch_size=t.batch_size,
+                learning_rate=t.finetune_lr,
+                num_negatives=t.num_negatives,
+                weight_decay=t.weight_decay,
+            )
         # One fine-tuning serves both parts: columns 0/1 are the val/test items.
         candidates = np.concatenate(
             [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1

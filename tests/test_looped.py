@@ -1,0 +1,185 @@
+"""Per-user training of own-objective models equals one-user clients, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedrec_flwr.datasets.negatives import InteractionSet, sample_train_negatives
+from fedrec_flwr.models import NodeContext, Recommender, load_arrays, private_arrays, shared_arrays
+from fedrec_flwr.train.group import train_epochs
+from fedrec_flwr.train.looped import finetune_users_looped, train_users_looped
+
+NUM_ITEMS, NUM_USERS = 12, 5
+
+
+class _BagModel(Recommender):
+    """Test-only own-objective model: a user is the mean of its bound training
+    items' vectors plus its own row; trained on its whole bag at once."""
+
+    pairwise = False
+
+    def __init__(self, num_users: int, seed: int = 0) -> None:
+        super().__init__()
+        self.item_vec = nn.Embedding(NUM_ITEMS, 4)
+        self.user_vec = nn.Embedding(num_users, 4)
+        self.register_buffer("bags", torch.zeros(num_users, NUM_ITEMS), persistent=False)
+        self.users = np.zeros(0, dtype=np.int64)
+        self.items = np.zeros(0, dtype=np.int64)
+        self.reset_parameters(seed)
+
+    def item_tables(self) -> tuple[str, ...]:
+        return ("item_vec.weight",)
+
+    def reset_parameters(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.normal_(0, 0.3, generator=gen)
+
+    def bind(self, context: NodeContext) -> None:
+        bags = torch.zeros(context.num_users, NUM_ITEMS)
+        bags[context.train_users, context.train_items] = 1.0
+        self.bags = bags / bags.sum(1, keepdim=True).clamp(min=1)
+        self.users, self.items = context.train_users, context.train_items
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        user = self.user_vec(users) + self.bags[users] @ self.item_vec.weight
+        return (user * self.item_vec(items)).sum(-1)
+
+    def train_epochs(self, *, epochs, batch_size, optimizer, num_negatives, rng, exclude):
+        loss = float("nan")
+        for _ in range(epochs):
+            neg = sample_train_negatives(rng, self.users, exclude, num_negatives).reshape(-1)
+            users = torch.from_numpy(np.concatenate([self.users, self.users.repeat(num_negatives)]))
+            items = torch.from_numpy(np.concatenate([self.items, neg]))
+            labels = torch.cat([torch.ones(len(self.users)), torch.zeros(len(neg))])
+            optimizer.zero_grad()
+            out = nn.functional.binary_cross_entropy_with_logits(self(users, items), labels)
+            out.backward()
+            optimizer.step()
+            loss = float(out.detach())
+        return loss
+
+
+def _context() -> NodeContext:
+    rng = np.random.default_rng(3)
+    users, items = [], []
+    for u in range(NUM_USERS):
+        if u == 2:
+            continue  # no training interaction: skipped in training, scored by the global model
+        chosen = rng.choice(NUM_ITEMS, size=int(rng.integers(2, 6)), replace=False)
+        users += [u] * len(chosen)
+        items += chosen.tolist()
+    val = rng.integers(0, NUM_ITEMS, NUM_USERS)
+    test = rng.integers(0, NUM_ITEMS, NUM_USERS)
+    return NodeContext(NUM_USERS, np.array(users), np.array(items), val, test)
+
+
+def _alone(model: _BagModel, ctx: NodeContext, u: int, seed: int, params: str) -> _BagModel:
+    """User ``u``'s own one-user client: the global shared arrays and its row."""
+    one = _BagModel(1)
+    load_arrays(one, shared_arrays(model), private=False)
+    load_arrays(one, {k: v[u : u + 1] for k, v in private_arrays(model).items()}, private=True)
+    rows = ctx.train_users == u
+    own = NodeContext(
+        1,
+        ctx.train_users[rows] * 0,
+        ctx.train_items[rows],
+        ctx.val_items[u : u + 1],
+        ctx.test_items[u : u + 1],
+    )
+    one.bind(own)
+    chosen = [p for n, p in one.named_parameters() if params == "all" or one.is_private(n)]
+    one.train_epochs(
+        epochs=3,
+        batch_size=8,
+        optimizer=torch.optim.Adam(chosen, lr=0.05),
+        num_negatives=2,
+        rng=np.random.default_rng(seed),
+        exclude=InteractionSet(own.train_users, own.train_items, NUM_ITEMS),
+    )
+    return one
+
+
+def test_looped_training_equals_one_user_clients():
+    ctx = _context()
+    model = _BagModel(NUM_USERS, seed=1)
+    model.bind(ctx)
+    exclude = InteractionSet(ctx.train_users, ctx.train_items, NUM_ITEMS)
+    seeds = [50 + u for u in range(NUM_USERS)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = train_users_looped(
+        model, ctx, exclude, seeds, epochs=3, batch_size=8, learning_rate=0.05, num_negatives=2
+    )
+    counts = np.bincount(ctx.train_users, minlength=NUM_USERS)
+    acc = 0.0
+    for u in np.flatnonzero(counts):
+        one = _alone(model, ctx, int(u), seeds[u], "all")
+        acc = acc + counts[u] * shared_arrays(one)["item_vec.weight"].astype(np.float64)
+        np.testing.assert_allclose(
+            got.private["user_vec.weight"][u], private_arrays(one)["user_vec.weight"][0], atol=1e-6
+        )
+    want = acc / counts.sum()
+    np.testing.assert_allclose(got.shared["item_vec.weight"], want, atol=1e-6)
+    assert got.weight == counts.sum()
+    # Not trivially true: training moved the items; user 2 kept its row.
+    assert np.abs(want - shared_arrays(model)["item_vec.weight"]).max() > 1e-2
+    np.testing.assert_array_equal(
+        got.private["user_vec.weight"][2], private_arrays(model)["user_vec.weight"][2]
+    )
+    for k, v in model.state_dict().items():  # the node's model is only read
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scope", ["private", "all"])
+def test_looped_finetuning_scores_with_each_users_own_copy(scope):
+    ctx = _context()
+    model = _BagModel(NUM_USERS, seed=1)
+    model.bind(ctx)
+    exclude = InteractionSet(ctx.train_users, ctx.train_items, NUM_ITEMS)
+    seeds = [70 + u for u in range(NUM_USERS)]
+    negatives = np.stack([np.arange(6) + u for u in range(NUM_USERS)])
+    val, test = finetune_users_looped(
+        model,
+        ctx,
+        exclude,
+        seeds,
+        negatives,
+        (1, 3),
+        scope=scope,
+        epochs=3,
+        batch_size=8,
+        learning_rate=0.05,
+        num_negatives=2,
+    )
+    # The reference: each user's own fine-tuned one-user copy ranks its val item.
+    ranks = []
+    for u in range(NUM_USERS):
+        if u == 2:
+            one, row = model, u  # no training data: the global model
+        else:
+            one, row = _alone(model, ctx, u, seeds[u], scope), 0
+        cands = torch.from_numpy(np.concatenate([[ctx.val_items[u]], negatives[u]]))
+        with torch.no_grad():
+            scores = one(torch.full((7,), row), cands)
+        ranks.append(int((scores[1:] >= scores[0]).sum()))
+    assert val.sums["hr@3"] == sum(r < 3 for r in ranks)
+    assert val.num_users == test.num_users == NUM_USERS
+
+
+def test_group_path_calls_the_models_own_objective_and_refuses_fedprox():
+    ctx = _context()
+    model = _BagModel(NUM_USERS)
+    model.bind(ctx)
+    exclude = InteractionSet(ctx.train_users, ctx.train_items, NUM_ITEMS)
+    args = dict(epochs=1, batch_size=8, num_negatives=1, rng=np.random.default_rng(0))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss = train_epochs(model, ctx.train_users, ctx.train_items, exclude, optimizer=opt, **args)
+    assert np.isfinite(loss)
+    with pytest.raises(ValueError, match=r"own objective.*proximal-mu=0"):
+        train_epochs(
+            model, ctx.train_users, ctx.train_items, exclude, optimizer=opt, proximal_mu=0.1, **args
+        )
