@@ -70,6 +70,25 @@ ROWS: list[tuple[str, str, dict[str, Any], int]] = [
         10,
     ),
 ]
+
+
+def _family_rows(name: str, model: dict[str, Any], fed: dict[str, Any]) -> list[Any]:
+    """Centralised, FedAvg over 10 groups, one user per client, and fine-tuned rows
+    of one model family (``model``: its settings; ``fed``: federated-only ones,
+    e.g. the learning rate picked on validation for 25 rounds x 2 local epochs)."""
+    return [
+        (f"centralised {name}", "central", model, 1),
+        (f"FedAvg {name} · 10 groups", "fed", {**model, **fed}, 10),
+        (f"FedAvg {name} · one user per client", "fed", {**model, **_PER_USER}, 10),
+        (f"Fine-tuned {name} · 10 groups", "fed", {**model, **fed, "finetune-epochs": 2}, 10),
+    ]
+
+
+# The families beyond NCF (issue 16), each with settings picked on validation HR@10.
+ROWS += [
+    *_family_rows("MF", {"model": "mf", "factors": 32}, {"learning-rate": 0.005}),
+    *_family_rows("hybrid", {"model": "hybrid", "factors": 32}, {"learning-rate": 0.005}),
+]
 QUICK_ROWS = ("centralised NeuMF", "FedAvg · 10 groups", "FedAvg · one user per client")
 
 

@@ -110,7 +110,8 @@ class ModelOptions:
         "tower over the concatenated user and item embeddings) and `neumf` (both, fused), "
         "`mf` (a dot product with user, item and global biases; Rendle et al. 2020), or "
         "`hybrid` (LightFM's model: id plus side-feature embeddings; needs user and item "
-        "tables, see `user-features`).",
+        "tables, see `user-features`), or `lightgcn` (LightGCN over each node's own "
+        "user-item graph; trained with BPR).",
         choices=ARCHITECTURES,
     )
     factors: int = option(16, "Embedding size of GMF, MF and the other factor models.")
@@ -133,6 +134,9 @@ class ModelOptions:
         "`hybrid`: rows of each feature table; values are hashed into them (scikit-learn's "
         "FeatureHasher) so nodes agree without a shared vocabulary.",
     )
+    gcn_layers: int = option(
+        3, "`lightgcn`: propagation layers over the node's graph (0 = plain dot product)."
+    )
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -147,6 +151,9 @@ class ModelOptions:
                 f"feature-buckets={self.feature_buckets}: must be <= {MAX_WIDTH * 16}"
             )
         _positive(self, "factors", "feature_buckets")
+        _non_negative(self, "gcn_layers")
+        if self.gcn_layers > 16:
+            raise ConfigError(f"gcn-layers={self.gcn_layers}: must be <= 16")
         check_choices(self)
         if self.model != "gmf" and self.mlp_layers[0] % 2:
             raise ConfigError(
@@ -176,6 +183,7 @@ class ModelOptions:
             user_features=_columns(self.user_features),
             item_features=_columns(self.item_features),
             feature_buckets=self.feature_buckets,
+            gcn_layers=self.gcn_layers,
         )
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "PRIVATE_STATE_KEY",
     "PROXIMAL_MU_KEY",
     "SERVER_ROUND_KEY",
+    "SERVE_TARGET",
     "STATE_DIR_KEY",
     "STATE_RUN_KEY",
     "SUM_SUFFIX",
@@ -121,6 +122,8 @@ USERS_SERVED_KEY = "users-served"
 SUM_SUFFIX = "-sum"
 VAL_PART = "val"
 TEST_PART = "test"
+#: What a sequence model scores recommendations from after training (besides the parts).
+SERVE_TARGET = "serve"
 #: Personalised evaluation: ``global-val-*``/``global-test-*`` are the global model's.
 GLOBAL_PREFIX = "global-"
 #: Client sizes, not metrics: never averaged into results.

@@ -89,7 +89,7 @@ def test_markdown_and_toml_come_from_the_command_line(capsys):
 
 def test_every_key_lives_in_one_group_with_help():
     keys = [settings.key_of(f.name) for _, f in RunConfig.settings()]
-    assert len(keys) == len(set(keys)) == 73
+    assert len(keys) == len(set(keys)) == 74
     groups = {g for g, _ in RunConfig.settings()}
     assert groups == {None, "data", "model", "training", "strategy", "privacy", "serving"}
     for _, f in RunConfig.settings():
@@ -177,6 +177,7 @@ def test_centralized_cli_has_exactly_the_applicable_keys():
         "dataset", "data_dir", "seed", "num_eval_negatives", "implicit_threshold", "k_core",
         "duplicates", "validation", "split", "log_columns",
         "model", "factors", "mlp_layers", "user_features", "item_features", "feature_buckets",
+        "gcn_layers",
         "learning_rate", "weight_decay", "batch_size", "num_negatives", "top_k",
         "negative_pool", "full_ranking",
     }  # fmt: skip
@@ -189,7 +190,8 @@ def test_centralized_cli_has_exactly_the_applicable_keys():
     }  # fmt: skip
     assert federation_only <= inapplicable
     model = next(a for a in parser._actions if a.dest == "model")
-    assert model.metavar == "{gmf,mlp,neumf,mf,hybrid}" and "NCF architectures" in model.help
+    assert model.metavar == "{" + ",".join(ARCHITECTURES) + "}"
+    assert "NCF architectures" in model.help
 
 
 def test_centralized_cli_refuses_a_federation_key(capsys):

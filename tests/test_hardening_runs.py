@@ -11,7 +11,7 @@ from flwr.app import RecordDict
 
 from fedrec_flwr import threads
 from fedrec_flwr.client.numpy_client import NCFClient
-from fedrec_flwr.config import ConfigError, RunConfig
+from fedrec_flwr.config import ConfigError, ModelOptions, RunConfig
 from fedrec_flwr.datasets import load_client_data
 from fedrec_flwr.ops.cli import main as fedrec_main
 from fedrec_flwr.runs import centralized
@@ -367,7 +367,7 @@ def test_out_of_memory_names_the_size_keys(data, tmp_path, monkeypatch, capsys):
             "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
         )
 
-    monkeypatch.setattr(centralized, "build_model", oom)
+    monkeypatch.setattr(ModelOptions, "build", oom)
     assert _run(data, tmp_path / "out") == 2
     assert capsys.readouterr().err.strip() == (
         "error: out of memory building or training the model; lower factors, "
@@ -377,6 +377,6 @@ def test_out_of_memory_names_the_size_keys(data, tmp_path, monkeypatch, capsys):
     def other(*args, **kwargs):
         raise RuntimeError("something else")
 
-    monkeypatch.setattr(centralized, "build_model", other)  # negative control: not swallowed
+    monkeypatch.setattr(ModelOptions, "build", other)  # negative control: not swallowed
     with pytest.raises(RuntimeError, match=r"^something else$"):
         _run(data, tmp_path / "out")

@@ -20,7 +20,7 @@ from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
 # The families beyond NCF (NCF's own federated tests live in test_federated.py).
-FAMILIES = ["mf", "hybrid"]
+FAMILIES = ["mf", "hybrid", "lightgcn"]
 
 
 def _run(rc, num_partitions, out_dir):

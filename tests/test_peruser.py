@@ -116,7 +116,12 @@ def _factory(name: str):
     return build
 
 
-MODEL_NAMES = [*MODELS, "biased-mf", "whole-tables-mf"]
+# Pairwise families (own-objective ones are trained one by one: tests/test_looped.py).
+MODEL_NAMES = [
+    *(n for n in MODELS if build_model(n, 1, NUM_ITEMS).pairwise),
+    "biased-mf",
+    "whole-tables-mf",
+]
 
 
 def _log(seed: int = 0, num_users: int = NUM_USERS) -> tuple[np.ndarray, np.ndarray]:

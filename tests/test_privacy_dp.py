@@ -19,7 +19,7 @@ from fedrec_flwr.train.peruser import UserLevelDP, train_users_independently
 SETTINGS = {"epochs": 2, "batch": 8, "lr": 0.01, "wd": 0.0, "negs": 2}
 
 
-def _build(n: int, seed: int):
+def _build(n: int, seed: int, rows=None):
     return build_model("neumf", n, NUM_ITEMS, factors=8, mlp_layers=(16, 8), seed=seed)
 
 

@@ -38,6 +38,7 @@ from ..protocol import (
     GLOBAL_PREFIX,
     ITEM_COUNTS_KEY,
     PRIVATE_STATE_KEY,
+    SERVE_TARGET,
     TEST_PART,
     TRAIN_LOSS_KEY,
     USER_IDS_STATE_KEY,
@@ -188,7 +189,7 @@ class NCFClient(NumPyClient):
         wanted = np.zeros(data.num_users, dtype=bool)
         wanted[users] = True
         keep = wanted[seen_users]  # only the asked users' pairs
-        with self.model.history_for("serve"):  # a sequence model reads everything known
+        with self.model.history_for(SERVE_TARGET):  # a sequence model reads everything known
             return top_k(
                 self.model, users, k, exclude_users=seen_users[keep], exclude_items=seen_items[keep]
             )

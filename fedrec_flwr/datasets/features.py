@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction import FeatureHasher
 
 __all__ = ["AGE_EDGES", "HashedFeatures", "feature_tokens", "hash_features"]
 
@@ -127,6 +126,10 @@ def hash_features(table: pd.DataFrame, columns: Sequence[str], buckets: int) -> 
     codes = np.full((len(tokens), max(width, 1)), -1, dtype=np.int64)
     if not any(tokens):
         return HashedFeatures(codes, 0)
+    # Imported here: scikit-learn's import pulls in rich and more, which only a
+    # hybrid model on side features needs.
+    from sklearn.feature_extraction import FeatureHasher
+
     hasher = FeatureHasher(n_features=buckets, input_type="string", alternate_sign=False)
     distinct = sorted({tok for row in tokens for tok in row})
     bucket_of = dict(

@@ -21,6 +21,7 @@ from .base import (
     shared_names,
 )
 from .hybrid import DEFAULT_ITEM_FEATURES, DEFAULT_USER_FEATURES, Hybrid
+from .lightgcn import LightGCN
 from .mf import MF
 from .ncf import NCF
 
@@ -31,6 +32,7 @@ __all__ = [
     "NCF",
     "PRIVATE_PREFIX",
     "Hybrid",
+    "LightGCN",
     "NodeContext",
     "Recommender",
     "build_model",
@@ -83,10 +85,21 @@ def _hybrid(
     )
 
 
+def _lightgcn(
+    num_users: int, num_items: int, *, seed: int, factors: int = 64, gcn_layers: int = 3, **_: Any
+) -> Recommender:
+    return LightGCN(num_users, num_items, factors, layers=gcn_layers, seed=seed)
+
+
 # Name -> builder(num_users, num_items, *, seed, **hyperparameters): each builder
 # takes the hyperparameters it knows and ignores the rest; read-only.
 MODELS: Mapping[str, Callable[..., Recommender]] = MappingProxyType(
-    {**{arch: _ncf(arch) for arch in ("gmf", "mlp", "neumf")}, "mf": _mf, "hybrid": _hybrid}
+    {
+        **{arch: _ncf(arch) for arch in ("gmf", "mlp", "neumf")},
+        "mf": _mf,
+        "hybrid": _hybrid,
+        "lightgcn": _lightgcn,
+    }
 )
 ARCHITECTURES: tuple[str, ...] = tuple(MODELS)
 

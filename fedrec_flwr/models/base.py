@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..protocol import SERVE_TARGET, TEST_PART, VAL_PART
+
 if TYPE_CHECKING:
     from ..serving.recommender import NodeRecommender
 
@@ -63,7 +65,7 @@ def is_private(name: str) -> bool:
 
 # What a sequence model scores from: the validation item, the test item, or
 # recommendations after training (every known interaction).
-HISTORY_TARGETS = ("val", "test", "serve")
+HISTORY_TARGETS = (VAL_PART, TEST_PART, SERVE_TARGET)
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,7 +167,8 @@ class Recommender(nn.Module, ABC):
 
         Parameters
         ----------
-        target : {"val", "test", "serve"}
+        target : str
+            One of :data:`HISTORY_TARGETS` (validation, test, serving).
             What is about to be scored.
         """
         if target not in HISTORY_TARGETS:

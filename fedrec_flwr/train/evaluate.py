@@ -16,6 +16,7 @@ from torch import nn
 
 from ..datasets.prepare import ClientData
 from ..models.base import Recommender
+from ..protocol import TEST_PART, VAL_PART
 from .metrics import rank_of_positive, ranking_sums
 
 __all__ = ["EvalResult", "evaluate_ranking", "rank_logits", "rank_val_test"]
@@ -84,7 +85,7 @@ def rank_val_test(
     """
     users = np.arange(data.num_users)
     ranked = []
-    for target, targets in (("val", data.val_items), ("test", data.test_items)):
+    for target, targets in ((VAL_PART, data.val_items), (TEST_PART, data.test_items)):
         with _history_for(model, target):  # what a sequence model may read
             result = evaluate_ranking(model, users, targets, data.eval_negatives, ks)
         if full:

@@ -22,6 +22,7 @@ import torch
 
 from ..datasets.negatives import InteractionSet
 from ..models.base import NodeContext, Recommender, private_arrays, shared_arrays
+from ..protocol import TEST_PART, VAL_PART
 from .evaluate import EvalResult, rank_logits
 from .peruser import PerUserUpdate
 
@@ -196,7 +197,7 @@ def finetune_users_looped(
     if scope not in ("private", "all"):
         raise ValueError(f"scope={scope!r}: expected 'private' or 'all'")
     counts = np.bincount(context.train_users, minlength=context.num_users)
-    rows: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+    rows: dict[str, list[torch.Tensor]] = {VAL_PART: [], TEST_PART: []}
     for user in range(context.num_users):
         one = model
         if counts[user]:
@@ -213,8 +214,8 @@ def finetune_users_looped(
                 num_negatives=num_negatives,
                 weight_decay=weight_decay,
             )
-        for target, held_out in (("val", context.val_items), ("test", context.test_items)):
+        for target, held_out in ((VAL_PART, context.val_items), (TEST_PART, context.test_items)):
             candidates = np.concatenate([[held_out[user]], eval_negatives[user]])
             rows[target].append(_score(one, user, candidates, target))
-    val, test = (rank_logits(torch.stack(rows[t]), ks) for t in ("val", "test"))
+    val, test = (rank_logits(torch.stack(rows[t]), ks) for t in (VAL_PART, TEST_PART))
     return val, test

@@ -181,6 +181,11 @@ class _Layout:
 
 
 def _layout(model: Recommender, *, frozen_shared: bool, weight_decay: float) -> _Layout:
+    if not model.pairwise:
+        raise ValueError(
+            f"{type(model).__name__} is trained by its own objective (pairwise=False): "
+            "train its users with fedrec_flwr.train.looped instead"
+        )
     state = {k: v.detach() for k, v in model.state_dict().items()}
     private = tuple(n for n in state if model.is_private(n))
     # Shared data buffers (item features) have a row per item: sliced like the tables.
