@@ -100,7 +100,11 @@ class SASRec(Recommender):
     without its last item (last ``max_len``), the target at each position is
     the next item, and each target gets ``num_negatives`` negatives from the
     items outside the user's training set; binary cross-entropy over the
-    positives and negatives of the real (non-padding) positions.
+    positives and negatives of the real (non-padding) positions, each sample
+    (a positive or a negative) weighing the same in a mini-batch's mean.
+    Scores over the whole catalogue rank the user's own past items high (they
+    are positives at other positions and never negatives): recommendations
+    exclude them, as the evaluation's candidates do.
     """
 
     pairwise: ClassVar[bool] = False
