@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--negatives", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--loss", choices=("bce", "ce"), default="bce")
     parser.add_argument("--eval-every", type=int, default=1)
     parser.add_argument(
         "--patience",
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         blocks=args.blocks,
         heads=args.heads,
         dropout=args.dropout,
+        loss=args.loss,
         seed=args.seed,
     )
     model.bind(data.context())

@@ -88,6 +88,19 @@ def _family_rows(name: str, model: dict[str, Any], fed: dict[str, Any]) -> list[
 ROWS += [
     *_family_rows("MF", {"model": "mf", "factors": 32}, {"learning-rate": 0.005}),
     *_family_rows("hybrid", {"model": "hybrid", "factors": 32}, {"learning-rate": 0.005}),
+    # BPR over each node's graph (3 layers, d=64, as picked on validation by
+    # benchmarks/probe_lightgcn.py); it needs more passes than 20 epochs / 25 rounds.
+    *_family_rows(
+        "LightGCN",
+        {
+            "model": "lightgcn",
+            "factors": 64,
+            "learning-rate": 0.005,
+            "batch-size": 2048,
+            "num-server-rounds": 30,
+        },
+        {"num-server-rounds": 40},
+    ),
 ]
 QUICK_ROWS = ("centralised NeuMF", "FedAvg · 10 groups", "FedAvg · one user per client")
 

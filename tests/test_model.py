@@ -20,7 +20,9 @@ def test_split_names_and_sigmoid_output(arch):
     """Every registered model: user tables private, item tables shared, logits."""
     model = build_model(arch, 5, 7, factors=4, mlp_layers=(8, 4))
     shared, private = shared_arrays(model), private_arrays(model)
-    assert private and all(k.startswith("user_") for k in private)
+    # SASRec's user is their item sequence (the node's data), not a parameter.
+    assert (arch == "sasrec") != bool(private)
+    assert all(k.startswith("user_") for k in private)
     assert not any(model.is_private(k) for k in shared)
     assert set(model.item_tables()) <= set(shared) and model.item_tables()
     data = set(model.data_buffers())  # the node's data: neither sent nor stored
@@ -70,7 +72,11 @@ def test_unknown_architecture():
 
 
 def test_registry_builds_each_ncf_architecture_as_ncf_itself():
-    assert ARCHITECTURES == tuple(MODELS) == ("gmf", "mlp", "neumf", "mf", "hybrid", "lightgcn")
+    assert (
+        ARCHITECTURES
+        == tuple(MODELS)
+        == ("gmf", "mlp", "neumf", "mf", "hybrid", "lightgcn", "sasrec")
+    )
     for arch in ("gmf", "mlp", "neumf"):
         built = build_model(arch, 4, 9, factors=4, mlp_layers=(8, 4), seed=3)
         direct = NCF(4, 9, arch, 4, (8, 4), seed=3)
@@ -80,7 +86,8 @@ def test_registry_builds_each_ncf_architecture_as_ncf_itself():
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     with pytest.raises(
-        ValueError, match=r"model='bpr': unknown; accepted: gmf, mlp, neumf, mf, hybrid, lightgcn"
+        ValueError,
+        match=r"model='bpr': unknown; accepted: gmf, mlp, neumf, mf, hybrid, lightgcn, sasrec",
     ):
         build_model("bpr", 1, 1)
 

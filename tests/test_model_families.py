@@ -20,13 +20,17 @@ from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
 # The families beyond NCF (NCF's own federated tests live in test_federated.py).
-FAMILIES = ["mf", "hybrid", "lightgcn"]
+FAMILIES = ["mf", "hybrid", "lightgcn", "sasrec"]
 
 
 def _run(rc, num_partitions, out_dir):
     nodes = [{"partition-id": p, "num-partitions": num_partitions} for p in range(num_partitions)]
     grid = InProcessGrid(client_app, nodes, rc)
     return json.loads(run_federated(grid, RunConfig.from_mapping(rc), out_dir).read_text())
+
+
+# SASRec needs more passes than two epochs to learn.
+_OWN = {"sasrec": {"factors": 32, "num-server-rounds": 3, "local-epochs": 2}}
 
 
 def _config(ml100k_dir, model, **extra):
@@ -38,6 +42,7 @@ def _config(ml100k_dir, model, **extra):
         "local-epochs": 1,
         "learning-rate": 0.005,
         "full-ranking": False,
+        **_OWN.get(model, {}),
         **extra,
     }
 
@@ -54,11 +59,17 @@ def test_family_learns_federated_in_groups(model, ml100k_dir, tmp_path):
 @pytest.mark.parametrize("model", FAMILIES)
 def test_family_learns_per_user_with_per_user_finetuning(model, ml100k_dir, tmp_path):
     # Every user alone takes a few small steps per round: a larger step (as quality.py).
-    per_user = {"client-mode": "per-user", "finetune-epochs": 1, "learning-rate": 0.1}
+    per_user = {
+        "client-mode": "per-user",
+        "finetune-epochs": 1,
+        "learning-rate": 0.01 if model == "sasrec" else 0.1,  # Adam at 0.1 breaks attention
+    }
     rc = _config(ml100k_dir, model, **per_user)
     results = _run(rc, 4, tmp_path)
     last = results["rounds"][-1]
-    assert last["test"]["hr@10"] > 0.25, last  # measured: 0.33 (mf), 0.33 (hybrid)
+    # Measured: 0.33 (mf), 0.33 (hybrid); SASRec 0.15: each user alone takes two steps
+    # a round, too few for attention (the looped trainer's exactness: test_looped.py).
+    assert last["test"]["hr@10"] > (0.12 if model == "sasrec" else 0.25), last
     assert np.isfinite(last["global-test"]["hr@10"])
 
 

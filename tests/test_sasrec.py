@@ -162,8 +162,9 @@ def test_padding_does_not_change_a_representation():
 def test_training_pairs_are_next_items_at_every_position():
     model = bound([[4, 5, 6, 7, 8], [9, 10, 11]], 20, max_len=4, seed=0)
     # User 0 trains on 4, 5, 6: input 4, 5 -> targets 5, 6; user 1 has one training item.
-    assert model.train_inputs.tolist() == [[-1, -1, 4, 5], [-1, -1, -1, -1]]
-    assert model.train_targets.tolist() == [[-1, -1, 5, 6], [-1, -1, -1, -1]]
+    assert model.train_inputs.tolist() == [[-1, -1, 4, 5]]  # user 1 has no pair: no window
+    assert model.train_targets.tolist() == [[-1, -1, 5, 6]]
+    assert model.train_owner.tolist() == [0]
     assert model.history_train.tolist() == [[-1, 4, 5, 6], [-1, -1, -1, 9]]
     assert model.history_train_val.tolist() == [[4, 5, 6, 7], [-1, -1, 9, 10]]
     assert model.history_all.tolist() == [[5, 6, 7, 8], [-1, 9, 10, 11]]
@@ -292,3 +293,25 @@ def test_ml100k_partition_trains_and_ranks(ml100k_dir):
     val, test = rank_val_test(model, data, (10,))
     assert val.num_users == test.num_users == data.num_users
     assert finalize_sums(val.sums, val.num_users)["hr@10"] > 0.3  # chance: 0.1
+
+
+def test_long_sequences_are_cut_into_windows_so_every_item_is_a_target():
+    # User 0 trains on 1..7 (8, 9 held out): 6 pairs in windows of 3, from the end.
+    model = bound([[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13]], 20, max_len=3, seed=0)
+    assert model.train_inputs.tolist() == [[4, 5, 6], [1, 2, 3], [-1, -1, 10]]
+    assert model.train_targets.tolist() == [[5, 6, 7], [2, 3, 4], [-1, -1, 11]]
+    assert model.train_owner.tolist() == [0, 0, 1]
+
+
+def test_cross_entropy_objective_trains_and_is_reproducible():
+    sequences = random_sequences(12, 30, seed=3)
+    states = []
+    for _ in range(2):
+        model = bound(sequences, 30, loss="ce", seed=0)
+        loss = train(model, make_context(sequences), epochs=2, seed=5, batch_size=4)
+        states.append(model.state_dict())
+    assert np.isfinite(loss) and loss > 0
+    for name, value in states[0].items():
+        torch.testing.assert_close(value, states[1][name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="loss='mse'"):
+        SASRec(0, 5, loss="mse")

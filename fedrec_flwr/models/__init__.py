@@ -24,6 +24,7 @@ from .hybrid import DEFAULT_ITEM_FEATURES, DEFAULT_USER_FEATURES, Hybrid
 from .lightgcn import LightGCN
 from .mf import MF
 from .ncf import NCF
+from .sasrec import SASRec
 
 __all__ = [
     "ARCHITECTURES",
@@ -35,6 +36,7 @@ __all__ = [
     "LightGCN",
     "NodeContext",
     "Recommender",
+    "SASRec",
     "build_model",
     "is_private",
     "load_arrays",
@@ -91,6 +93,34 @@ def _lightgcn(
     return LightGCN(num_users, num_items, factors, layers=gcn_layers, seed=seed)
 
 
+def _sasrec(
+    num_users: int,
+    num_items: int,
+    *,
+    seed: int,
+    factors: int = 64,
+    max_seq_len: int = 50,
+    attention_blocks: int = 2,
+    attention_heads: int = 1,
+    dropout: float = 0.2,
+    test_input: str = "train+val",
+    sequence_loss: str = "bce",
+    **_: Any,
+) -> Recommender:
+    return SASRec(
+        num_users,
+        num_items,
+        factors,
+        max_len=max_seq_len,
+        blocks=attention_blocks,
+        heads=attention_heads,
+        dropout=dropout,
+        test_input=test_input,
+        loss=sequence_loss,
+        seed=seed,
+    )
+
+
 # Name -> builder(num_users, num_items, *, seed, **hyperparameters): each builder
 # takes the hyperparameters it knows and ignores the rest; read-only.
 MODELS: Mapping[str, Callable[..., Recommender]] = MappingProxyType(
@@ -99,6 +129,7 @@ MODELS: Mapping[str, Callable[..., Recommender]] = MappingProxyType(
         "mf": _mf,
         "hybrid": _hybrid,
         "lightgcn": _lightgcn,
+        "sasrec": _sasrec,
     }
 )
 ARCHITECTURES: tuple[str, ...] = tuple(MODELS)

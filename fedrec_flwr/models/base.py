@@ -140,6 +140,16 @@ class Recommender(nn.Module, ABC):
             The node's users, their interactions and side tables.
         """
 
+    def protocol(self) -> dict[str, str]:
+        """What the model adds to the evaluation protocol of ``results.json``.
+
+        Returns
+        -------
+        dict of str to str
+            Default: nothing (a sequence model states what it scores from).
+        """
+        return {}
+
     def data_buffers(self) -> tuple[str, ...]:
         """``state_dict`` entries that are the node's data, not parameters.
 

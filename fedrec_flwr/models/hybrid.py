@@ -26,6 +26,7 @@ features alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -210,6 +211,13 @@ class Hybrid(Recommender):
             hashed = hash_features(table, columns, self.feature_buckets)
             codes[side] = hashed.codes
             self.collisions += hashed.collisions
+        if self.collisions:
+            warnings.warn(
+                f"model='hybrid': {self.collisions} feature values share a hashed bucket "
+                f"with another value; raise feature-buckets (now {self.feature_buckets}) "
+                "to separate them",
+                stacklevel=2,
+            )
         with torch.no_grad():
             self.user_features = torch.from_numpy(codes["user"])
             self.item_features = torch.from_numpy(codes["item"])

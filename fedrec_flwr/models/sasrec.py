@@ -27,11 +27,14 @@ from torch.nn import functional as nnf
 from ..datasets.negatives import sample_train_negatives
 from .base import HISTORY_TARGETS, NodeContext, Recommender
 
-__all__ = ["TEST_INPUTS", "SASRec"]
+__all__ = ["LOSSES", "TEST_INPUTS", "SASRec"]
 
 #: What the test item is scored from: training + validation items (the paper's
 #: rule) or the training items only (the validation item's input).
 TEST_INPUTS = ("train+val", "train")
+# Training objectives: BCE against sampled negatives (the paper), or softmax
+# cross-entropy over the whole catalogue (RecBole's default for SASRec).
+LOSSES = ("bce", "ce")
 
 # "No item" in a history window (left padding). Never an embedding row: the item
 # table has exactly one row per catalogue item, padded entries are masked.
@@ -80,6 +83,11 @@ class SASRec(Recommender):
         What the test item is scored from (:data:`TEST_INPUTS`): the training
         items plus the validation item (the paper's rule) or the training
         items only. An attribute: it can be switched on a trained model.
+    loss : str (default: "bce")
+        Training objective (:data:`LOSSES`): ``"bce"``, each target against
+        ``num_negatives`` sampled negatives (the paper); ``"ce"``, softmax
+        cross-entropy over the whole catalogue at every position (RecBole's
+        default), which moves every item row each step.
     seed : int (default: 0)
         Initialisation seed (:meth:`reset_parameters`).
 
@@ -95,13 +103,17 @@ class SASRec(Recommender):
     representation of a user does not depend on how much padding its window
     has. Attention uses ``heads`` heads with an output projection.
 
-    Training (:meth:`train_epochs`) is the paper's objective: for every user
-    with at least two training items, the input is the training sequence
-    without its last item (last ``max_len``), the target at each position is
-    the next item, and each target gets ``num_negatives`` negatives from the
-    items outside the user's training set; binary cross-entropy over the
-    positives and negatives of the real (non-padding) positions, each sample
-    (a positive or a negative) weighing the same in a mini-batch's mean.
+    Training (:meth:`train_epochs`): for every user with at least two
+    training items, the input is the training sequence without its last item
+    and the target at each position is the next item. A sequence longer than
+    ``max_len`` is cut, from its end, into windows of ``max_len`` pairs, so
+    every training item is a target once per epoch (one window would leave
+    the start of long histories unused). With ``loss="bce"`` each target gets
+    ``num_negatives`` negatives from the items outside the user's training
+    set, binary cross-entropy over the positives and negatives of the real
+    (non-padding) positions, each sample weighing the same in a mini-batch's
+    mean; with ``loss="ce"``, the mean softmax cross-entropy of the targets
+    over the catalogue.
     Scores over the whole catalogue rank the user's own past items high (they
     are positives at other positions and never negatives): recommendations
     exclude them, as the evaluation's candidates do.
@@ -115,6 +127,7 @@ class SASRec(Recommender):
     history_all: torch.Tensor
     train_inputs: torch.Tensor
     train_targets: torch.Tensor
+    train_owner: torch.Tensor
 
     def __init__(
         self,
@@ -126,6 +139,7 @@ class SASRec(Recommender):
         heads: int = 1,
         dropout: float = 0.2,
         test_input: str = "train+val",
+        loss: str = "bce",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -145,6 +159,9 @@ class SASRec(Recommender):
             raise ValueError(f"dropout={dropout}: must be in [0, 1)")
         if test_input not in TEST_INPUTS:
             raise ValueError(f"test_input={test_input!r}: expected one of {TEST_INPUTS}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}: expected one of {LOSSES}")
+        self.loss = loss
         self.num_users = num_users
         self.num_items = num_items
         self.factors = factors
@@ -162,8 +179,11 @@ class SASRec(Recommender):
         empty = torch.full((num_users, max_len), _PAD, dtype=torch.int64)
         for name in ("history_train", "history_train_val", "history_all"):
             self.register_buffer(name, empty.clone(), persistent=False)
-        self.register_buffer("train_inputs", empty.clone(), persistent=False)
-        self.register_buffer("train_targets", empty.clone(), persistent=False)
+        # Training windows (several per long sequence) and the user of each.
+        none = torch.full((0, max_len), _PAD, dtype=torch.int64)
+        self.register_buffer("train_inputs", none.clone(), persistent=False)
+        self.register_buffer("train_targets", none.clone(), persistent=False)
+        self.register_buffer("train_owner", torch.zeros(0, dtype=torch.int64), persistent=False)
         self._target: str | None = None  # set by history_for
         self._dropout_gen: torch.Generator | None = None  # set by train_epochs
         self.reset_parameters(seed)
@@ -192,6 +212,27 @@ class SASRec(Recommender):
                 elif isinstance(module, nn.LayerNorm):
                     module.weight.fill_(1.0)
                     module.bias.zero_()
+
+    def protocol(self) -> dict[str, str]:
+        """The input rule, recorded with the results (both rules are reported in the field).
+
+        Returns
+        -------
+        dict of str to str
+            ``{"sequence-input": ...}``.
+        """
+        test = (
+            "the training items plus the validation item (the SASRec paper's rule)"
+            if self.test_input == "train+val"
+            else "the training items only"
+        )
+        return {
+            "sequence-input": (
+                f"the last {self.max_len} items: the validation item is scored from the "
+                f"training items, the test item from {test}; trained on the training "
+                f"sequence only, loss {self.loss}"
+            )
+        }
 
     def item_tables(self) -> tuple[str, ...]:
         """The item embedding (input and output, row = catalogue item code).
@@ -245,9 +286,16 @@ class SASRec(Recommender):
         # Appending the held-out items keeps the last max_len of the longer history.
         train_val = np.concatenate([train, val[:, None]], axis=1)[:, -length:]
         everything = np.concatenate([train, val[:, None], test[:, None]], axis=1)[:, -length:]
-        # Training pairs: input = sequence without its last item, target = next item.
-        inputs = _windows(items, starts, np.maximum(ends - 1, starts), length)
-        targets = np.where(inputs == _PAD, _PAD, _windows(items, starts + 1, ends, length))
+        # Training pairs: input = sequence without its last item, target = next
+        # item; a user's n - 1 pairs cut from the end into windows of `length`.
+        pairs = np.maximum(ends - starts - 1, 0)
+        per_user = -(-pairs // length)  # ceil
+        owner = np.repeat(np.arange(n), per_user)
+        back = np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+        stop = ends[owner] - 1 - back * length  # last input position (exclusive) of a window
+        first = starts[owner]
+        inputs = _windows(items, first, np.maximum(stop, first), length)
+        targets = np.where(inputs == _PAD, _PAD, _windows(items, first + 1, stop + 1, length))
         device = self.item_emb.weight.device
         for name, value in (
             ("history_train", train),
@@ -255,6 +303,7 @@ class SASRec(Recommender):
             ("history_all", everything),
             ("train_inputs", inputs),
             ("train_targets", targets),
+            ("train_owner", owner.astype(np.int64)),
         ):
             setattr(self, name, torch.from_numpy(np.ascontiguousarray(value)).to(device))
 
@@ -451,7 +500,8 @@ class SASRec(Recommender):
                 "need epochs >= 0, batch_size >= 1, num_negatives >= 1"
             )
         inputs, targets = self.train_inputs, self.train_targets
-        trainable = np.flatnonzero((targets != _PAD).any(dim=1).cpu().numpy())
+        trainable = np.arange(len(targets))  # windows; each has a real target
+        owners = self.train_owner.cpu().numpy()
         device = self.item_emb.weight.device
         gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
         was_training = self.training
@@ -462,11 +512,14 @@ class SASRec(Recommender):
             for _ in range(epochs):
                 real = targets[trainable] != _PAD
                 rows, cols = (t.cpu().numpy() for t in torch.nonzero(real, as_tuple=True))
-                drawn = sample_train_negatives(rng, trainable[rows], exclude, num_negatives)
                 negatives = torch.full(
-                    (len(trainable), self.max_len, num_negatives), _PAD, dtype=torch.int64
+                    (len(trainable), self.max_len, num_negatives if self.loss == "bce" else 0),
+                    _PAD,
+                    dtype=torch.int64,
                 )
-                negatives[rows, cols] = torch.from_numpy(drawn)
+                if self.loss == "bce":
+                    drawn = sample_train_negatives(rng, owners[rows], exclude, num_negatives)
+                    negatives[rows, cols] = torch.from_numpy(drawn)
                 negatives = negatives.to(device)
                 order = rng.permutation(len(trainable))
                 total, count = 0.0, 0
@@ -494,6 +547,10 @@ class SASRec(Recommender):
         hidden = self.encode(inputs)  # (B, L, d)
         real = targets != _PAD
         hidden = hidden[real]  # (P, d)
+        if self.loss == "ce":
+            logits = hidden @ self.item_emb.weight.T  # (P, num_items)
+            loss = nnf.cross_entropy(logits, targets[real], reduction="sum")
+            return loss, int(real.sum())
         positive = (hidden * self.item_emb(targets[real])).sum(-1)
         negative = torch.einsum("pd,pnd->pn", hidden, self.item_emb(negatives[real]))
         loss = nnf.binary_cross_entropy_with_logits(

@@ -121,7 +121,10 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
         paths.output_dir,
         mode="centralized",
         config=cfg.to_dict(),
-        protocol=with_negative_pool(prepared.protocol(), train.negative_pool),
+        protocol={
+            **with_negative_pool(prepared.protocol(), train.negative_pool),
+            **model.protocol(),
+        },
         dataset=prepared.stats(),
         rounds=rounds,
         model_state=state,

@@ -199,6 +199,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
     view = server_view(cfg)
     num_items, stats, protocol = view.num_items, view.stats, view.protocol
+    protocol = {**protocol, **cfg.model.build(0, num_items, seed=0).protocol()}
     max_train, max_evaluate, sizes = view.max_train, view.max_evaluate, view.partition_sizes
     strategy = build_strategy(
         cfg,
