@@ -55,6 +55,7 @@ __all__ = [
     "FINETUNE_SCOPES",
     "FINETUNE_UNITS",
     "LEAKY_POOL_WARNING",
+    "RATING_MODELS",
     "ConfigError",
     "DataOptions",
     "ModelOptions",
@@ -71,6 +72,8 @@ __all__ = [
 FINETUNE_SCOPES = ("all", "private")
 CLIENT_MODES = ("group", "per-user")
 FINETUNE_UNITS = ("client", "user")
+#: Models the rating task trains (pairwise models scoring a pair with one output).
+RATING_MODELS = ("gmf", "mlp", "neumf", "mf")
 LEAKY_POOL_WARNING = (
     "negative-pool='history' excludes held-out validation and test items from "
     "training negatives: the held-out item becomes the one item never drawn as a "
@@ -238,6 +241,12 @@ class TrainingOptions:
 
     learning_rate: float = option(0.001, "Adam learning rate.")
     weight_decay: float = option(0.0, "Adam L2 penalty.")
+    embedding_l2: float = option(
+        0.0,
+        "`task=rating`: L2 penalty on the embedding rows each rating reads (user and item "
+        "tables), averaged over the batch, as Surprise's `reg`; rows a batch does not read "
+        "are not pulled (Adam's `weight-decay` pulls every row at every step). 0 = off.",
+    )
     local_epochs: int = option(2, "Passes over a client's data per round.", centralized=False)
     batch_size: int = option(256, "Mini-batch size.")
     num_negatives: int = option(4, "Training negatives per positive.")
@@ -329,6 +338,8 @@ class TrainingOptions:
             raise ConfigError(f"learning-rate={self.learning_rate}: must be > 0")
         if not self.weight_decay >= 0:
             raise ConfigError(f"weight-decay={self.weight_decay}: must be >= 0")
+        if not self.embedding_l2 >= 0:
+            raise ConfigError(f"embedding-l2={self.embedding_l2}: must be >= 0")
         _non_negative(
             self, "proximal_mu", "finetune_epochs", "finetune_learning_rate", "num_threads"
         )
@@ -524,7 +535,14 @@ class RunConfig:
         """Combinations of keys from different groups (each group checked its own)."""
         training, strategy = self.training, self.strategy
         candidates = 1 + self.data.num_eval_negatives
-        if max(training.top_k) > candidates:
+        if self.data.task == "rating":
+            self._check_rating()
+        elif training.embedding_l2 > 0:
+            raise ConfigError(
+                f"embedding-l2={training.embedding_l2:g} with task='ranking': the penalty is "
+                "the rating task's; use weight-decay, or set task='rating'"
+            )
+        elif max(training.top_k) > candidates:
             # HR@K is then 1 for every model: a number that measures nothing.
             raise ConfigError(
                 f"top-k={_widths(training.top_k)}: cut-offs must be <= {candidates} "
@@ -555,6 +573,30 @@ class RunConfig:
                 "personal layers belong to a client, not to each user; set "
                 "finetune-unit='client' or private-layers=''"
             )
+
+    def _check_rating(self) -> None:
+        """The keys ``task='rating'`` cannot serve (it trains MSE with group clients)."""
+        training, model = self.training, self.model.model
+        if model not in RATING_MODELS:
+            raise ConfigError(
+                f"model={model!r} with task='rating': rating prediction is implemented for "
+                f"{', '.join(RATING_MODELS)} ({model} trains its own ranking objective); "
+                "pick one of them or set task='ranking'"
+            )
+        if training.negative_pool != "train":
+            raise ConfigError(
+                f"negative-pool={training.negative_pool!r} with task='rating': the rating task "
+                "draws no negatives; leave negative-pool='train'"
+            )
+        for key, value, default in (
+            ("client-mode", training.client_mode, "group"),
+            ("finetune-unit", training.finetune_unit, "client"),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"{key}={value!r} with task='rating': per-user training (train/peruser.py) "
+                    f"is pairwise BCE with sampled negatives, not MSE; set {key}={default!r}"
+                )
 
     def _check_serving(self) -> None:
         """Resume and warm start against the privacy keys (before any round).

@@ -102,3 +102,15 @@ def test_serve_quick(tmp_path):
         # The fast path and forward() on every pair recommend the same items.
         assert row["sample-agreement"] == 1.0
         assert row["target-met"] is None  # quick sizes check no targets
+
+
+def test_rating_quick(tmp_path, ml100k_dir):
+    text = _run("rating.py", tmp_path, "--data-dir", str(ml100k_dir))
+    assert "| MF · federated | 1 |" in text and "| Surprise SVD, KFold(5, random_state=0) |" in text
+    result = json.loads((tmp_path / "rating.json").read_text())
+    assert [(r["split"], r["fold"], r["mode"]) for r in result["rows"]] == [
+        ("kfold", 0, "centralized"),
+        ("kfold", 0, "federated"),
+    ]
+    for row in result["rows"]:
+        assert 0.5 < row["test-rmse"] < 1.5 and 0 < row["test-mae"] < row["test-rmse"]

@@ -52,7 +52,7 @@ from ..protocol import (
 from ..serving.mod import user_ids_of, user_ids_record
 from ..serving.scoring import top_k
 from ..threads import CLIENT_DEFAULT_THREADS, apply_num_threads
-from ..train.evaluate import EvalResult, rank_val_test
+from ..train.evaluate import EvalResult, evaluate_val_test
 from ..train.peruser import UserLevelDP
 from ..train.trainer import GroupTrainer, PerUserTrainer, Trainer, round_seed
 from .personal import PersonalLayers
@@ -183,9 +183,9 @@ class NCFClient(NumPyClient):
         else:
             seen_users, seen_items = data.train_users, data.train_items
             if exclude == "all":
-                local = np.arange(data.num_users)
-                seen_users = np.concatenate([seen_users, local, local])
-                seen_items = np.concatenate([seen_items, data.val_items, data.test_items])
+                held_users, held_items = data.held_out()
+                seen_users = np.concatenate([seen_users, held_users])
+                seen_items = np.concatenate([seen_items, held_items])
         wanted = np.zeros(data.num_users, dtype=bool)
         wanted[users] = True
         keep = wanted[seen_users]  # only the asked users' pairs
@@ -272,11 +272,13 @@ class NCFClient(NumPyClient):
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
-        """Rank validation and test items of this group's users.
+        """Rank validation and test items of this group's users (the rating
+        task: predict their validation and test ratings).
 
-        Returns the validation BCE loss, the number of users (the weight), and
-        metric *sums* (``val-hr@10-sum`` ...) so the server can compute exact
-        global values. With personalisation on (``finetune-epochs`` > 0 or
+        Returns the validation BCE loss (MSE), the number of users (the weight),
+        and metric *sums* (``val-hr@10-sum`` ..., ``val-sq-error-sum``,
+        ``val-abs-error-sum``, ``val-ratings-sum``) so the server can compute
+        exact global values. With personalisation on (``finetune-epochs`` > 0 or
         ``private-layers``), ``val-``/``test-`` are the personalised model's and
         ``global-val-``/``global-test-`` the global model's.
         """
@@ -289,7 +291,7 @@ class NCFClient(NumPyClient):
         knobs = self.config.round_knobs(config)
         personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
         ks = self.config.training.ks
-        ranked = rank_val_test(self.model, data, ks, full=self.config.training.full_ranking)
+        ranked = evaluate_val_test(self.model, data, ks, full=self.config.training.full_ranking)
         personalised = bool(personal) or knobs.finetune_epochs > 0
         if personalised:
             _add_sums(metrics, ranked, GLOBAL_PREFIX)

@@ -274,4 +274,5 @@ def read_atomic(
             if table.is_file()
             else None
         )
-    return LoadedData(frame, side[".user"], side[".item"], report, name=path.stem)
+    rated = "rating" in (name for name, _ in _header(path))
+    return LoadedData(frame, side[".user"], side[".item"], report, name=path.stem, rated=rated)

@@ -12,7 +12,10 @@ checksums), ``catalogue.txt`` (the shared item catalogue: one raw item id per
 line, in code order), and ``.npy`` arrays: ``users`` (global user codes,
 grouped by partition), ``user_offsets``, ``train_users`` (local index),
 ``train_items``, ``train_offsets``, ``val_items``, ``test_items``,
-``eval_negatives``.
+``eval_negatives``. The rating task adds ``train_ratings`` (by training row)
+and the held-out ratings ``{val,test}_rating_{users,items,values}`` (local
+user index) with their own ``{val,test}_rating_offsets``; its prediction
+offset is in ``meta.json`` (``rating-offset``).
 
 Nothing in a cache is trusted blindly. ``meta.json`` records the size and
 sha256 of every other file and one sha256 per partition over that partition's
@@ -48,13 +51,13 @@ import pandas as pd
 
 from ..paths import data_home, fedrec_home, staged
 from ..progress import progress
-from ..protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
+from ..protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, TEST_PART, VAL_PART
 from ._errors import DataFileError
 from .catalogue import write_catalogue
 from .negatives import InteractionSet
 from .options import MOVIELENS, DataOptions
 from .partitioners import DATA_DECIDED, make_partitioner, partition_stats
-from .prepare import ClientData, PreparedData, prepare_data
+from .prepare import ClientData, PreparedData, RatingRows, prepare_data
 
 __all__ = [
     "CACHE_FORMAT",
@@ -87,6 +90,19 @@ _SLICED = {
     "test_items": "user",
     "eval_negatives": "user",
 }
+# The rating task's arrays (present only in its caches), sliced by training
+# row or by held-out rating; hashed per partition after the others.
+_RATING_SLICED = {
+    "train_ratings": "train",
+    **{
+        f"{part}_rating_{what}": part
+        for part in (VAL_PART, TEST_PART)
+        for what in ("users", "items", "values")
+    },
+}
+_RATING_OFFSETS = {part: f"{part}_rating_offsets" for part in (VAL_PART, TEST_PART)}
+_RATING_ARRAYS = (*_RATING_SLICED, *_RATING_OFFSETS.values())
+_RATING_OFFSET_KEY = "rating-offset"
 # Small files hashed in full whenever the whole cache is checked (a partition
 # read checks only its own bounds and rows).
 _WHOLE = ("user_offsets.npy", "train_offsets.npy", "catalogue.txt", "user_ids.txt")
@@ -153,8 +169,14 @@ def _partition_sha256(
         by: (int(offsets[by][partition_id]), int(offsets[by][partition_id + 1])) for by in offsets
     }
     h = hashlib.sha256(np.array([*bounds["user"], *bounds["train"]], dtype=np.int64).data)
+    sliced = dict(_SLICED)
+    if "train_ratings" in arrays:  # the rating task: its bounds and rows too
+        for by, name in _RATING_OFFSETS.items():
+            bounds[by] = (int(arrays[name][partition_id]), int(arrays[name][partition_id + 1]))
+        h.update(np.array([*bounds[VAL_PART], *bounds[TEST_PART]], dtype=np.int64).data)
+        sliced.update(_RATING_SLICED)
     rows = {}
-    for name, by in _SLICED.items():
+    for name, by in sliced.items():
         start, stop = bounds[by]
         rows[name] = np.array(arrays[name][start:stop])
         h.update(np.ascontiguousarray(rows[name]).data)
@@ -258,6 +280,19 @@ def _write_partition_cache(
         "test_items": prepared.test_items[users],
         "eval_negatives": prepared.eval_negatives[users],
     }
+    ratings = prepared.ratings
+    if ratings is not None:
+        arrays["train_ratings"] = ratings.train_ratings[rows]
+        for part in (VAL_PART, TEST_PART):
+            held_users, held_items, values = ratings.part(part)
+            held_part = assignment[held_users]
+            order = np.argsort(held_part, kind="stable")  # each partition's rows in order
+            arrays[f"{part}_rating_users"] = local[held_users[order]]
+            arrays[f"{part}_rating_items"] = held_items[order]
+            arrays[f"{part}_rating_values"] = values[order]
+            counts = np.bincount(held_part, minlength=k)
+            arrays[_RATING_OFFSETS[part]] = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        meta = {**meta, _RATING_OFFSET_KEY: ratings.offset()}
     # Concurrent builders race harmlessly: the loser keeps the winner's copy
     # (same options and seed, so the same bits), unless that copy is damaged.
     with staged(target, directory=True, keep_existing=_keep_or_discard) as tmp:
@@ -465,7 +500,14 @@ def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
     try:
         files = meta["checksums"]["files"]
         tables = (t for t in (_USER_TABLE, _ITEM_TABLE) if t in files)
-        for name in (*(f"{a}.npy" for a in _ARRAYS), "catalogue.txt", "user_ids.txt", *tables):
+        rated = tuple(f"{a}.npy" for a in _RATING_ARRAYS) if _RATING_OFFSET_KEY in meta else ()
+        for name in (
+            *(f"{a}.npy" for a in _ARRAYS),
+            *rated,
+            "catalogue.txt",
+            "user_ids.txt",
+            *tables,
+        ):
             try:
                 size = (directory / name).stat().st_size
             except FileNotFoundError:
@@ -475,6 +517,7 @@ def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
                     f"{name} has {size} bytes, {files[name]['bytes']} expected (truncated?)"
                 )
         side = tuple(t for t in (_USER_TABLE, _ITEM_TABLE) if t in files)
+        side += tuple(f"{a}.npy" for a in _RATING_OFFSETS.values()) if rated else ()
         for name in (*_WHOLE, *side) if full else ():
             if _file_sha256(directory / name) != files[name]["sha256"]:
                 raise _DamagedError(f"{name} does not match its checksum")
@@ -488,7 +531,7 @@ def _verified_meta(directory: Path, *, full: bool) -> dict[str, Any]:
 def _open(directory: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
     files = meta["checksums"]["files"]
     arrays = {}
-    for name in _ARRAYS:
+    for name in (*_ARRAYS, *(_RATING_ARRAYS if _RATING_OFFSET_KEY in meta else ())):
         try:
             array = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
@@ -519,6 +562,20 @@ def _read_verified(
         raise _DamagedError(f"the arrays of partition {partition_id} do not match their checksum")
     start, stop = (int(arrays["user_offsets"][partition_id + i]) for i in (0, 1))
     user_table = _read_table(directory / _USER_TABLE)
+    ratings = None
+    if _RATING_OFFSET_KEY in meta:
+        offset = meta[_RATING_OFFSET_KEY]
+        ratings = RatingRows(
+            train_ratings=part["train_ratings"],
+            **{
+                f"{held}_{what}": part[f"{held}_rating_{column}"]
+                for held in (VAL_PART, TEST_PART)
+                for what, column in (("users", "users"), ("items", "items"), ("ratings", "values"))
+            },
+            mean=float(offset["mean"]),
+            low=float(offset["low"]),
+            high=float(offset["high"]),
+        )
     return ClientData(
         partition_id=partition_id,
         num_partitions=k,
@@ -536,6 +593,7 @@ def _read_verified(
             None if user_table is None else user_table.iloc[start:stop].reset_index(drop=True)
         ),
         item_table=_read_table(directory / _ITEM_TABLE),
+        ratings=ratings,
     )
 
 

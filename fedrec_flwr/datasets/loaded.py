@@ -30,6 +30,9 @@ class LoadedData:
         Rows read and dropped per kind (duplicates included).
     name : str
         Dataset name or file, for the record.
+    rated : bool (default: True)
+        Whether the source has a rating column; without one every ``rating``
+        is 1.0, which the rating task refuses.
     """
 
     interactions: pd.DataFrame
@@ -37,3 +40,4 @@ class LoadedData:
     items: pd.DataFrame | None
     report: ValidationReport
     name: str = ""
+    rated: bool = True

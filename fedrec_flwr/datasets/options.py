@@ -12,17 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..settings import check_choices, check_numbers, documented, option
+from ..settings import check_choices, check_numbers, documented, key_of, option
 from .partitioners import PARTITIONERS
-from .split import SPLITS
+from .split import KFOLD_SPLITS, SPLITS
 from .validation import DUPLICATE_POLICIES
 
-__all__ = ["MOVIELENS", "SOURCES", "VALIDATION_MODES", "DataOptions", "parse_columns"]
+__all__ = ["MOVIELENS", "SOURCES", "TASKS", "VALIDATION_MODES", "DataOptions", "parse_columns"]
 
 MOVIELENS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m", "ml-latest-small")
 # "atomic": RecBole files at data-dir; "log": a CSV/TSV/Parquet file at data-dir.
 SOURCES = (*MOVIELENS, "atomic", "log")
 VALIDATION_MODES = ("strict", "lenient")
+# What is learnt and measured: implicit-feedback ranking, or explicit rating prediction.
+TASKS = ("ranking", "rating")
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -61,6 +63,15 @@ class DataOptions:
         "Non-negative; seeds partitions, evaluation and training negatives, initialisation "
         "and shuffling.",
     )
+    task: str = option(
+        "ranking",
+        "`ranking`: implicit feedback (every kept interaction is a positive), each user's "
+        "held-out item ranked among sampled negatives (HR@K, NDCG@K). `rating`: explicit "
+        "ratings, every rating kept; the model predicts the rating (its output plus the mean "
+        "training rating), trained by MSE and evaluated by RMSE and MAE; models `mf`, `gmf`, "
+        "`mlp`, `neumf`, group clients.",
+        choices=TASKS,
+    )
     num_eval_negatives: int = option(
         99, "Negatives ranked against each held-out item (the ranking candidates)."
     )
@@ -81,9 +92,22 @@ class DataOptions:
     )
     split: str = option(
         "leave-one-out",
-        "Evaluation split: temporal leave-one-out with a validation item per user (ratio "
-        "splits are library functions; the client evaluates one held-out item per user).",
-        choices=SPLITS[:1],
+        "Evaluation split. `leave-one-out`: temporal, each user's latest interaction is its "
+        "test item (rating) and the second latest its validation one; the ranking task's only "
+        "split. `task=rating` also takes `random` (a seeded `test-fraction` of all ratings is "
+        "the test part) and `kfold` (fold `fold` of Surprise's `KFold(n_splits=5, "
+        "random_state=0)` over the ratings in file order); both hold out a seeded "
+        "`val-fraction` of the other ratings for validation.",
+        choices=SPLITS,
+    )
+    fold: int = option(0, "`split=kfold`: the test fold, 0 to 4.")
+    val_fraction: float = option(
+        0.1,
+        "`split=random` or `kfold`: share of the non-test ratings held out (seeded) for "
+        "validation, in (0, 1).",
+    )
+    test_fraction: float = option(
+        0.2, "`split=random`: share of all ratings in the test part (seeded), in (0, 1)."
     )
     partitioner: str = option(
         "random",
@@ -121,12 +145,8 @@ class DataOptions:
             raise ConfigError(f"seed={self.seed}: must be a non-negative integer")
         if self.num_eval_negatives < 1:
             raise ConfigError(f"num-eval-negatives={self.num_eval_negatives}: must be >= 1")
-        if self.split in SPLITS[1:]:
-            raise ConfigError(
-                f"split={self.split!r}: unknown; accepted: {SPLITS[0]} (ratio splits are "
-                "available as functions; the client evaluates one held-out item per user)"
-            )
         check_choices(self)
+        self._check_task()
         if self.k_core < 0:
             raise ConfigError(f"k-core={self.k_core}: must be >= 0")
         if not self.dirichlet_alpha > 0:
@@ -139,6 +159,46 @@ class DataOptions:
             parse_columns(self.log_columns)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _check_task(self) -> None:
+        """The split keys against ``task`` and each other."""
+        split = self.split
+        if self.task == "ranking" and split != "leave-one-out":
+            raise ConfigError(
+                f"split={split!r} with task='ranking': the ranking task evaluates one held-out "
+                "item per user, so its split is 'leave-one-out'; set task='rating' for "
+                f"split={split!r}"
+            )
+        if self.task == "rating" and self.implicit_threshold > 0:
+            raise ConfigError(
+                f"implicit-threshold={self.implicit_threshold:g} with task='rating': the rating "
+                "task keeps every rating (nothing is turned implicit); set implicit-threshold=0"
+            )
+        if not 0 <= self.fold < KFOLD_SPLITS:
+            raise ConfigError(
+                f"fold={self.fold}: must be in 0..{KFOLD_SPLITS - 1} (split='kfold' has "
+                f"{KFOLD_SPLITS} folds)"
+            )
+        for key, value, ok in (
+            ("val-fraction", self.val_fraction, 0 < self.val_fraction < 1),
+            ("test-fraction", self.test_fraction, 0 < self.test_fraction < 1),
+        ):
+            if not ok:
+                raise ConfigError(f"{key}={value:g}: must be in (0, 1)")
+        defaults = {f.name: f.default for f in dataclasses.fields(DataOptions)}
+        for name, needs in (
+            ("fold", ("kfold",)),
+            ("val_fraction", ("random", "kfold")),
+            ("test_fraction", ("random",)),
+        ):
+            value = getattr(self, name)
+            if value != defaults[name] and split not in needs:
+                accepted = " or ".join(repr(n) for n in needs)
+                raise ConfigError(
+                    f"{key_of(name)}={value:g} with split={split!r}: it applies only to "
+                    f"split={accepted}; set split={accepted} or {key_of(name)}="
+                    f"{defaults[name]:g}"
+                )
 
     @property
     def lenient(self) -> bool:

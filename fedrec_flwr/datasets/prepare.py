@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..models.base import NodeContext
-from ..protocol import NUM_USERS_KEY
+from ..protocol import NUM_USERS_KEY, TEST_PART, VAL_PART
+from ._errors import DataFileError
 from .atomic import read_atomic
 from .encoder import IdEncoder
 from .grouplens import load_movielens
@@ -26,7 +27,7 @@ from .loaded import LoadedData
 from .negatives import InteractionSet, sample_eval_negatives
 from .options import MOVIELENS, SOURCES, DataOptions, parse_columns
 from .partition import partition_users
-from .split import TIE_RULE, temporal_leave_one_out
+from .split import KFOLD_RULE, TIE_RULE, rating_split, temporal_leave_one_out
 from .tabular import read_log
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "NEGATIVE_POOLS",
     "ClientData",
     "PreparedData",
+    "RatingRows",
     "filter_k_core",
     "prepare_data",
     "protocol_without_data",
@@ -42,6 +44,87 @@ __all__ = [
 
 DATASETS = SOURCES
 NEGATIVE_POOLS = ("train", "history")
+
+
+@dataclass(frozen=True, eq=False)
+class RatingRows:
+    """The rating task's ratings: the training values and the held-out rows.
+
+    Attributes
+    ----------
+    train_ratings : numpy.ndarray
+        Rating (float32) of each training row, aligned with ``train_users`` /
+        ``train_items`` of the data that holds it.
+    val_users, val_items, val_ratings : numpy.ndarray
+        The validation ratings as (user, item code, rating) rows, grouped by
+        user: user codes in :class:`PreparedData`, local indices in
+        :class:`ClientData`. A user may have any number of them (the random
+        and K-fold splits), zero included.
+    test_users, test_items, test_ratings : numpy.ndarray
+        The test ratings, likewise.
+    mean : float
+        The mean training rating of the whole dataset: a model's output plus
+        ``mean`` is its predicted rating, so a model that outputs about 0 (MF
+        at initialisation) predicts the global mean. Every node of a
+        federation gets the same value with its partition.
+    low, high : float
+        The smallest and largest training rating; evaluated predictions are
+        clipped to ``[low, high]`` (Surprise clips to the rating scale).
+    """
+
+    train_ratings: np.ndarray
+    val_users: np.ndarray
+    val_items: np.ndarray
+    val_ratings: np.ndarray
+    test_users: np.ndarray
+    test_items: np.ndarray
+    test_ratings: np.ndarray
+    mean: float
+    low: float
+    high: float
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(users, items, ratings)`` of the validation (``VAL_PART``) or test
+        (``TEST_PART``) ratings."""
+        if name == VAL_PART:
+            return self.val_users, self.val_items, self.val_ratings
+        if name == TEST_PART:
+            return self.test_users, self.test_items, self.test_ratings
+        raise ValueError(f"part={name!r}: expected {VAL_PART!r} or {TEST_PART!r}")
+
+    def offset(self) -> dict[str, float]:
+        """The prediction offset and clipping range, as recorded in caches and results."""
+        return {"mean": self.mean, "low": self.low, "high": self.high}
+
+    def select(self, local: np.ndarray, train_rows: np.ndarray) -> RatingRows:
+        """The ratings of some users, re-indexed.
+
+        Parameters
+        ----------
+        local : numpy.ndarray
+            New index of each user code, -1 for users left out.
+        train_rows : numpy.ndarray
+            Positions of the kept training rows, in their new order.
+        """
+        kept = {}
+        for name in (VAL_PART, TEST_PART):
+            users, items, ratings = self.part(name)
+            keep = np.flatnonzero(local[users] >= 0)
+            kept[name] = (local[users[keep]], items[keep], ratings[keep])
+        (val_users, val_items, val_ratings) = kept[VAL_PART]
+        (test_users, test_items, test_ratings) = kept[TEST_PART]
+        return RatingRows(
+            train_ratings=self.train_ratings[train_rows],
+            val_users=val_users,
+            val_items=val_items,
+            val_ratings=val_ratings,
+            test_users=test_users,
+            test_items=test_items,
+            test_ratings=test_ratings,
+            mean=self.mean,
+            low=self.low,
+            high=self.high,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +151,10 @@ class PreparedData:
         user code ``u``), ``None`` where the source has none.
     preparation : dict or None
         What preparation did (threshold, k-core, rows dropped), for the record.
+    ratings : RatingRows or None
+        The rating task's ratings (``task='rating'``); None for ranking. The
+        per-user ``val_items`` / ``test_items`` are then -1 and
+        ``eval_negatives`` has no columns: the held-out ratings are here.
     """
 
     name: str
@@ -82,6 +169,7 @@ class PreparedData:
     user_table: pd.DataFrame | None = None
     item_table: pd.DataFrame | None = None
     preparation: dict[str, Any] | None = None
+    ratings: RatingRows | None = None
 
     @property
     def num_users(self) -> int:
@@ -93,6 +181,18 @@ class PreparedData:
 
     def stats(self) -> dict[str, Any]:
         """Sizes, for results files."""
+        if self.ratings is not None:
+            held_out = len(self.ratings.val_ratings) + len(self.ratings.test_ratings)
+            return {
+                "name": self.name,
+                NUM_USERS_KEY: self.num_users,
+                "num-items": self.num_items,
+                "num-interactions": len(self.train_items) + held_out,
+                "num-train-interactions": len(self.train_items),
+                "num-val-ratings": len(self.ratings.val_ratings),
+                "num-test-ratings": len(self.ratings.test_ratings),
+                "mean-train-rating": self.ratings.mean,
+            }
         return {
             "name": self.name,
             NUM_USERS_KEY: self.num_users,
@@ -118,6 +218,8 @@ class PreparedData:
 
     def protocol(self) -> dict[str, Any]:
         """The evaluation protocol, recorded verbatim in results files."""
+        if self.ratings is not None:
+            return _rating_protocol(self.preparation or {}, self.ratings.offset())
         return _protocol(self.preparation or {}, int(self.eval_negatives.shape[1]))
 
     def client_data(self, partition_id: int = 0, num_partitions: int = 1) -> ClientData:
@@ -151,6 +253,7 @@ class PreparedData:
         rows = np.flatnonzero(assignment[self.train_users] == partition_id)
         train_users = local[self.train_users[rows]]
         train_items = self.train_items[rows]
+        ratings = None if self.ratings is None else self.ratings.select(local, rows)
         return ClientData(
             partition_id=partition_id,
             num_partitions=num_partitions,
@@ -170,6 +273,7 @@ class PreparedData:
                 else self.user_table.iloc[users].reset_index(drop=True)
             ),
             item_table=self.item_table,
+            ratings=ratings,
         )
 
 
@@ -205,10 +309,75 @@ def _protocol(prep: Mapping[str, Any], num_eval_negatives: int) -> dict[str, Any
     }
 
 
+def _rating_protocol(prep: Mapping[str, Any], offset: Mapping[str, float] | None) -> dict[str, Any]:
+    """The rating task's protocol record (``offset``: the measured mean and range)."""
+    split = prep.get("split", "leave-one-out")
+    if split == "leave-one-out":
+        described = (
+            "temporal leave-one-out: each user's latest rating is its test rating, the second "
+            "latest its validation rating, the rest are training ratings"
+        )
+        carved: dict[str, Any] = {"tie-rule": TIE_RULE}
+    else:
+        if split == "random":
+            share = prep.get("test-fraction", 0.2)
+            described = (
+                f"seeded random hold-out: ceil({share:g} n) of the n ratings, drawn with the run "
+                "seed, are the test part"
+            )
+        else:
+            described = f"K-fold cross-validation, test fold {prep.get('fold', 0)}: {KFOLD_RULE}"
+        carved = {
+            "validation": (
+                f"ceil({prep.get('val-fraction', 0.1):g} m) of the m non-test ratings, drawn "
+                "with the run seed; the rest are training ratings"
+            )
+        }
+    extra = {"k-core": prep["k-core"]} if prep.get("k-core") else {}
+    # Nodes that read their own logs (no offset known here) each take their own mean.
+    where = " of the node's own log" if offset is None else f" ({offset['mean']:.6g})"
+    clip = "" if offset is None else f" [{offset['low']:g}, {offset['high']:g}]"
+    same = "" if offset is None else ", the same on every node"
+    return {
+        "task": "rating",
+        "feedback": "explicit: every rating is kept and predicted",
+        **extra,
+        "split": described,
+        **carved,
+        "prediction": (
+            f"model output + the mean training rating{where}{same}; "
+            f"clipped to the training ratings' range{clip} when evaluated"
+        ),
+        "training": "mean squared error on the rating (MSE)",
+        "metrics": (
+            "RMSE and MAE over every held-out rating; federated values come from exact "
+            "global sums of squared errors, absolute errors and rating counts"
+        ),
+        "model-selection": "round/epoch with the lowest validation RMSE",
+        **({"offset": dict(offset)} if offset is not None else {}),
+    }
+
+
+def _split_record(options: DataOptions) -> dict[str, Any]:
+    """The rating task's split keys, for the preparation record (empty for ranking)."""
+    if options.task != "rating":
+        return {}
+    record: dict[str, Any] = {"task": options.task, "split": options.split}
+    if options.split == "kfold":
+        record["fold"] = options.fold
+    if options.split == "random":
+        record["test-fraction"] = options.test_fraction
+    if options.split != "leave-one-out":
+        record["val-fraction"] = options.val_fraction
+    return record
+
+
 def protocol_without_data(options: DataOptions) -> dict[str, Any]:
     """The protocol record for a server that holds no interaction data (nodes
     read their own files): what the options ask for, not what was measured."""
     prep = {"implicit-threshold": options.implicit_threshold, "k-core": options.k_core}
+    if options.task == "rating":
+        return _rating_protocol({**prep, **_split_record(options)}, None)
     return _protocol(prep, options.num_eval_negatives)
 
 
@@ -235,6 +404,7 @@ def _prepare_frame(
     item_catalogue: np.ndarray | None = None,
     preparation: dict[str, Any] | None = None,
     negatives_salt: int | None = None,
+    options: DataOptions | None = None,
 ) -> PreparedData:
     """Encode ids, split, and draw evaluation negatives for an interactions frame.
 
@@ -260,7 +430,21 @@ def _prepare_frame(
     negatives_salt : int, optional (default: None)
         Extra seed entropy (the partition id of a node-local log, so nodes do
         not draw identical negatives).
+    options : DataOptions, optional (default: None)
+        Its ``task``, ``split``, ``fold`` and fractions; None = the ranking task.
+        With ``task='rating'`` the ``rating`` column is kept and split by
+        :func:`~fedrec_flwr.datasets.split.rating_split`; no negatives are drawn.
     """
+    if options is not None and options.task == "rating":
+        return _prepare_ratings(
+            frame,
+            name=name,
+            options=options,
+            users=users,
+            items=items,
+            item_catalogue=item_catalogue,
+            preparation=preparation,
+        )
     if "timestamp" not in frame.columns:
         raise ValueError(f"{name}: no timestamp column; the temporal split needs one")
     # Encoding sorted by raw id makes codes independent of file order.
@@ -294,6 +478,75 @@ def _prepare_frame(
         user_table=_aligned(users, "user", np.asarray(user_ids)),
         item_table=_aligned(items, "item", np.asarray(item_ids)),
         preparation=preparation,
+    )
+
+
+def _prepare_ratings(
+    frame: pd.DataFrame,
+    *,
+    name: str,
+    options: DataOptions,
+    users: pd.DataFrame | None,
+    items: pd.DataFrame | None,
+    item_catalogue: np.ndarray | None,
+    preparation: dict[str, Any] | None,
+) -> PreparedData:
+    """:func:`_prepare_frame` for the rating task: every rating kept and split."""
+    if options.split == "leave-one-out" and "timestamp" not in frame.columns:
+        raise ValueError(
+            f"{name}: no timestamp column; split='leave-one-out' needs one (or use "
+            "split='random' or 'kfold')"
+        )
+    user_encoder = IdEncoder()
+    user_codes = user_encoder.fit_transform(frame["user"]).astype(np.int64)
+    item_encoder = IdEncoder()
+    if item_catalogue is None:
+        item_codes = item_encoder.fit_transform(frame["item"])
+    else:
+        item_codes = item_encoder.fit_from_classes(item_catalogue).transform(frame["item"])
+    item_codes = np.asarray(item_codes, dtype=np.int64)
+    user_ids, item_ids = user_encoder.classes_, item_encoder.classes_
+    stamps = frame["timestamp"].to_numpy() if "timestamp" in frame.columns else None
+    split = rating_split(
+        user_codes,
+        stamps,
+        options.split,
+        seed=options.seed,
+        fold=options.fold,
+        val_fraction=options.val_fraction,
+        test_fraction=options.test_fraction,
+    )
+    values = frame["rating"].to_numpy(dtype=np.float64)
+    train = values[split.train_rows]
+    if not len(train):
+        raise ValueError(f"{name}: no training ratings left after the split")
+    ratings = RatingRows(
+        train_ratings=train.astype(np.float32),
+        val_users=user_codes[split.val_rows],
+        val_items=item_codes[split.val_rows],
+        val_ratings=values[split.val_rows].astype(np.float32),
+        test_users=user_codes[split.test_rows],
+        test_items=item_codes[split.test_rows],
+        test_ratings=values[split.test_rows].astype(np.float32),
+        mean=float(train.mean()),
+        low=float(train.min()),
+        high=float(train.max()),
+    )
+    no_item = np.full(len(user_ids), -1, dtype=np.int64)
+    return PreparedData(
+        name=name,
+        user_ids=np.asarray(user_ids),
+        item_ids=np.asarray(item_ids),
+        train_users=user_codes[split.train_rows],
+        train_items=item_codes[split.train_rows],
+        val_items=no_item,
+        test_items=no_item.copy(),
+        eval_negatives=np.zeros((len(user_ids), 0), dtype=np.int64),
+        seed=options.seed,
+        user_table=_aligned(users, "user", np.asarray(user_ids)),
+        item_table=_aligned(items, "item", np.asarray(item_ids)),
+        preparation=preparation,
+        ratings=ratings,
     )
 
 
@@ -372,7 +625,14 @@ def _prepare_loaded(
         Extra seed entropy for the evaluation negatives.
     """
     frame = loaded.interactions
+    if options.task == "rating" and not loaded.rated:
+        raise DataFileError(
+            f"{loaded.name or options.dataset}: task='rating' needs a rating column and this "
+            "log has none; name it in log-columns (e.g. 'user=uid,item=sku,rating=stars') "
+            "or set task='ranking'"
+        )
     rows_loaded = len(frame)
+    # The rating task keeps every rating (its options refuse a threshold).
     frame = to_implicit(frame, options.implicit_threshold)
     rows_implicit = len(frame)
     frame = filter_k_core(frame, options.k_core)
@@ -383,6 +643,7 @@ def _prepare_loaded(
         "rows-below-threshold": rows_loaded - rows_implicit,
         "rows-removed-by-k-core": rows_implicit - len(frame),
         "validation": loaded.report.to_dict(),
+        **_split_record(options),
     }
     return _prepare_frame(
         frame,
@@ -394,6 +655,7 @@ def _prepare_loaded(
         item_catalogue=item_catalogue,
         preparation=preparation,
         negatives_salt=negatives_salt,
+        options=options,
     )
 
 
@@ -454,6 +716,9 @@ class ClientData:
     user_table, item_table : pandas.DataFrame or None (default: None)
         Side features: row ``i`` describes local user ``i`` / item code ``i``;
         None where the data has none.
+    ratings : RatingRows or None (default: None)
+        The rating task's ratings, users as local indices (``val_items`` /
+        ``test_items`` are then -1); None for ranking.
     """
 
     partition_id: int
@@ -470,6 +735,7 @@ class ClientData:
     raw_item_ids: np.ndarray | None = None
     user_table: pd.DataFrame | None = None
     item_table: pd.DataFrame | None = None
+    ratings: RatingRows | None = None
 
     @property
     def num_users(self) -> int:
@@ -491,6 +757,16 @@ class ClientData:
     def num_train(self) -> int:
         return len(self.train_items)
 
+    def held_out(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(users, items)`` of every held-out pair: validation then test (one
+        each per user for ranking, the held-out ratings for the rating task)."""
+        if self.ratings is not None:
+            val_users, val_items, _ = self.ratings.part(VAL_PART)
+            test_users, test_items, _ = self.ratings.part(TEST_PART)
+            return np.concatenate([val_users, test_users]), np.concatenate([val_items, test_items])
+        local = np.arange(self.num_users)
+        return np.concatenate([local, local]), np.concatenate([self.val_items, self.test_items])
+
     def negative_pool(self, pool: str) -> InteractionSet:
         """Pairs never drawn as *training* negatives.
 
@@ -508,10 +784,10 @@ class ClientData:
         if pool == "train":
             return self.train_set
         if pool == "history":
-            local = np.arange(self.num_users)
+            held_users, held_items = self.held_out()
             return InteractionSet(
-                np.concatenate([self.train_users, local, local]),
-                np.concatenate([self.train_items, self.val_items, self.test_items]),
+                np.concatenate([self.train_users, held_users]),
+                np.concatenate([self.train_items, held_items]),
                 self.num_items,
             )
         raise ValueError(f"negative-pool={pool!r}: unknown; accepted: {', '.join(NEGATIVE_POOLS)}")

@@ -310,7 +310,7 @@ def read_log(
             report=report.side_table(str(users_path)),
         ).rename(columns={key: "user"})
     frame = apply_duplicate_policy(frame, duplicates, report=report, source=str(path))
-    return LoadedData(frame, users, None, report, name=path.stem)
+    return LoadedData(frame, users, None, report, name=path.stem, rated="rating" in columns)
 
 
 def _side_header(path: Path, sep: str | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""Centralised baseline: the same model, split, negatives and metrics, no FL.
+"""Centralised baseline: the same model, split, negatives and metrics, no FL
+(for ``task='rating'``: the same MSE training and RMSE/MAE evaluation).
 
 Run ``python -m fedrec_flwr.runs.centralized --help``. Flags are the run-config
 keys that apply without a federation (:func:`centralized_fields`; ``--model neumf
@@ -25,9 +26,9 @@ from ..progress import progress
 from ..protocol import TEST_PART, VAL_PART
 from ..settings import add_flags, key_of, setting
 from ..threads import apply_num_threads
-from ..train.evaluate import rank_val_test
-from ..train.group import train_epochs
-from ..train.metrics import finalize_sums
+from ..train.evaluate import evaluate_val_test
+from ..train.group import train_epochs, train_rating_epochs
+from ..train.metrics import RMSE, finalize_metrics
 from .results import (
     check_run_paths,
     round_entry,
@@ -85,30 +86,51 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
     # A bar on a terminal, plain lines in a log (the per-epoch lines go to stdout).
     for epoch in progress(epochs, "training epochs", unit="epochs") if log else epochs:
         t0 = time.perf_counter()
-        loss = train_epochs(
-            model,
-            data.train_users,
-            data.train_items,
-            exclude,
-            epochs=1,
-            batch_size=train.batch_size,
-            optimizer=optimizer,
-            num_negatives=train.num_negatives,
-            rng=rng,
-        )
+        if data.ratings is not None:
+            loss = train_rating_epochs(
+                model,
+                data.train_users,
+                data.train_items,
+                data.ratings.train_ratings,
+                offset=data.ratings.mean,
+                epochs=1,
+                batch_size=train.batch_size,
+                optimizer=optimizer,
+                rng=rng,
+                embedding_l2=train.embedding_l2,
+            )
+        else:
+            loss = train_epochs(
+                model,
+                data.train_users,
+                data.train_items,
+                exclude,
+                epochs=1,
+                batch_size=train.batch_size,
+                optimizer=optimizer,
+                num_negatives=train.num_negatives,
+                rng=rng,
+            )
         train_seconds = time.perf_counter() - t0
-        val, test = rank_val_test(model, data, train.ks, full=train.full_ranking)
+        val, test = evaluate_val_test(model, data, train.ks, full=train.full_ranking)
         entry = round_entry(
             epoch,
             train_loss=loss,
-            val=finalize_sums(val.sums, val.num_users),
-            test=finalize_sums(test.sums, test.num_users),
+            val=finalize_metrics(val.sums, val.num_users),
+            test=finalize_metrics(test.sums, test.num_users),
             val_loss=val.loss,
             wall_seconds=time.perf_counter() - t0,
             train_seconds=train_seconds,
         )
         rounds.append(entry)
-        if log:
+        if log and RMSE in entry[VAL_PART]:
+            print(
+                f"epoch {epoch:3d} loss {loss:.4f} val RMSE {entry[VAL_PART]['rmse']:.4f} "
+                f"MAE {entry[VAL_PART]['mae']:.4f} | test RMSE {entry[TEST_PART]['rmse']:.4f} "
+                f"MAE {entry[TEST_PART]['mae']:.4f} ({entry['wall-seconds']:.1f}s)",
+                flush=True,
+            )
+        elif log:
             print(
                 f"epoch {epoch:3d} loss {loss:.4f} val HR@10 {entry[VAL_PART]['hr@10']:.4f} "
                 f"NDCG@10 {entry[VAL_PART]['ndcg@10']:.4f} | test HR@10 "

@@ -45,6 +45,7 @@ from ..serving.rounds import run_rounds
 from ..serving.session import ServerSession
 from ..strategies import PartitionSizes
 from ..strategies.registry import build_strategy
+from ..train.metrics import MAE, RMSE, rating_metrics
 from .metering import MeteredGrid
 
 if TYPE_CHECKING:
@@ -308,9 +309,13 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     final = rounds[-1][TEST_PART]
     log(
         INFO,
-        "fedrec-flwr: final test HR@10 %.4f NDCG@10 %.4f; rounds with dropped replies: %s",
-        final.get("hr@10", float("nan")),
-        final.get("ndcg@10", float("nan")),
+        "fedrec-flwr: final test %s; rounds with dropped replies: %s",
+        (
+            f"RMSE {final[RMSE]:.4f} MAE {final.get(MAE, float('nan')):.4f}"
+            if RMSE in final
+            else f"HR@10 {final.get('hr@10', float('nan')):.4f} "
+            f"NDCG@10 {final.get('ndcg@10', float('nan')):.4f}"
+        ),
         dropped_rounds or "none",
     )
     log(INFO, "fedrec-flwr: wrote %s (results.json, model.pt, metrics.png)", out_dir)
@@ -449,12 +454,17 @@ def round_entries(
         nxt = metered.rounds[starts[i + 1]].started if i + 1 < len(starts) else t_end
         train = dict(train_metrics.get(rnd, {}))
         evaluate = dict(evaluate_metrics.get(rnd, {}))
+        val = rating_metrics(prefixed(evaluate, VAL_PART))
+        val_loss = _number(evaluate.get(LOSS_KEY))
+        if RMSE in val:
+            # The exact global MSE, not the user-weighted mean of the nodes' MSEs.
+            val_loss = val[RMSE] ** 2
         entry = round_entry(
             rnd,
             train_loss=_number(train.get(TRAIN_LOSS_KEY)),
-            val=prefixed(evaluate, VAL_PART),
-            test=prefixed(evaluate, TEST_PART),
-            val_loss=_number(evaluate.get(LOSS_KEY)),
+            val=val,
+            test=rating_metrics(prefixed(evaluate, TEST_PART)),
+            val_loss=val_loss,
             wall_seconds=nxt - traffic.started,
             bytes_sent=traffic.bytes_sent,
             bytes_received=traffic.bytes_received,
@@ -468,7 +478,9 @@ def round_entries(
         )
         if any(k.startswith(f"{GLOBAL_PREFIX}{VAL_PART}-") for k in evaluate):
             # Personalised evaluation: val/test are personalised, these the global model's.
-            entry[f"{GLOBAL_PREFIX}{VAL_PART}"] = prefixed(evaluate, VAL_PART, GLOBAL_PREFIX)
-            entry[f"{GLOBAL_PREFIX}{TEST_PART}"] = prefixed(evaluate, TEST_PART, GLOBAL_PREFIX)
+            for part in (VAL_PART, TEST_PART):
+                entry[f"{GLOBAL_PREFIX}{part}"] = rating_metrics(
+                    prefixed(evaluate, part, GLOBAL_PREFIX)
+                )
         entries.append(entry)
     return entries

@@ -8,6 +8,7 @@ per round or epoch, and the validation-selected round), a ``model.pt`` and a
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 __all__ = [
+    "RATING_SELECTION_METRIC",
     "SELECTION_METRIC",
     "RunPaths",
     "check_run_paths",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 SELECTION_METRIC = "hr@10"
+#: The rating task's selection metric (lowest wins).
+RATING_SELECTION_METRIC = "rmse"
 
 
 def resolve_output_dir(output_dir: str, run_name: str) -> Path:
@@ -163,11 +167,14 @@ def round_entry(
     round_ : int
         Federated round, or epoch of the centralised baseline (from 1).
     train_loss : float or None
-        Mean training BCE of the round (None if no training reply arrived).
+        Mean training BCE of the round (None if no training reply arrived);
+        the rating task's: MSE.
     val, test : mapping of str to float
-        Global metrics (``hr@10``, ``ndcg@10`` ...) on the validation and test items.
+        Global metrics (``hr@10``, ``ndcg@10`` ...; the rating task's ``rmse``
+        and ``mae``) on the validation and test items.
     val_loss : float or None
-        Mean validation BCE over all candidates.
+        Mean validation BCE over all candidates (the rating task: the
+        validation MSE).
     wall_seconds : float
         Wall-clock time of the round.
     bytes_sent, bytes_received : int (default: 0)
@@ -196,6 +203,12 @@ def summary_line(results_path: Path, selected: Mapping[str, Any] | None) -> str:
     if not selected:
         return f"fedrec-flwr: {where}; no round was evaluated"
     val, test = selected[VAL_PART], selected[TEST_PART]
+    if RATING_SELECTION_METRIC in val:
+        return (
+            f"fedrec-flwr: {where}; selected round {selected['round']} by {selected['by']}: "
+            f"val RMSE {val['rmse']:.4f} MAE {val.get('mae', float('nan')):.4f}, test RMSE "
+            f"{test.get('rmse', float('nan')):.4f} MAE {test.get('mae', float('nan')):.4f}"
+        )
     return (
         f"fedrec-flwr: {where}; selected round {selected['round']} by {selected['by']}: "
         f"val HR@10 {val.get('hr@10', float('nan')):.4f} NDCG@10 "
@@ -205,17 +218,27 @@ def summary_line(results_path: Path, selected: Mapping[str, Any] | None) -> str:
 
 
 def select_by_validation(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The round with the best validation HR@10 (earliest on ties).
+    """The round with the best validation HR@10 (the rating task: the lowest
+    validation RMSE), the earliest on ties.
 
     Test metrics are reported at that round only; they play no part in the choice.
     """
     scored = [r for r in rounds if r.get(VAL_PART)]
     if not scored:
         return None
-    best = max(scored, key=lambda r: (r[VAL_PART][SELECTION_METRIC], -r["round"]))
+    metric = SELECTION_METRIC
+    if all(RATING_SELECTION_METRIC in r[VAL_PART] for r in scored):
+        metric = RATING_SELECTION_METRIC
+        # nan (no validation rating) never wins.
+        best = min(
+            scored,
+            key=lambda r: (math.isnan(r[VAL_PART][metric]), r[VAL_PART][metric], r["round"]),
+        )
+    else:
+        best = max(scored, key=lambda r: (r[VAL_PART][SELECTION_METRIC], -r["round"]))
     return {
         "round": best["round"],
-        "by": f"{VAL_PART}-{SELECTION_METRIC}",
+        "by": f"{VAL_PART}-{metric}",
         VAL_PART: best[VAL_PART],
         TEST_PART: best[TEST_PART],
     }
@@ -226,6 +249,8 @@ def with_negative_pool(protocol: Mapping[str, Any], pool: str) -> dict[str, Any]
     flagged in the record itself, so no number from it passes as honest."""
     from ..config import LEAKY_POOL_WARNING
 
+    if protocol.get("task") == "rating":  # no negatives are drawn
+        return dict(protocol)
     out = {**protocol, "negative-pool": pool}
     if pool != "train":
         out["train-negatives"] = f"LEAKY: {LEAKY_POOL_WARNING}"
@@ -234,7 +259,8 @@ def with_negative_pool(protocol: Mapping[str, Any], pool: str) -> dict[str, Any]
 
 def plot_metrics(rounds: Sequence[Mapping[str, Any]], path: Path, *, xlabel: str) -> None:
     """Draw HR@10 and NDCG@10 (validation and test) per round into ``path``;
-    the full-ranking values too (dotted) when the rounds hold them."""
+    the full-ranking values too (dotted) when the rounds hold them. Rating
+    rounds: RMSE and MAE."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless; selected here, not at import time
@@ -243,7 +269,9 @@ def plot_metrics(rounds: Sequence[Mapping[str, Any]], path: Path, *, xlabel: str
     scored = [r for r in rounds if r.get(VAL_PART)]
     x = [r["round"] for r in scored]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, metric in zip(axes, ("hr@10", "ndcg@10"), strict=True):
+    rating = bool(scored) and all(RATING_SELECTION_METRIC in r[VAL_PART] for r in scored)
+    metrics = ("rmse", "mae") if rating else ("hr@10", "ndcg@10")
+    for ax, metric in zip(axes, metrics, strict=True):
         for part, style in ((VAL_PART, "--"), (TEST_PART, "-")):
             ax.plot(
                 x,
@@ -251,7 +279,7 @@ def plot_metrics(rounds: Sequence[Mapping[str, Any]], path: Path, *, xlabel: str
                 style,
                 marker="o",
                 markersize=3,
-                label=f"{part} (sampled)",
+                label=part if rating else f"{part} (sampled)",
             )
         full = f"full-{metric}"
         for part, style in ((VAL_PART, ":"), (TEST_PART, "-.")):

@@ -1,4 +1,5 @@
-"""Ranking evaluation: each user's held-out item among its sampled negatives.
+"""Evaluation: each user's held-out item among its sampled negatives (ranking),
+or the error on every held-out rating (rating prediction).
 
 The same functions serve a federated client (its user group) and the
 centralised baseline (every user), so the two are directly comparable.
@@ -17,15 +18,25 @@ from torch import nn
 from ..datasets.prepare import ClientData
 from ..models.base import Recommender
 from ..protocol import TEST_PART, VAL_PART
-from .metrics import rank_of_positive, ranking_sums
+from .metrics import RATING_SUMS, rank_of_positive, ranking_sums, rating_sums
 
-__all__ = ["EvalResult", "evaluate_ranking", "rank_logits", "rank_val_test"]
+__all__ = [
+    "EvalResult",
+    "evaluate_ranking",
+    "evaluate_ratings",
+    "evaluate_val_test",
+    "rank_logits",
+    "rank_val_test",
+    "rate_val_test",
+]
 
 
 @dataclass(frozen=True)
 class EvalResult:
     """Sums of ranking metrics over ``num_users`` users, plus the mean BCE loss
-    over all candidates (1 positive + negatives per user)."""
+    over all candidates (1 positive + negatives per user). For the rating task:
+    the :data:`~fedrec_flwr.train.metrics.RATING_SUMS` over the held-out ratings
+    of ``num_users`` users and their mean squared error (0 without ratings)."""
 
     num_users: int
     sums: dict[str, float]
@@ -103,6 +114,77 @@ def rank_val_test(
             result = EvalResult(result.num_users, {**result.sums, **sums}, result.loss)
         ranked.append(result)
     return ranked[0], ranked[1]
+
+
+@torch.no_grad()
+def evaluate_ratings(
+    model: nn.Module,
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    *,
+    offset: float,
+    low: float,
+    high: float,
+    num_users: int,
+) -> EvalResult:
+    """Errors of the predicted ratings ``clip(model(u, i) + offset, low, high)``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Scores ``(users, items)``.
+    users, items, ratings : numpy.ndarray
+        Held-out ratings (model-local user index, item code, rating).
+    offset : float
+        Added to every output (the mean training rating).
+    low, high : float
+        Clipping range of the predictions (the training ratings' range).
+    num_users : int
+        Users the ratings belong to (the evaluation weight).
+    """
+    model.eval()
+    u = torch.from_numpy(np.asarray(users, dtype=np.int64))
+    i = torch.from_numpy(np.asarray(items, dtype=np.int64))
+    predicted = (model(u, i) + offset).clamp(low, high).numpy()
+    sums = rating_sums(predicted, ratings)
+    count = len(predicted)
+    loss = sums[RATING_SUMS[0]] / count if count else 0.0
+    return EvalResult(num_users=num_users, sums=sums, loss=loss)
+
+
+def rate_val_test(model: nn.Module, data: ClientData) -> tuple[EvalResult, EvalResult]:
+    """Errors on every validation and test rating of ``data`` (the rating task)."""
+    ratings = data.ratings
+    if ratings is None:
+        raise ValueError("rate_val_test needs the rating task's data (task='rating')")
+    results = []
+    for target in (VAL_PART, TEST_PART):
+        users, items, values = ratings.part(target)
+        with _history_for(model, target):
+            results.append(
+                evaluate_ratings(
+                    model,
+                    users,
+                    items,
+                    values,
+                    offset=ratings.mean,
+                    low=ratings.low,
+                    high=ratings.high,
+                    num_users=data.num_users,
+                )
+            )
+    return results[0], results[1]
+
+
+def evaluate_val_test(
+    model: nn.Module, data: ClientData, ks: Sequence[int], *, full: bool = False
+) -> tuple[EvalResult, EvalResult]:
+    """The task's evaluation: :func:`rate_val_test` for data with ratings, else
+    :func:`rank_val_test` (``ks`` and ``full`` are the ranking's)."""
+    if data.ratings is not None:
+        return rate_val_test(model, data)
+    return rank_val_test(model, data, ks, full=full)
 
 
 def _history_for(model: nn.Module, target: str) -> AbstractContextManager[None]:

@@ -1,4 +1,6 @@
-"""Group training: BCE with sampled negatives, one optimiser over the whole group.
+"""Group training, one optimiser over the whole group: BCE with sampled
+negatives (ranking, :func:`train_epochs`) or MSE on the rating (rating
+prediction, :func:`train_rating_epochs`).
 
 The same functions serve a federated client (its user group) and the
 centralised baseline (every user), so the two are directly comparable.
@@ -15,7 +17,7 @@ from torch import nn
 from ..datasets.negatives import InteractionSet, sample_train_negatives
 from ..models.base import Recommender
 
-__all__ = ["train_epochs"]
+__all__ = ["train_epochs", "train_rating_epochs"]
 
 
 def train_epochs(
@@ -115,4 +117,98 @@ def train_epochs(
             optimizer.step()
             total += float(loss.detach())
         mean_loss = total / len(labels)
+    return mean_loss
+
+
+def train_rating_epochs(
+    model: nn.Module,
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    *,
+    offset: float,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    proximal_mu: float = 0.0,
+    anchor: Mapping[str, torch.Tensor] | None = None,
+    embedding_l2: float = 0.0,
+) -> float:
+    """Train on explicit ratings: squared error of ``model(u, i) + offset``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Scores ``(users, items)``; its output plus ``offset`` is the predicted rating.
+    users, items, ratings : numpy.ndarray
+        Training ratings (model-local user index, item code, rating).
+    offset : float
+        Added to every output: the mean training rating
+        (:attr:`~fedrec_flwr.datasets.prepare.RatingRows.mean`), so a model
+        whose output starts near 0 starts at the global mean.
+    epochs, batch_size : int
+        Passes over the ratings and mini-batch size.
+    optimizer : torch.optim.Optimizer
+        Over ``model``'s parameters (see :func:`train_epochs`).
+    rng : numpy.random.Generator
+        Shuffles the ratings each epoch: same seed, same run.
+    proximal_mu : float (default: 0.0)
+        FedProx: adds ``mu/2 * ||w - anchor||^2`` to each batch's mean loss.
+    anchor : mapping of str to torch.Tensor, optional (default: None)
+        As for :func:`train_epochs`.
+    embedding_l2 : float (default: 0.0)
+        Adds ``embedding_l2`` times the squared norm of the embedding rows each
+        rating reads (its user's rows of the private tables, its item's rows of
+        :meth:`~fedrec_flwr.models.base.Recommender.item_tables`), averaged over
+        the batch: Surprise's ``reg``. Unlike Adam's ``weight_decay``, a row no
+        rating of the batch reads is not pulled, which matters when every
+        round starts a fresh Adam (its first steps would shrink every
+        untouched row by about the learning rate).
+
+    Returns
+    -------
+    float
+        Mean squared error over the ratings of the last epoch (nan without
+        ratings; the penalty is not included).
+    """
+    model.train()
+    all_users = torch.from_numpy(np.asarray(users, dtype=np.int64))
+    all_items = torch.from_numpy(np.asarray(items, dtype=np.int64))
+    targets = torch.from_numpy(np.asarray(ratings, dtype=np.float32))
+    params = dict(model.named_parameters())
+    pulled = (
+        [(params[name], value.detach()) for name, value in anchor.items()]
+        if proximal_mu > 0 and anchor
+        else []
+    )
+    user_rows, item_rows = [], []
+    if embedding_l2 > 0:
+        if not isinstance(model, Recommender):
+            raise ValueError("embedding-l2 needs a Recommender (it names its user and item tables)")
+        user_rows = [p for name, p in params.items() if model.is_private(name)]
+        item_rows = [params[name] for name in model.item_tables() if name in params]
+    mean_loss = float("nan")
+    for _ in range(epochs):
+        order = torch.from_numpy(rng.permutation(len(targets)))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            error = model(all_users[idx], all_items[idx]) + offset - targets[idx]
+            loss = (error * error).sum()
+            objective = loss / len(idx)
+            if user_rows or item_rows:
+                u, i = all_users[idx], all_items[idx]
+                rows = [t[u] for t in user_rows] + [t[i] for t in item_rows]
+                norms = torch.stack([(r * r).sum() for r in rows]).sum()
+                objective = objective + embedding_l2 * norms / len(idx)
+            if pulled:
+                prox = sum(((p - a) ** 2).sum() for p, a in pulled)
+                objective = objective + 0.5 * proximal_mu * prox
+            objective.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        if len(targets):
+            mean_loss = total / len(targets)
     return mean_loss

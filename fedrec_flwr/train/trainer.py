@@ -23,8 +23,8 @@ from ..config import RoundKnobs, TrainingOptions
 from ..datasets.negatives import InteractionSet
 from ..datasets.prepare import ClientData
 from ..models import Recommender, load_arrays, shared_arrays
-from .evaluate import EvalResult, rank_logits, rank_val_test
-from .group import train_epochs
+from .evaluate import EvalResult, evaluate_val_test, rank_logits, rank_val_test
+from .group import train_epochs, train_rating_epochs
 from .looped import finetune_users_looped, train_users_looped
 from .peruser import UserLevelDP, finetune_users_and_score, train_users_independently
 
@@ -58,7 +58,7 @@ class LocalUpdate:
     weight : int
         The FedAvg weight: training interactions.
     loss : float
-        Mean training BCE of the last local epoch.
+        Mean training BCE of the last local epoch (the rating task: MSE).
     """
 
     shared: dict[str, np.ndarray]
@@ -119,8 +119,53 @@ class Trainer(abc.ABC):
         validation and test items; the fine-tuned copy is not kept."""
 
 
+def _group_epochs(
+    model: Recommender,
+    data: ClientData,
+    exclude: InteractionSet,
+    training: TrainingOptions,
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    proximal_mu: float = 0.0,
+    anchor: Mapping[str, torch.Tensor] | None = None,
+) -> float:
+    """The task's group training: MSE on the ratings when ``data`` has them, else
+    BCE with sampled negatives."""
+    if data.ratings is not None:
+        return train_rating_epochs(
+            model,
+            data.train_users,
+            data.train_items,
+            data.ratings.train_ratings,
+            offset=data.ratings.mean,
+            epochs=epochs,
+            batch_size=training.batch_size,
+            optimizer=optimizer,
+            rng=rng,
+            proximal_mu=proximal_mu,
+            anchor=anchor,
+            embedding_l2=training.embedding_l2,
+        )
+    return train_epochs(
+        model,
+        data.train_users,
+        data.train_items,
+        exclude,
+        epochs=epochs,
+        batch_size=training.batch_size,
+        optimizer=optimizer,
+        num_negatives=training.num_negatives,
+        rng=rng,
+        proximal_mu=proximal_mu,
+        anchor=anchor,
+    )
+
+
 class GroupTrainer(Trainer):
-    """The node's user group trained as one client (one Adam over the group)."""
+    """The node's user group trained as one client (one Adam over the group);
+    for the rating task, by MSE on its ratings."""
 
     def init_private(self, model: Recommender, data: ClientData) -> None:
         model.reset_private(round_seed(self.seed, data.partition_id, 0))
@@ -144,15 +189,13 @@ class GroupTrainer(Trainer):
         optimizer = torch.optim.Adam(
             model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
         )
-        loss = train_epochs(
+        loss = _group_epochs(
             model,
-            data.train_users,
-            data.train_items,
+            data,
             exclude,
+            t,
             epochs=t.local_epochs,
-            batch_size=t.batch_size,
             optimizer=optimizer,
-            num_negatives=t.num_negatives,
             rng=rng,
             proximal_mu=mu,
             anchor=pulled,
@@ -178,18 +221,16 @@ class GroupTrainer(Trainer):
         if knobs.finetune_epochs > 0 and params:  # no private rows: nothing to fine-tune
             seed = round_seed(self.seed, data.partition_id, server_round, _FINETUNE)
             optimizer = torch.optim.Adam(params, lr=t.finetune_lr, weight_decay=t.weight_decay)
-            train_epochs(
+            _group_epochs(
                 model,
-                data.train_users,
-                data.train_items,
+                data,
                 exclude,
+                t,
                 epochs=knobs.finetune_epochs,
-                batch_size=t.batch_size,
                 optimizer=optimizer,
-                num_negatives=t.num_negatives,
                 rng=np.random.default_rng(seed),
             )
-        return rank_val_test(model, data, t.ks, full=t.full_ranking)
+        return evaluate_val_test(model, data, t.ks, full=t.full_ranking)
 
 
 class PerUserTrainer(Trainer):
@@ -239,6 +280,11 @@ class PerUserTrainer(Trainer):
             raise ValueError(
                 "client-mode='per-user' trains plain FedAvg clients: the server sent "
                 "proximal-mu or private-layers, which it does not support"
+            )
+        if data.ratings is not None:
+            raise ValueError(
+                "client-mode='per-user' with task='rating': per-user training is pairwise "
+                "BCE with sampled negatives; use client-mode='group'"
             )
         t = self.training
         dp = self.dp
