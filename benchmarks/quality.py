@@ -101,6 +101,26 @@ ROWS += [
         },
         {"num-server-rounds": 40},
     ),
+    # Softmax CE, d=64, 2 blocks, last 50 items (benchmarks/probe_sasrec.py picked the
+    # loss and the epochs on validation); the test item is scored from training +
+    # validation items (test-input='train+val', the paper's rule) unless the row says.
+    *_family_rows(
+        "SASRec",
+        {"model": "sasrec", "factors": 64, "num-server-rounds": 80},
+        {"num-server-rounds": 40},
+    ),
+    (
+        "centralised SASRec · test from training items",
+        "central",
+        {"model": "sasrec", "factors": 64, "num-server-rounds": 80, "test-input": "train"},
+        1,
+    ),
+    (
+        "FedAvg SASRec · 10 groups · test from training items",
+        "fed",
+        {"model": "sasrec", "factors": 64, "num-server-rounds": 40, "test-input": "train"},
+        10,
+    ),
 ]
 QUICK_ROWS = ("centralised NeuMF", "FedAvg · 10 groups", "FedAvg · one user per client")
 

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from ..datasets.negatives import sample_train_negatives
+from ..protocol import SERVE_TARGET, TEST_PART, VAL_PART
 from .base import HISTORY_TARGETS, NodeContext, Recommender
 
 __all__ = ["LOSSES", "TEST_INPUTS", "SASRec"]
@@ -311,14 +312,15 @@ class SASRec(Recommender):
     def history_for(self, target: str) -> Iterator[None]:
         """Score, inside the block, from the history ``target`` allows.
 
-        ``"val"``: the training items; ``"test"``: the training items plus the
+        Validation: the training items; test: the training items plus the
         validation item (``test_input="train+val"``) or the training items only
-        (``"train"``); ``"serve"``: everything known (training, validation and
+        (``"train"``); serving: everything known (training, validation and
         test items). Outside any block, the training items.
 
         Parameters
         ----------
-        target : {"val", "test", "serve"}
+        target : str
+            One of :data:`~fedrec_flwr.models.base.HISTORY_TARGETS`.
             What is about to be scored.
         """
         if target not in HISTORY_TARGETS:
@@ -332,11 +334,11 @@ class SASRec(Recommender):
     def _history(self) -> torch.Tensor:
         """The ``(num_users, max_len)`` windows of the current target."""
         target = self._target
-        if target == "test":  # read now, so a switched test_input takes effect
-            target = "val" if self.test_input == "train" else "test"
-        if target == "test":
+        if target == TEST_PART:  # read now, so a switched test_input takes effect
+            target = VAL_PART if self.test_input == "train" else TEST_PART
+        if target == TEST_PART:
             return self.history_train_val
-        if target == "serve":
+        if target == SERVE_TARGET:
             return self.history_all
         return self.history_train
 
