@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import checkerboard_rows, write_u_data
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
+from fedrec_flwr.datasets import DataOptions, prepare_data
 from fedrec_flwr.runs.federated import run_federated
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
@@ -23,8 +25,13 @@ from fedrec_flwr.testing.inprocess import InProcessGrid
 FAMILIES = ["mf", "hybrid", "lightgcn", "sasrec"]
 
 
-def _run(rc, num_partitions, out_dir):
-    nodes = [{"partition-id": p, "num-partitions": num_partitions} for p in range(num_partitions)]
+def _run(rc, num_partitions, out_dir, state_dir=None):
+    nodes = [
+        {"partition-id": p, "num-partitions": num_partitions, "state-dir": str(state_dir or "")}
+        for p in range(num_partitions)
+    ]
+    if state_dir is None:
+        nodes = [{k: v for k, v in n.items() if k != "state-dir"} for n in nodes]
     grid = InProcessGrid(client_app, nodes, rc)
     return json.loads(run_federated(grid, RunConfig.from_mapping(rc), out_dir).read_text())
 
@@ -48,11 +55,25 @@ def _config(ml100k_dir, model, **extra):
 
 
 @pytest.mark.parametrize("model", FAMILIES)
-def test_family_learns_federated_in_groups(model, ml100k_dir, tmp_path):
-    results = _run(_config(ml100k_dir, model), 4, tmp_path)
+def test_family_learns_federated_in_groups_and_delivers(model, ml100k_dir, tmp_path):
+    results = _run(_config(ml100k_dir, model), 4, tmp_path / "out", tmp_path / "nodes")
     last = results["rounds"][-1]
     assert last["test"]["hr@10"] > 0.3, last
     assert results["config"]["model"] == model
+    # Every node wrote top-10 lists for all its users, none holding a training item.
+    prepared = prepare_data(DataOptions(dataset="ml-100k", data_dir=str(ml100k_dir)))
+    trained = set(
+        zip(
+            prepared.user_ids[prepared.train_users].astype(str),
+            prepared.item_ids[prepared.train_items].astype(str),
+            strict=True,
+        )
+    )
+    folders = sorted((tmp_path / "nodes" / results["lineage"]).glob("partition-*"))
+    rows = pd.concat(pd.read_parquet(f / "recommendations.parquet") for f in folders)
+    assert len(folders) == 4 and results["delivery"]["users-served"] == 943
+    assert rows["user"].nunique() == 943 and (rows.groupby("user").size() == 10).all()
+    assert not set(zip(rows["user"], rows["item"], strict=True)) & trained
 
 
 @pytest.mark.slow
