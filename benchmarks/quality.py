@@ -156,12 +156,14 @@ def select_rows(
     return [row for row in rows if row[0] in wanted or _slug(row[0]) in wanted]
 
 
-def _job(job: tuple[str, str, dict[str, Any], int, int, str, bool]) -> dict[str, Any]:
+def _job(job: tuple[str, str, dict[str, Any], int, int, str, str]) -> dict[str, Any] | None:
     label, kind, rc, nodes, seed, out, reuse = job
     out_dir = Path(out) / f"{_slug(label)}-seed{seed}"
     saved = out_dir / "results.json"
     if reuse and saved.is_file() and _same_config(json.loads(saved.read_text()), rc):
         results = json.loads(saved.read_text())
+    elif reuse == "saved-only":
+        return None  # not run: the row reports the seeds that were
     elif kind == "central":
         results = _bench.run_centralized_inprocess(rc, out_dir)
     else:
@@ -199,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         help="take a run already in --out when its saved config matches (add rows cheaply)",
     )
     parser.add_argument(
+        "--saved-only",
+        action="store_true",
+        help="train nothing: report the runs already in --out whose saved config matches "
+        "(a row lists the seeds it has)",
+    )
+    parser.add_argument(
         "--rows",
         default="",
         help="only these rows (comma-separated slugs, e.g. centralisedNeuMF); "
@@ -227,12 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             n = epochs if kind == "central" else rounds
             rc = {"data-dir": args.data_dir, "seed": seed, "num-server-rounds": n, **overrides}
-            jobs.append((label, kind, rc, nodes, seed, str(out), args.reuse))
-    done = _bench.parallel_map(_job, jobs, args.workers)
+            reuse = "saved-only" if args.saved_only else ("yes" if args.reuse else "")
+            jobs.append((label, kind, rc, nodes, seed, str(out), reuse))
+    done = [d for d in _bench.parallel_map(_job, jobs, args.workers) if d is not None]
     table = []
     summary = []
     for label, *_ in rows:
         runs = [d for d in done if d["label"] == label]
+        if not runs:
+            continue
         hr, ndcg = _bench.mean_std(d["hr"] for d in runs), _bench.mean_std(d["ndcg"] for d in runs)
         summary.append({"label": label, "hr": hr, "ndcg": ndcg, "runs": runs})
         table.append(
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 _bench.fmt(*hr),
                 _bench.fmt(*ndcg),
                 ",".join(str(d["round"]) for d in runs),
-                len(runs),
+                ",".join(str(d["seed"]) for d in runs),
             )
         )
     print(f"ML-100K quality, test at the validation-selected round ({_bench.stamp()})\n")

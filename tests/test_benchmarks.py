@@ -114,3 +114,22 @@ def test_rating_quick(tmp_path, ml100k_dir):
     ]
     for row in result["rows"]:
         assert 0.5 < row["test-rmse"] < 1.5 and 0 < row["test-mae"] < row["test-rmse"]
+
+
+def test_quality_saved_only_reports_saved_runs_and_trains_nothing(tmp_path, ml100k_dir):
+    # A saved run of one seed is reported with that seed; the row's other seeds are
+    # not trained (a training run would take minutes and write their folders).
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    saved = tmp_path / "centralisedMF-seed42"
+    saved.mkdir()
+    label, _, overrides, _ = next(r for r in quality.ROWS if r[0] == "centralised MF")
+    rc = {"data-dir": str(ml100k_dir), "seed": 42, "num-server-rounds": 20, **overrides}
+    entry = {"round": 3, "val": {"hr@10": 0.5}, "test": {"hr@10": 0.4, "ndcg@10": 0.2}}
+    (saved / "results.json").write_text(json.dumps({"config": rc, "selected": entry}))
+    argv = ["--saved-only", "--rows", "centralisedMF", "--out", str(tmp_path)]
+    assert quality.main([*argv, "--data-dir", str(ml100k_dir), "--workers", "1"]) == 0
+    summary = json.loads((tmp_path / "quality-rows.json").read_text())
+    assert [(s["label"], [r["seed"] for r in s["runs"]]) for s in summary] == [(label, [42])]
+    assert not (tmp_path / "centralisedMF-seed1").exists()

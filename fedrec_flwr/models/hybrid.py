@@ -238,19 +238,10 @@ class Hybrid(Recommender):
         scalar = bias(ids).squeeze(-1) + (feature_bias(safe) * mask).sum(-2).squeeze(-1)
         return vector, scalar
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Return one logit per ``(user, item)`` pair.
-
-        Parameters
-        ----------
-        users, items : torch.Tensor
-            ``(B,)`` user rows and item rows (int64).
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B,)`` logits.
-        """
+    def _sides(
+        self, users: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """User vectors and biases of ``users``, item vectors and biases of ``items``."""
         u_vec, u_bias = self._side(
             users,
             self.user_emb,
@@ -267,6 +258,22 @@ class Hybrid(Recommender):
             self.item_feature_emb,
             self.item_feature_bias,
         )
+        return u_vec, u_bias, i_vec, i_bias
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Return one logit per ``(user, item)`` pair.
+
+        Parameters
+        ----------
+        users, items : torch.Tensor
+            ``(B,)`` user rows and item rows (int64).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` logits.
+        """
+        u_vec, u_bias, i_vec, i_bias = self._sides(users, items)
         return (u_vec * i_vec).sum(-1) + u_bias + i_bias + self.global_bias
 
     @torch.no_grad()
@@ -287,21 +294,6 @@ class Hybrid(Recommender):
         """
         if items is None:
             items = torch.arange(self.catalogue_size(), device=users.device)
-        u_vec, u_bias = self._side(
-            users,
-            self.user_emb,
-            self.user_bias,
-            self.user_features,
-            self.user_feature_emb,
-            self.user_feature_bias,
-        )
-        i_vec, i_bias = self._side(
-            items,
-            self.item_emb,
-            self.item_bias,
-            self.item_features,
-            self.item_feature_emb,
-            self.item_feature_bias,
-        )
+        u_vec, u_bias, i_vec, i_bias = self._sides(users, items)
         logits = u_vec @ i_vec.T
         return logits.add_(u_bias[:, None]).add_(i_bias + self.global_bias)
