@@ -21,7 +21,8 @@ What stays where:
 
 Id vectors start at zero, the feature vectors at N(0, 0.1): an id row nobody
 trained is exactly zero, so a cold-start user or item is scored from its
-features alone.
+features alone. (Per-user mode draws each user's private rows from the user's
+own seed, N(0, 0.01), as for every model: there a new user starts near zero.)
 """
 
 from __future__ import annotations
