@@ -546,6 +546,7 @@ def test_grouplens_ml100k_layout_side_tables(tmp_path):
     assert data.items.to_dict("list") == {
         "item": [1, 2],
         "title": ["Toy Story (1995)", "Café (1996)"],
+        "release_year": ["1995", "1996"],  # from the release date, as RecBole's copy has it
         "genres": ["Action|Comedy", "unknown"],
     }
 

@@ -225,7 +225,16 @@ def _read_ml100k_side_tables(
         genres = [
             "|".join(g for g, f in zip(ML100K_GENRES, row, strict=True) if f) for row in flags
         ]
-        items = pd.DataFrame({"item": raw["item"], "title": raw["title"], "genres": genres})
+        # The release year, as RecBole's copy of the same file has it (release_year).
+        released = pd.to_datetime(raw["release"], format="%d-%b-%Y", errors="coerce")
+        items = pd.DataFrame(
+            {
+                "item": raw["item"],
+                "title": raw["title"],
+                "release_year": released.dt.year.astype("Int64").astype(str).replace("<NA>", ""),
+                "genres": genres,
+            }
+        )
     elif (folder / "ml-100k.item").is_file():
         path = folder / "ml-100k.item"
         items = read_atomic_table(
