@@ -152,10 +152,14 @@ def train_users_looped(
 
 @torch.no_grad()
 def _score(model: Recommender, user: int, candidates: np.ndarray, target: str) -> torch.Tensor:
-    model.eval()
     users = torch.full((candidates.size,), user, dtype=torch.int64)
-    with model.history_for(target):
-        return model(users, torch.from_numpy(candidates.astype(np.int64)))
+    was = model.training  # the node's own model may be scored: leave its mode as it was
+    model.eval()
+    try:
+        with model.history_for(target):
+            return model(users, torch.from_numpy(candidates.astype(np.int64)))
+    finally:
+        model.train(was)
 
 
 def finetune_users_looped(
