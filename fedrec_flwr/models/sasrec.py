@@ -502,8 +502,10 @@ class SASRec(Recommender):
                 "need epochs >= 0, batch_size >= 1, num_negatives >= 1"
             )
         inputs, targets = self.train_inputs, self.train_targets
-        trainable = np.arange(len(targets))  # windows; each has a real target
+        windows = len(targets)  # each window has a real target (bind)
         owners = self.train_owner.cpu().numpy()
+        # Where the targets are does not change between epochs: found once.
+        rows, cols = (t.cpu().numpy() for t in torch.nonzero(targets != _PAD, as_tuple=True))
         device = self.item_emb.weight.device
         gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
         was_training = self.training
@@ -512,10 +514,8 @@ class SASRec(Recommender):
         mean_loss = 0.0
         try:
             for _ in range(epochs):
-                real = targets[trainable] != _PAD
-                rows, cols = (t.cpu().numpy() for t in torch.nonzero(real, as_tuple=True))
                 negatives = torch.full(
-                    (len(trainable), self.max_len, num_negatives if self.loss == "bce" else 0),
+                    (windows, self.max_len, num_negatives if self.loss == "bce" else 0),
                     _PAD,
                     dtype=torch.int64,
                 )
@@ -523,13 +523,12 @@ class SASRec(Recommender):
                     drawn = sample_train_negatives(rng, owners[rows], exclude, num_negatives)
                     negatives[rows, cols] = torch.from_numpy(drawn)
                 negatives = negatives.to(device)
-                order = rng.permutation(len(trainable))
+                order = rng.permutation(windows)
                 total, count = 0.0, 0
                 for start in range(0, len(order), batch_size):
                     batch = torch.from_numpy(order[start : start + batch_size]).to(device)
-                    users = torch.from_numpy(trainable).to(device)[batch]
                     loss_sum, samples = self._batch_loss(
-                        inputs[users], targets[users], negatives[batch]
+                        inputs[batch], targets[batch], negatives[batch]
                     )
                     optimizer.zero_grad(set_to_none=True)
                     (loss_sum / samples).backward()
