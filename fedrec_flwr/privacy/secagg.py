@@ -49,6 +49,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import (
     EvaluateRes,
+    FitIns,
     FitRes,
     Parameters,
     Scalar,
@@ -58,6 +59,7 @@ from flwr.common import (
 from flwr.common.logger import log
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import ServerConfig
+from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat import LegacyContext
 from flwr.server.strategy import FedAvg as LegacyFedAvg
@@ -67,15 +69,18 @@ from flwr.serverapp import Grid
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..protocol import (
+    DP_NOISE_SEED_KEY,
     LOSS_KEY,
     METRICS_RECORD,
     NUM_EXAMPLES_KEY,
     NUM_PARTITIONS_KEY,
     NUM_USERS_KEY,
+    PARTITION_ID_KEY,
     SERVER_ROUND_KEY,
     TEST_PART,
 )
 from ..strategies.aggregate import exact_metric_aggregation
+from ..strategies.guard import sample_rank
 
 __all__ = [
     "MODULUS_RANGE",
@@ -87,10 +92,13 @@ __all__ = [
     "run_secagg",
     "secagg_reply_mod",
     "secure_aggregation_mods",
+    "seeded_rounding_mod",
 ]
 
 #: Flower's default (and largest allowed) modulus of the masked sums.
 MODULUS_RANGE = 2**32
+#: separates the rounding draws' seeds from every other draw's.
+_ROUNDING = 0x5EC
 
 
 # --- the bound -----------------------------------------------------------------
@@ -230,16 +238,45 @@ def secagg_reply_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) 
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
+def seeded_rounding_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Make SecAgg+'s stochastic rounding reproducible (put it outside ``secaggplus_mod``).
+
+    Flower quantises with ``np.random.rand``, NumPy's global generator, so two
+    runs with one seed would round differently and end with different models.
+    For each train message this mod seeds that generator from the node's noise
+    seed (node-config ``dp-noise-seed``, else the run seed), its partition and
+    the round, and puts the generator's previous state back afterwards. The
+    rounding draws only decide which of two neighbouring integers each masked
+    element becomes; they reveal nothing of the arrays, and the server still
+    sees only the masked sum.
+    """
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, ctxt)
+    cfg = RunConfig.from_mapping(ctxt.run_config)
+    base = ctxt.node_config.get(DP_NOISE_SEED_KEY, cfg.data.seed)
+    partition = ctxt.node_config.get(PARTITION_ID_KEY, 0)
+    group = msg.metadata.group_id
+    server_round = int(group) if group.isdigit() else 0
+    entropy = [int(base), int(partition), server_round, _ROUNDING]
+    saved = np.random.get_state()
+    np.random.seed(np.random.SeedSequence(entropy).generate_state(4))
+    try:
+        return call_next(msg, ctxt)
+    finally:
+        np.random.set_state(saved)
+
+
 def secure_aggregation_mods() -> list[Mod]:
     """The client mods of ``secure-aggregation=secaggplus``, outermost first.
 
-    ``secaggplus_mod`` (Flower's protocol) outside :func:`secagg_reply_mod`, so
-    the reply is weighted and cast before it is quantised and masked. A mod
-    that clips or noises the update (node-level DP) belongs *inside* both.
+    :func:`seeded_rounding_mod` outside ``secaggplus_mod`` (Flower's protocol)
+    outside :func:`secagg_reply_mod`, so the reply is weighted and cast before
+    it is quantised (with seeded rounding) and masked. A mod that clips or
+    noises the update (node-level DP) belongs *inside* all of them.
     """
     from flwr.client.mod import secaggplus_mod
 
-    return [secaggplus_mod, secagg_reply_mod]
+    return [seeded_rounding_mod, secaggplus_mod, secagg_reply_mod]
 
 
 def mode_dispatch_mod(secure_app: ClientApp) -> Mod:
@@ -301,9 +338,17 @@ class SecAggFedAvg(LegacyFedAvg):
     initial_arrays : list of numpy.ndarray
         The shared arrays of the initial model, in the clients' order.
     fraction_fit : float (default: 1.0)
-        Fraction of nodes trained each round (Flower's unseeded sampler).
+        Fraction of nodes trained each round. Below 1 the nodes are drawn as
+        the Message-API strategies draw them (:func:`~fedrec_flwr.strategies.
+        guard.sample_rank`: by seed, round and partition id), not by Flower's
+        unseeded legacy sampler.
     min_nodes : int (default: 2)
         Minimum nodes to train, evaluate and be connected (SecAgg+ needs 2).
+    seed : int (default: 0)
+        The sample's seed (the run's ``seed``).
+    partitions : mapping of int to int, optional (default: None)
+        Node id to partition id, as the nodes answered a ``query``; nodes not
+        in it are sampled after the others, by node id.
 
     Attributes
     ----------
@@ -314,7 +359,13 @@ class SecAggFedAvg(LegacyFedAvg):
     """
 
     def __init__(
-        self, initial_arrays: list[np.ndarray], *, fraction_fit: float = 1.0, min_nodes: int = 2
+        self,
+        initial_arrays: list[np.ndarray],
+        *,
+        fraction_fit: float = 1.0,
+        min_nodes: int = 2,
+        seed: int = 0,
+        partitions: Mapping[int, int] | None = None,
     ) -> None:
         super().__init__(
             fraction_fit=fraction_fit,
@@ -332,6 +383,32 @@ class SecAggFedAvg(LegacyFedAvg):
         self.train_metrics: dict[int, dict[str, Scalar]] = {}
         self.evaluate_metrics: dict[int, dict[str, Scalar]] = {}
         self.weights: dict[int, list[int]] = {}
+        self.seed = seed
+        self.partitions = dict(partitions or {})
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """FedAvg's fit instructions to a reproducible sample of the nodes."""
+        if self.fraction_fit >= 1.0:
+            return super().configure_fit(server_round, parameters, client_manager)
+        size, wanted = self.num_fit_clients(client_manager.num_available())
+        client_manager.wait_for(wanted, timeout=86400)  # legacy sample()'s default wait
+        proxies = list(client_manager.all().values())
+        key = {p.cid: sample_rank(self.seed, server_round, *self._node(p)) for p in proxies}
+        chosen = sorted(proxies, key=lambda p: key[p.cid])[:size]
+        log(
+            INFO,
+            "fedrec-flwr: SecAgg+ round %d samples partitions %s",
+            server_round,
+            sorted(self.partitions.get(self._node(p)[0], -1) for p in chosen),
+        )
+        fit_ins = FitIns(parameters, {SERVER_ROUND_KEY: server_round})
+        return [(proxy, fit_ins) for proxy in chosen]
+
+    def _node(self, proxy: ClientProxy) -> tuple[int, int | None]:
+        node = int(proxy.cid)
+        return node, self.partitions.get(node)
 
     def aggregate_fit(
         self,
@@ -371,24 +448,39 @@ class SecAggFedAvg(LegacyFedAvg):
         return (float(loss) if isinstance(loss, (int, float)) else None), metrics
 
 
-def _num_partitions(grid: Grid, timeout: float = 60.0) -> int | None:
-    """The nodes' agreed ``num-partitions`` (one ``query`` each), None if unknown."""
+@dataclass(frozen=True)
+class _Layout:
+    """What the nodes answered a ``query`` with."""
+
+    partitions: dict[int, int]  # node id -> partition id, where answered
+    num_partitions: int | None  # the agreed num-partitions, None if unknown
+
+
+def _query_layout(grid: Grid, timeout: float = 60.0) -> _Layout:
+    """Each node's ``partition-id`` and the agreed ``num-partitions`` (one ``query`` each)."""
     queries = [
         Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)
         for n in grid.get_node_ids()
     ]
-    counts = set()
+    counts: set[object] = set()
+    partitions: dict[int, int] = {}
+    agreed = True
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if reply.has_error():
-            return None
+            agreed = False
+            continue
         for record in reply.content.metric_records.values():
             counts.add(record.get(NUM_PARTITIONS_KEY))
-    if len(counts) == 1 and isinstance(k := next(iter(counts)), int) and k > 0:
-        return k
-    return None
+            pid = record.get(PARTITION_ID_KEY)
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                partitions[reply.metadata.src_node_id] = pid
+    k = next(iter(counts)) if len(counts) == 1 else None
+    if agreed and isinstance(k, int) and not isinstance(k, bool) and k > 0:
+        return _Layout(partitions, k)
+    return _Layout(partitions, None)
 
 
-def _largest_weight(cfg: RunConfig, grid: Grid, max_train: float, sizes: Any) -> float:
+def _largest_weight(cfg: RunConfig, layout: _Layout, max_train: float, sizes: Any) -> float:
     """The largest weight any node can send, as tightly as the server can know it.
 
     ``uniform``: 1. Else ``max-client-weight`` if set; else the largest
@@ -406,7 +498,7 @@ def _largest_weight(cfg: RunConfig, grid: Grid, max_train: float, sizes: Any) ->
         return 1.0
     if options.max_client_weight > 0:
         return float(options.max_client_weight)
-    if sizes is not None and (k := _num_partitions(grid)) is not None:
+    if sizes is not None and (k := layout.num_partitions) is not None:
         known = sizes(k)
         table = known.users if options.weight_key == "users" else known.examples
         return float(max(table.values()))
@@ -471,7 +563,8 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
             f"secagg-quantization-range={q} with {num_nodes} nodes: the masked sum wraps "
             f"around 2**32; choose secagg-quantization-range < {MODULUS_RANGE // num_nodes}"
         )
-    largest = _largest_weight(cfg, grid, view.max_train, view.partition_sizes)
+    layout = _query_layout(grid)
+    largest = _largest_weight(cfg, layout, view.max_train, view.partition_sizes)
     max_weight = max_weight_for(largest, q)
     start = initial_arrays(cfg, view.num_items)
     names = list(start.keys())
@@ -479,6 +572,8 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         [start[n].numpy() for n in names],
         fraction_fit=cfg.strategy.fraction_train,
         min_nodes=cfg.strategy.min_nodes,
+        seed=cfg.data.seed,
+        partitions=layout.partitions,
     )
     workflow = DefaultWorkflow(
         fit_workflow=SecAggPlusWorkflow(

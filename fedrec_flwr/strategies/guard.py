@@ -38,7 +38,20 @@ from .validation import (
     show,
 )
 
-__all__ = ["PartitionMismatchError", "ValidatedStrategy"]
+__all__ = ["PartitionMismatchError", "ValidatedStrategy", "sample_rank"]
+
+
+def sample_rank(seed: int, server_round: int, node: int, partition: int | None) -> tuple[int, int]:
+    """Sort key of a node when a round samples part of them: the first ``k`` are asked.
+
+    A node with a known partition id ranks by a digest of (seed, round,
+    partition), so the sample depends on the partitions and the seed, not on
+    Flower's random node ids; nodes of unknown partition come after, by node id.
+    """
+    if partition is None:
+        return (1, node)
+    digest = np.random.SeedSequence([seed, server_round, partition]).generate_state(2)
+    return (0, int(digest[0]) << 32 | int(digest[1]))
 
 
 class PartitionMismatchError(RuntimeError):
@@ -251,11 +264,7 @@ class ValidatedStrategy(Strategy):
         return [str(p) for p in known] + [f"node {n}" for n in nodes if n not in self.partitions]
 
     def _rank(self, server_round: int, node: int) -> tuple[int, int]:
-        pid = self.partitions.get(node)
-        if pid is None:
-            return (1, node)
-        digest = np.random.SeedSequence([self.seed, server_round, pid]).generate_state(2)
-        return (0, int(digest[0]) << 32 | int(digest[1]))
+        return sample_rank(self.seed, server_round, node, self.partitions.get(node))
 
     def _learn_partitions(self, server_round: int, nodes: list[int], grid: Grid) -> None:
         """Ask unknown nodes for ``partition-id`` and ``num-partitions`` (one small message each).
