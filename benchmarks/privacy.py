@@ -187,17 +187,13 @@ def main() -> None:
     parser.add_argument(
         "--merge",
         default="",
-        help="comma-separated privacy.json files of runs of other sections: written "
-        "together to --out (privacy.json, privacy.png) without running anything",
+        help="comma-separated privacy.json files of earlier runs: their sections written "
+        "together to --out (privacy.json, privacy.png, the tables) without running anything; "
+        "the same section in two files (e.g. other seeds) has its runs concatenated",
     )
     args = parser.parse_args()
     if args.merge:
-        merged: dict[str, Any] = {}
-        for name in args.merge.split(","):
-            merged.update(json.loads(Path(name).read_text()))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "privacy.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
-        _plot(merged, args.out / "privacy.png")
+        _write(_merge([json.loads(Path(f).read_text()) for f in args.merge.split(",")]), args.out)
         return
     from fedrec_flwr.progress import progress
 
@@ -214,100 +210,43 @@ def main() -> None:
     audited = sorted(
         int(p) for p in np.random.default_rng(0).choice(NUM_USERS, args.audit_users, replace=False)
     )
-    out: dict[str, Any] = {"stamp": stamp(), "rounds": args.rounds, "seeds": seeds}
-    tables: list[str] = []
+    out: dict[str, Any] = {
+        "stamp": stamp(),
+        "rounds": args.rounds,
+        "seeds": seeds,
+        "groups": args.groups,
+        "audit-users": len(audited),
+    }
 
     if "user" in sections:
-        rows, records = [], []
+        records = []
         for eps in progress(epsilons, "user-level DP", unit="epsilons"):
             rc = {**base, **_dp_keys(USER_DP, eps)}
             central = [_utility({**rc, "seed": s, "min-nodes": 1}, 1) for s in seeds]
             spread = [_utility({**rc, "seed": s}, args.groups) for s in seeds]
             audit = _audit({**rc, **one_user}, NUM_USERS, audited)
-            record = {"epsilon": eps, "one-node": central, "groups": spread, "audit": audit}
-            records.append(record)
-            rows.append(
-                [
-                    "inf" if math.isinf(eps) else f"{eps:g}",
-                    fmt(*mean_std(r["hr"] for r in central)),
-                    fmt(*mean_std(r["ndcg"] for r in central)),
-                    fmt(*mean_std(r["hr"] for r in spread)),
-                    *_audit_cells(audit),
-                ]
-            )
+            records.append({"epsilon": eps, "one-node": central, "groups": spread, "audit": audit})
         out["user"] = records
-        tables.append(
-            "User-level DP (per-user mode, GMF), test HR@10 / NDCG@10 at the round chosen by "
-            f"validation, {len(seeds)} seed(s), delta 1e-5; audit: round-1 replies of "
-            f"{len(audited)} one-user nodes, best attack by AUC:\n\n"
-            + markdown_table(
-                [
-                    "epsilon",
-                    "HR@10, one node (= 10 groups, SecAgg+, min-nodes 10)",
-                    "NDCG@10, one node",
-                    f"HR@10, {args.groups} groups each adding all noise",
-                    "best attack",
-                    "precision",
-                    "base rate",
-                    "recall",
-                    "AUC",
-                ],
-                rows,
-            )
-        )
 
     if "node" in sections:
-        rows, records = [], []
+        records = []
         for eps in progress(epsilons, "node-level DP", unit="epsilons"):
             rc = {**base, **_dp_keys(NODE_DP, eps)}
             runs = [_utility({**rc, "seed": s}, args.groups) for s in node_seeds]
             audit = _audit(rc, args.groups, list(range(args.groups)))
             records.append({"epsilon": eps, "groups": runs, "audit": audit})
-            rows.append(
-                [
-                    "inf" if math.isinf(eps) else f"{eps:g}",
-                    fmt(*mean_std(r["hr"] for r in runs)),
-                    fmt(*mean_std(r["ndcg"] for r in runs)),
-                    *_audit_cells(audit),
-                ]
-            )
         out["node"] = records
-        tables.append(
-            f"Node-level DP (dp='node-client', {args.groups} groups, NeuMF), "
-            f"{len(node_seeds)} seed(s); audit of the {args.groups} round-1 replies the "
-            "server receives:\n\n"
-            + markdown_table(
-                [
-                    "epsilon",
-                    "HR@10",
-                    "NDCG@10",
-                    "best attack",
-                    "precision",
-                    "base rate",
-                    "recall",
-                    "AUC",
-                ],
-                rows,
-            )
-        )
+        out["node-seeds"] = node_seeds
 
     if "ldp" in sections:
-        rows, records = [], []
+        records = []
         for label, keys in progress(LDP_SETTINGS, "local DP", unit="settings"):
             rc = {**base, **keys}
             runs = [_utility({**rc, "seed": s}, args.groups) for s in node_seeds]
             audit = _audit({**rc, **one_user}, NUM_USERS, audited)
             records.append({"setting": label, "groups": runs, "audit": audit})
-            rows.append([label, fmt(*mean_std(r["hr"] for r in runs)), *_audit_cells(audit)])
         out["ldp"] = records
-        tables.append(
-            f"Local DP and pseudo items (FedPerGNN-style): HR@10 on {args.groups} groups, "
-            f"audit on {len(audited)} one-user nodes:\n\n"
-            + markdown_table(
-                ["setting", "HR@10", "best attack", "precision", "base rate", "recall", "AUC"],
-                rows,
-            )
-        )
+        out["node-seeds"] = node_seeds
 
     if "secagg" in sections:
         import secagg_cost
@@ -328,18 +267,148 @@ def main() -> None:
             "bound": bound,
         }
         out["secagg"] = summary
-        tables.append(
-            f"SecAgg+ against plain FedAvg, {args.groups} groups, in-process, local-epochs=1:"
-            "\n\n" + secagg_cost._table(summary["plain"], summary["secaggplus"], bound)
-        )
 
+    _write(out, args.out)
+
+
+def _write(out: Mapping[str, Any], folder: Path) -> None:
+    """Print the tables of ``out``; write ``privacy.json`` and ``privacy.png``."""
     print(out["stamp"])
-    for table in tables:
+    for table in _tables(out):
         print()
         print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "privacy.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    _plot(out, args.out / "privacy.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "privacy.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    _plot(out, folder / "privacy.png")
+
+
+def _seeds(runs: Sequence[Mapping[str, Any]]) -> str:
+    return f"{len(runs)} seed(s)"
+
+
+def _tables(out: Mapping[str, Any]) -> list[str]:
+    """One markdown table per section in ``out``."""
+    groups, audited = out.get("groups", 10), out.get("audit-users", 100)
+    tables = []
+    if out.get("user"):
+        rows = [
+            [
+                _eps(r["epsilon"]),
+                fmt(*mean_std(x["hr"] for x in r["one-node"])),
+                fmt(*mean_std(x["ndcg"] for x in r["one-node"])),
+                fmt(*mean_std(x["hr"] for x in r["groups"])),
+                *_audit_cells(r["audit"]),
+            ]
+            for r in out["user"]
+        ]
+        tables.append(
+            "User-level DP (per-user mode, GMF), test HR@10 / NDCG@10 at the round chosen by "
+            f"validation, {_seeds(out['user'][0]['one-node'])}, delta 1e-5; audit: round-1 "
+            f"replies of {audited} one-user nodes, best attack by AUC:\n\n"
+            + markdown_table(
+                [
+                    "epsilon",
+                    "HR@10, one node (= 10 groups, SecAgg+, min-nodes 10)",
+                    "NDCG@10, one node",
+                    f"HR@10, {groups} groups each adding all noise",
+                    "best attack",
+                    "precision",
+                    "base rate",
+                    "recall",
+                    "AUC",
+                ],
+                rows,
+            )
+        )
+    if out.get("node"):
+        rows = [
+            [
+                _eps(r["epsilon"]),
+                fmt(*mean_std(x["hr"] for x in r["groups"])),
+                fmt(*mean_std(x["ndcg"] for x in r["groups"])),
+                *_audit_cells(r["audit"]),
+            ]
+            for r in out["node"]
+        ]
+        tables.append(
+            f"Node-level DP (dp='node-client', {groups} groups, NeuMF), "
+            f"{_seeds(out['node'][0]['groups'])}; audit of the {groups} round-1 replies the "
+            "server receives (seed 42):\n\n"
+            + markdown_table(
+                [
+                    "epsilon",
+                    "HR@10",
+                    "NDCG@10",
+                    "best attack",
+                    "precision",
+                    "base rate",
+                    "recall",
+                    "AUC",
+                ],
+                rows,
+            )
+        )
+    if out.get("ldp"):
+        rows = [
+            [r["setting"], fmt(*mean_std(x["hr"] for x in r["groups"])), *_audit_cells(r["audit"])]
+            for r in out["ldp"]
+        ]
+        tables.append(
+            f"Local DP and pseudo items (FedPerGNN-style): HR@10 on {groups} groups, "
+            f"{_seeds(out['ldp'][0]['groups'])}, audit on {audited} one-user nodes:\n\n"
+            + markdown_table(
+                ["setting", "HR@10", "best attack", "precision", "base rate", "recall", "AUC"],
+                rows,
+            )
+        )
+    if out.get("secagg"):
+        import secagg_cost
+
+        summary = out["secagg"]
+        tables.append(
+            f"SecAgg+ against plain FedAvg, {groups} groups, in-process, local-epochs=1:"
+            "\n\n" + secagg_cost._table(summary["plain"], summary["secaggplus"], summary["bound"])
+        )
+    return tables
+
+
+def _eps(epsilon: float) -> str:
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+#: per section: the key that names a record, and the lists of per-seed runs in it.
+_RUNS = {
+    "user": ("epsilon", ("one-node", "groups")),
+    "node": ("epsilon", ("groups",)),
+    "ldp": ("setting", ("groups",)),
+}
+
+
+def _merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sections of several runs together; the same section's per-seed runs are
+    concatenated (record by record: same epsilon or setting), so seeds measured
+    in separate runs make one table. The audit is the first run's: it does not
+    depend on the seeds (it attacks the default seed's round 1)."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key not in _RUNS or key not in merged:
+                if key == "node-seeds" and key in merged:
+                    merged[key] = [*merged[key], *(s for s in value if s not in merged[key])]
+                else:
+                    merged[key] = json.loads(json.dumps(value, default=str))
+                continue
+            name, lists = _RUNS[key]
+            mine = {r[name]: r for r in merged[key]}
+            if set(mine) != {r[name] for r in value}:
+                raise SystemExit(
+                    f"privacy.py --merge: section {key!r} has different {name}s in two files: "
+                    f"{sorted(mine, key=str)} and {sorted((r[name] for r in value), key=str)}"
+                )
+            for record in value:
+                for runs in lists:
+                    mine[record[name]][runs] = [*mine[record[name]][runs], *record[runs]]
+    return merged
 
 
 def _plot(out: Mapping[str, Any], path: Path) -> None:

@@ -133,3 +133,58 @@ def test_quality_saved_only_reports_saved_runs_and_trains_nothing(tmp_path, ml10
     summary = json.loads((tmp_path / "quality-rows.json").read_text())
     assert [(s["label"], [r["seed"] for r in s["runs"]]) for s in summary] == [(label, [42])]
     assert not (tmp_path / "centralisedMF-seed1").exists()
+
+
+def test_privacy_merge_concatenates_seeds_of_one_section_and_refuses_mismatch():
+    # Seeds run separately (e.g. 42 first, then 1 and 2) make one table: the
+    # same epsilon's runs are concatenated; other sections are taken as they are.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import privacy
+
+    def node(hrs):
+        return [
+            {"epsilon": e, "groups": [{"hr": h} for h in hrs], "audit": {"a": e}} for e in (8, 16)
+        ]
+
+    first = {"stamp": "s", "node": node([0.1]), "secagg": {"bound": 1}}
+    second = {"stamp": "t", "node": node([0.2, 0.3])}
+    merged = privacy._merge([first, second])
+    assert [[x["hr"] for x in r["groups"]] for r in merged["node"]] == [[0.1, 0.2, 0.3]] * 2
+    assert merged["node"][0]["audit"] == {"a": 8} and merged["secagg"] == {"bound": 1}
+    assert [x["hr"] for x in first["node"][0]["groups"]] == [0.1]  # inputs untouched
+    other = {"node": [{"epsilon": 4, "groups": [], "audit": {}}]}
+    with pytest.raises(SystemExit, match="section 'node' has different epsilons"):
+        privacy._merge([first, other])
+
+
+def test_dp_users_quick(tmp_path, ml100k_dir):
+    text = _run("dp_users.py", tmp_path, "--data-dir", str(ml100k_dir))
+    result = json.loads((tmp_path / "dp_users.json").read_text())
+    assert [p["dp"]["users"] for p in result["points"]] == [943, 1886]
+    assert all(p["dp"]["epsilon"] == pytest.approx(8.0, abs=1e-3) for p in result["points"])
+    assert all(math.isinf(p["no-dp"]["epsilon"]) for p in result["points"])
+    assert "| 1,886 |" in text
+
+
+def test_dp_users_generator_keeps_ml100k_activity_and_is_seeded(tmp_path, ml100k_dir):
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import dp_users
+
+    counts, popularity = dp_users._ml100k_shape(str(ml100k_dir))
+    assert len(counts) == 943 and counts.sum() == 100_000 and len(popularity) == 1682
+    a, b, c = (tmp_path / n for n in ("a.csv", "b.csv", "c.csv"))
+    assert dp_users.generate(a, counts, popularity, 2, seed=3) == 1886
+    dp_users.generate(b, counts, popularity, 2, seed=3)
+    dp_users.generate(c, counts, popularity, 2, seed=4)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    log = pd.read_csv(a)
+    per_user = log.groupby("user").size().to_numpy()
+    assert np.array_equal(np.sort(per_user), np.sort(np.tile(counts, 2)))
+    assert not log.duplicated(["user", "item"]).any()
+    # Popular items stay popular: ML-100K's most popular item is drawn far more
+    # often than its least popular one (the logits carry log popularity).
+    freq = log["item"].value_counts()
+    assert freq.get(1, 0) > 20 * freq.get(len(popularity), 0) + 10
