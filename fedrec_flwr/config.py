@@ -257,7 +257,8 @@ class TrainingOptions:
         True,
         "Also rank each held-out item over the whole catalogue minus the user's training "
         "items (`full-hr@K`, `full-recall@K`, `full-ndcg@K` next to the sampled metrics; "
-        "not with per-user fine-tuning, which scores only the sampled candidates).",
+        "with personalisation, by the personalised model: under per-user fine-tuning each "
+        "user's own copy, holding a users x items score table per node).",
     )
     negative_pool: str = option(
         "train",

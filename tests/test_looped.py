@@ -73,8 +73,18 @@ def _context() -> NodeContext:
         chosen = rng.choice(NUM_ITEMS, size=int(rng.integers(2, 6)), replace=False)
         users += [u] * len(chosen)
         items += chosen.tolist()
-    val = rng.integers(0, NUM_ITEMS, NUM_USERS)
-    test = rng.integers(0, NUM_ITEMS, NUM_USERS)
+    # Held-out items are items the user did not train on, as leave-one-out makes them.
+    held = [
+        rng.choice(
+            np.setdiff1d(
+                np.arange(NUM_ITEMS), [i for v, i in zip(users, items, strict=True) if v == u]
+            ),
+            2,
+            replace=False,
+        )
+        for u in range(NUM_USERS)
+    ]
+    val, test = np.array([h[0] for h in held]), np.array([h[1] for h in held])
     return NodeContext(NUM_USERS, np.array(users), np.array(items), val, test)
 
 
@@ -135,7 +145,8 @@ def test_looped_training_equals_one_user_clients():
 
 
 @pytest.mark.parametrize("scope", ["private", "all"])
-def test_looped_finetuning_scores_with_each_users_own_copy(scope):
+@pytest.mark.parametrize("full", [False, True])
+def test_looped_finetuning_scores_with_each_users_own_copy(scope, full):
     ctx = _context()
     model = _BagModel(NUM_USERS, seed=1)
     model.bind(ctx)
@@ -154,9 +165,12 @@ def test_looped_finetuning_scores_with_each_users_own_copy(scope):
         batch_size=8,
         learning_rate=0.05,
         num_negatives=2,
+        full=full,
     )
-    # The reference: each user's own fine-tuned one-user copy ranks its val item.
-    ranks = []
+    # The reference: each user's own fine-tuned one-user copy ranks its val item
+    # among the negatives and, brute force, its test item over the catalogue
+    # minus its training items.
+    ranks, full_ranks = [], []
     for u in range(NUM_USERS):
         if u == 2:
             one, row = model, u  # no training data: the global model
@@ -164,10 +178,22 @@ def test_looped_finetuning_scores_with_each_users_own_copy(scope):
             one, row = _alone(model, ctx, u, seeds[u], scope), 0
         cands = torch.from_numpy(np.concatenate([[ctx.val_items[u]], negatives[u]]))
         with torch.no_grad():
-            scores = one(torch.full((7,), row), cands)
+            scores = one(torch.full((7,), row), cands).numpy()
+            every = one(torch.full((NUM_ITEMS,), row), torch.arange(NUM_ITEMS)).numpy()
         ranks.append(int((scores[1:] >= scores[0]).sum()))
+        eligible = np.ones(NUM_ITEMS, dtype=bool)
+        eligible[ctx.train_items[ctx.train_users == u]] = False
+        eligible[ctx.test_items[u]] = False
+        full_ranks.append(int((every[eligible] >= every[ctx.test_items[u]]).sum()))
     assert val.sums["hr@3"] == sum(r < 3 for r in ranks)
     assert val.num_users == test.num_users == NUM_USERS
+    if full:
+        assert test.sums["full-hr@3"] == sum(r < 3 for r in full_ranks)
+        want = sum(1 / np.log2(r + 2) for r in full_ranks if r < 3)
+        assert test.sums["full-ndcg@3"] == pytest.approx(want, abs=1e-12)
+        assert 0 < test.sums["full-hr@3"] < NUM_USERS  # neither all hits nor none
+    else:
+        assert not any(k.startswith("full-") for k in test.sums)
 
 
 def test_group_path_calls_the_models_own_objective_and_refuses_fedprox():

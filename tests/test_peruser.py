@@ -406,11 +406,11 @@ def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path, finetune):
     """
     from conftest import write_u_data
 
-    # Per-user fine-tuning scores only the sampled candidates: no full ranking to compare.
+    # Full ranking too: with fine-tuning, each user's own copy ranks the catalogue.
     base = {
         **_BASE,
         "data-dir": str(write_u_data(tmp_path / "log", _random_log())),
-        "full-ranking": not finetune,
+        "full-ranking": True,
         **finetune,
     }
     one_each, model_a = _run_grid({**base, "partitioner": "natural"}, 12, tmp_path / "natural")
@@ -426,9 +426,8 @@ def test_per_user_mode_in_groups_equals_one_user_per_client(tmp_path, finetune):
             {**base, "finetune-epochs": 0, "client-mode": "per-user"}, 3, tmp_path / "g"
         )
         for a, b in zip(plain["rounds"], grouped["rounds"], strict=True):
-            # (full-ranking metrics are computed without personalisation only)
-            sampled = {k: v for k, v in a["test"].items() if not k.startswith("full-")}
-            assert b["global-test"] == pytest.approx(sampled, abs=1e-9)
+            assert b["global-test"] == pytest.approx(a["test"], abs=1e-9)
+            assert any(k.startswith("full-") for k in b["test"])
             assert abs(b["val-loss"] - a["val-loss"]) > 1e-4
     # A group trained as one client is a different computation: the check above
     # is not met by any two runs.
@@ -451,7 +450,7 @@ def test_finetune_unit_user_personalises_each_user_of_a_group(tmp_path):
         "data-dir": str(write_u_data(tmp_path / "log", _random_log())),
         "finetune-epochs": 2,
         "finetune-scope": "all",
-        "full-ranking": False,  # per-user fine-tuning scores only the sampled candidates
+        "full-ranking": True,
     }
     natural = {**base, "partitioner": "natural"}
     as_client, _ = _run_grid(natural, 12, tmp_path / "nc")

@@ -17,7 +17,7 @@ import torch
 
 from ..models.base import Recommender
 
-__all__ = ["full_ranking_sums", "top_k"]
+__all__ = ["full_ranking_sums", "full_ranking_sums_of_scores", "top_k"]
 
 _DEFAULT_MAX_CELLS = 2**24
 
@@ -247,19 +247,65 @@ def full_ranking_sums(
     ranks = np.empty(users.size, dtype=np.int64)
     for chunk in _chunks(users.size, num_items, max_cells):
         scores, cells = _scored_chunk(model, users[chunk], excluded, device)
-        chunk_targets = torch.from_numpy(targets[chunk]).to(device)
-        target_excluded = cells[1] == chunk_targets[cells[0]]
-        if bool(target_excluded.any()):
-            row = int(cells[0][target_excluded][0])
-            user = int(users[chunk][row])
-            raise ValueError(f"user {user}: its target item {int(targets[chunk][row])} is excluded")
-        target_scores = scores.gather(1, chunk_targets[:, None])
-        at_least = scores >= target_scores
-        at_least[cells] = False
-        # Minus one: the target itself always scores at least as high as itself.
-        # int32 counts: summing booleans into int64 is much slower.
-        ranks[chunk] = (at_least.sum(1, dtype=torch.int32) - 1).cpu().numpy()
-    targets_per_row = np.ones(users.size)  # one held-out target per row
+        ranks[chunk] = _target_ranks(scores, cells, users[chunk], targets[chunk])
+    return _rank_sums(ranks, ks)
+
+
+def full_ranking_sums_of_scores(
+    scores: np.ndarray,
+    users: np.ndarray,
+    targets: np.ndarray,
+    ks: Iterable[int],
+    *,
+    exclude_users: np.ndarray | None = None,
+    exclude_items: np.ndarray | None = None,
+) -> dict[str, float]:
+    """:func:`full_ranking_sums` of catalogue scores computed elsewhere.
+
+    For scores no single model gives, e.g. every user's own fine-tuned copy
+    (:meth:`~fedrec_flwr.train.trainer.PerUserTrainer.personalised_rank`).
+    Row ``r`` of ``scores`` (``(n, num_items)``) scores the catalogue for
+    ``users[r]``; the other parameters, ranks and sums are :func:`full_ranking_sums`'.
+    """
+    users = _users(users)
+    targets = np.asarray(targets, dtype=np.int64)
+    scores_t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    if scores_t.dim() != 2 or scores_t.shape[0] != users.size or targets.shape != users.shape:
+        raise ValueError(
+            f"scores {tuple(scores_t.shape)} must be (n, num_items) for {users.size} users "
+            f"and targets {targets.shape}"
+        )
+    num_items = scores_t.shape[1]
+    if targets.size and (targets.min() < 0 or targets.max() >= num_items):
+        raise ValueError(f"targets must lie in [0, {num_items})")
+    rows, items = _Exclusions(exclude_users, exclude_items, num_items).cells(users)
+    cells = (torch.from_numpy(rows), torch.from_numpy(items))
+    return _rank_sums(_target_ranks(scores_t, cells, users, targets), ks)
+
+
+def _target_ranks(
+    scores: torch.Tensor,
+    cells: tuple[torch.Tensor, torch.Tensor],
+    users: np.ndarray,
+    targets: np.ndarray,
+) -> np.ndarray:
+    """0-based rank of each row's target among its eligible items (ties count against it)."""
+    chunk_targets = torch.from_numpy(targets).to(scores.device)
+    target_excluded = cells[1] == chunk_targets[cells[0]]
+    if bool(target_excluded.any()):
+        row = int(cells[0][target_excluded][0])
+        raise ValueError(f"user {int(users[row])}: its target item {int(targets[row])} is excluded")
+    target_scores = scores.gather(1, chunk_targets[:, None])
+    at_least = scores >= target_scores
+    at_least[cells] = False
+    # Minus one: the target itself always scores at least as high as itself.
+    # int32 counts: summing booleans into int64 is much slower.
+    ranks: np.ndarray = (at_least.sum(1, dtype=torch.int32) - 1).cpu().numpy()
+    return ranks
+
+
+def _rank_sums(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
+    targets_per_row = np.ones(ranks.size)  # one held-out target per row
     out: dict[str, float] = {}
     for k in ks:
         hit = ranks < k

@@ -176,6 +176,7 @@ def finetune_users_looped(
     learning_rate: float,
     num_negatives: int,
     weight_decay: float = 0.0,
+    full: bool = False,
 ) -> tuple[EvalResult, EvalResult]:
     """Fine-tune a copy per user on its own interactions; rank its val and test items.
 
@@ -191,6 +192,10 @@ def finetune_users_looped(
         Which parameters each copy fine-tunes.
     epochs, batch_size, learning_rate, num_negatives, weight_decay
         Fine-tuning settings.
+    full : bool (default: False)
+        Also rank each held-out item over the whole catalogue minus the user's
+        training items, with the user's fine-tuned copy (``full-*`` sums, as
+        :func:`~fedrec_flwr.train.evaluate.rank_val_test` adds them).
 
     Returns
     -------
@@ -202,6 +207,8 @@ def finetune_users_looped(
         raise ValueError(f"scope={scope!r}: expected 'private' or 'all'")
     counts = np.bincount(context.train_users, minlength=context.num_users)
     rows: dict[str, list[torch.Tensor]] = {VAL_PART: [], TEST_PART: []}
+    catalogue = np.arange(model.catalogue_size())
+    full_rows: dict[str, list[torch.Tensor]] = {VAL_PART: [], TEST_PART: []}
     for user in range(context.num_users):
         one = model
         if counts[user]:
@@ -221,5 +228,32 @@ def finetune_users_looped(
         for target, held_out in ((VAL_PART, context.val_items), (TEST_PART, context.test_items)):
             candidates = np.concatenate([[held_out[user]], eval_negatives[user]])
             rows[target].append(_score(one, user, candidates, target))
+            if full:
+                with torch.no_grad():
+                    full_rows[target].append(_score(one, user, catalogue, target))
     val, test = (rank_logits(torch.stack(rows[t]), ks) for t in (VAL_PART, TEST_PART))
+    if not full:
+        return val, test
+    from ..serving.scoring import full_ranking_sums_of_scores
+
+    users = np.arange(context.num_users)
+    held = {VAL_PART: context.val_items, TEST_PART: context.test_items}
+    val, test = (
+        EvalResult(
+            result.num_users,
+            {
+                **result.sums,
+                **full_ranking_sums_of_scores(
+                    torch.stack(full_rows[t]).numpy(),
+                    users,
+                    held[t],
+                    ks,
+                    exclude_users=context.train_users,
+                    exclude_items=context.train_items,
+                ),
+            },
+            result.loss,
+        )
+        for t, result in ((VAL_PART, val), (TEST_PART, test))
+    )
     return val, test

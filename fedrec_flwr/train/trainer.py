@@ -360,11 +360,18 @@ class PerUserTrainer(Trainer):
                 learning_rate=t.finetune_lr,
                 num_negatives=t.num_negatives,
                 weight_decay=t.weight_decay,
+                full=t.full_ranking,
             )
-        # One fine-tuning serves both parts: columns 0/1 are the val/test items.
-        candidates = np.concatenate(
+        # One fine-tuning serves both parts: columns 0/1 are the val/test items;
+        # with full ranking the whole catalogue follows the sampled candidates.
+        sampled = np.concatenate(
             [data.val_items[:, None], data.test_items[:, None], data.eval_negatives], axis=1
         )
+        width = sampled.shape[1]
+        candidates = sampled
+        if t.full_ranking:
+            catalogue = np.broadcast_to(np.arange(data.num_items), (data.num_users, data.num_items))
+            candidates = np.concatenate([sampled, catalogue], axis=1)
         scores = finetune_users_and_score(
             model,
             data.train_users,
@@ -381,9 +388,32 @@ class PerUserTrainer(Trainer):
         )
         val, test = (
             rank_logits(
-                torch.from_numpy(np.concatenate([scores[:, [column]], scores[:, 2:]], axis=1)),
+                torch.from_numpy(np.concatenate([scores[:, [column]], scores[:, 2:width]], axis=1)),
                 t.ks,
             )
             for column in (0, 1)
+        )
+        if not t.full_ranking:
+            return val, test
+        from ..serving.scoring import full_ranking_sums_of_scores
+
+        users = np.arange(data.num_users)
+        val, test = (
+            EvalResult(
+                result.num_users,
+                {
+                    **result.sums,
+                    **full_ranking_sums_of_scores(
+                        scores[:, width:],
+                        users,
+                        held_out,
+                        t.ks,
+                        exclude_users=data.train_users,
+                        exclude_items=data.train_items,
+                    ),
+                },
+                result.loss,
+            )
+            for held_out, result in ((data.val_items, val), (data.test_items, test))
         )
         return val, test
