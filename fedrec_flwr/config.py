@@ -603,9 +603,9 @@ class RunConfig:
         """Resume and warm start against the privacy keys (before any round).
 
         A resumed run must repeat what the first one would have done; node-level
-        DP's noise and accountant, SecAgg+'s legacy loop and the audit's records
-        are not in a checkpoint, so those runs are refused rather than resumed
-        differently.
+        DP's noise and accountant and SecAgg+'s legacy loop are not in a
+        checkpoint, so those runs are refused rather than resumed differently.
+        (The audit's records are checkpointed: ``privacy-audit`` resumes.)
         """
         serving, privacy = self.serving, self.privacy
         key = "resume-from" if serving.resume_from.strip() else None
@@ -621,7 +621,6 @@ class RunConfig:
                     privacy.secure_aggregation,
                     privacy.secure_aggregation != "off",
                 ),
-                ("privacy-audit", privacy.privacy_audit, privacy.privacy_audit),
             )
             if clash
         ]

@@ -257,9 +257,39 @@ def test_resume_past_the_last_round_says_so(plain, data_dir, tmp_path):
         _run(_rc(data_dir, **{"resume-from": str(out)}), tmp_path / "o", tmp_path / "n")
 
 
-def test_resume_refuses_state_a_checkpoint_does_not_hold(data_dir):
-    with pytest.raises(ConfigError, match="resume-from with privacy-audit=True: not resumable"):
-        RunConfig.from_mapping({"resume-from": "/x", "privacy-audit": True})
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ({"dp": "node-client", "dp-clip": 1.0, "dp-noise-multiplier": 1.0}, "dp='node-client'"),
+        ({"secure-aggregation": "secaggplus"}, "secure-aggregation='secaggplus'"),
+    ],
+)
+def test_resume_refuses_state_a_checkpoint_does_not_hold(keys, named):
+    with pytest.raises(ConfigError, match=f"resume-from with {named}: not resumable"):
+        RunConfig.from_mapping({"resume-from": "/x", **keys})
+
+
+def test_a_resumed_audited_run_keeps_the_earlier_rounds_audit(data_dir, tmp_path):
+    # The audit's records are checkpointed: resumed, the run's privacy-audit
+    # section is the uninterrupted run's, every round audited once.
+    rc = _rc(data_dir, **{"privacy-audit": True})
+    whole, _ = _run(rc, tmp_path / "whole", tmp_path / "n1")
+    first = tmp_path / "first"
+    with pytest.raises(RuntimeError, match="server killed"):
+        _run(rc, first, tmp_path / "n2", _Crash, crash_at=3)
+    resumed, _ = _run({**rc, "resume-from": str(first)}, tmp_path / "second", tmp_path / "n2")
+    assert _metrics(resumed) == _metrics(whole)
+
+    def audit(results):
+        records = [
+            {k: v for k, v in r.items() if k != "node"}  # Flower's node ids: per run
+            for r in results["privacy-audit"]["records"]
+        ]  # in reply order: sorted to compare
+        return sorted(records, key=lambda r: (r["round"], r["partition-id"], r["attack"]))
+
+    assert sorted({r["round"] for r in audit(whole)}) == [1, 2, 3, 4]
+    assert audit(resumed) == audit(whole)
+    assert resumed["privacy-audit"]["summary"] == whole["privacy-audit"]["summary"]
 
 
 # --- delivery and recommendations -----------------------------------------------

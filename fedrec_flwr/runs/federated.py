@@ -221,6 +221,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         run_id=run_id,
         resume_from=serving.resume_from,
         init_from=serving.init_from,
+        audit_records=audited.records if audited is not None else None,
     )
     earlier = session.earlier_rounds()
     if session.first_round > cfg.num_server_rounds:

@@ -76,6 +76,10 @@ def _plain(metrics: Mapping[int, MetricRecord]) -> dict[str, dict[str, Any]]:
     return {str(r): dict(m) for r, m in metrics.items()}
 
 
+#: checkpoint record key of the privacy audit's records.
+_AUDIT = "privacy-audit"
+
+
 class ServerSession:
     """Checkpoints, resume, warm start and delivery of one federated run.
 
@@ -95,6 +99,9 @@ class ServerSession:
         The run-config keys of that name.
     select : callable
         ``rounds -> selected entry`` (:func:`~fedrec_flwr.runs.results.select_by_validation`).
+    audit_records : list of dict, optional (default: None)
+        The privacy audit's records (``AuditedGrid.records``), checkpointed with
+        the results so far and, on resume, refilled with the earlier rounds'.
     """
 
     def __init__(
@@ -108,8 +115,10 @@ class ServerSession:
         run_id: int = 0,
         resume_from: str = "",
         init_from: str = "",
+        audit_records: list[dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
+        self.audit_records = audit_records
         self.out_dir = out_dir
         self.strategy = strategy
         self.checkpoint_every = checkpoint_every
@@ -133,6 +142,8 @@ class ServerSession:
             strategy.dropped.extend(tuple(d) for d in record.get("dropped", []))
             strategy.clipped.extend(record.get("clipped", []))
             strategy.rejected.extend(tuple(r) for r in record.get("rejected", []))
+            if audit_records is not None:
+                audit_records.extend(record.get(_AUDIT, []))
             log(
                 INFO,
                 "fedrec-flwr: resuming %s after round %d (lineage %s)",
@@ -263,6 +274,7 @@ class ServerSession:
             "clipped": list(strategy.clipped),
             "rejected": [list(r) for r in strategy.rejected],
             NUM_PARTITIONS_KEY: strategy.num_partitions,
+            **({_AUDIT: list(self.audit_records)} if self.audit_records is not None else {}),
         }
 
     def earlier_rounds(self) -> list[dict[str, Any]]:
