@@ -43,6 +43,10 @@ def test_quality_quick(tmp_path, ml100k_dir):
     ]
     for row in summary:
         assert 0 < row["hr"][0] <= 1 and 0 < row["ndcg"][0] <= row["hr"][0]
+        # The sampled negatives are a subset of the items a full ranking ranks
+        # against: no user's full rank is better than its sampled one.
+        assert 0 <= row["full-hr"][0] <= row["hr"][0] and row["full-ndcg"][0] <= row["ndcg"][0]
+    assert "| full HR@10 |" in text
     assert (tmp_path / "quality.png").stat().st_size > 0
 
 
