@@ -589,6 +589,19 @@ class RunConfig:
                 f"negative-pool={training.negative_pool!r} with task='rating': the rating task "
                 "draws no negatives; leave negative-pool='train'"
             )
+        # Ranking-only keys: the rating task draws no negatives and reports
+        # RMSE/MAE, so a changed value would be ignored; refuse it instead.
+        for key, value, default, fix in (
+            ("num-negatives", training.num_negatives, 4, "4"),
+            ("num-eval-negatives", self.data.num_eval_negatives, 99, "99"),
+            ("top-k", training.top_k, (10,), "'10'"),
+        ):
+            if value != default:
+                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+                raise ConfigError(
+                    f"{key}={shown!r} with task='rating': a ranking key (the rating task "
+                    f"samples no negatives and reports RMSE/MAE); leave {key}={fix}"
+                )
         for key, value, default in (
             ("client-mode", training.client_mode, "group"),
             ("finetune-unit", training.finetune_unit, "client"),
