@@ -349,3 +349,25 @@ def test_temporal_rating_split_needs_timestamps(tmp_path):
     options = DataOptions(dataset="log", data_dir=str(log), task="rating", split="random")
     random = prepare_data(options)
     assert len(random.ratings.test_ratings) == 4  # ceil(0.2 * 20)
+
+
+@pytest.mark.flower
+def test_flwr_run_trains_the_rating_task(tmp_path, ml100k_dir):
+    """The FAB under `flwr run` (SuperLink, Ray SuperNodes): rating rounds, RMSE/MAE written."""
+    from conftest import flwr_run
+
+    out = tmp_path / "results"
+    run_config = (
+        f"task='rating' model='mf' split='random' num-server-rounds=3 data-dir='{ml100k_dir}' "
+        f"output-dir='{out}'"
+    )
+    code, log, _ = flwr_run(tmp_path, run_config)
+    assert code == 0 and (out / "results.json").is_file(), log[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["task"] == "rating"
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["failures"] == 0 and "hr@10" not in r["test"] for r in rounds)
+    # Training moves the model: the validation RMSE falls from round 1 to 3.
+    assert rounds[-1]["val"]["rmse"] < rounds[0]["val"]["rmse"] < 4
+    assert 0 < rounds[-1]["test"]["mae"] <= rounds[-1]["test"]["rmse"]
