@@ -591,13 +591,13 @@ class RunConfig:
             )
         # Ranking-only keys: the rating task draws no negatives and reports
         # RMSE/MAE, so a changed value would be ignored; refuse it instead.
-        for key, value, default, fix in (
+        for key, got, unset, fix in (
             ("num-negatives", training.num_negatives, 4, "4"),
             ("num-eval-negatives", self.data.num_eval_negatives, 99, "99"),
             ("top-k", training.top_k, (10,), "'10'"),
         ):
-            if value != default:
-                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            if got != unset:
+                shown = ",".join(map(str, got)) if isinstance(got, tuple) else got
                 raise ConfigError(
                     f"{key}={shown!r} with task='rating': a ranking key (the rating task "
                     f"samples no negatives and reports RMSE/MAE); leave {key}={fix}"
@@ -615,33 +615,35 @@ class RunConfig:
     def _check_serving(self) -> None:
         """Resume and warm start against the privacy keys (before any round).
 
-        A resumed run must repeat what the first one would have done; node-level
-        DP's noise and accountant and SecAgg+'s legacy loop are not in a
-        checkpoint, so those runs are refused rather than resumed differently.
-        (The audit's records are checkpointed: ``privacy-audit`` resumes.)
+        A resumed run must repeat what the first one would have done; SecAgg+'s
+        legacy loop is not in a checkpoint, so it is refused rather than resumed
+        differently. The audit's records and node-level DP's releases are
+        checkpointed: they resume. A warm start (``init-from``) with node-level DP
+        is refused: the earlier run's releases of the same data are not accounted.
         """
         serving, privacy = self.serving, self.privacy
         key = "resume-from" if serving.resume_from.strip() else None
         key = key or ("init-from" if serving.init_from.strip() else None)
         if key is None:
             return
-        bad = [
-            f"{name}={value!r}"
-            for name, value, clash in (
-                ("dp", privacy.dp, privacy.dp in ("node-client", "node-server")),
-                (
-                    "secure-aggregation",
-                    privacy.secure_aggregation,
-                    privacy.secure_aggregation != "off",
-                ),
-            )
-            if clash
-        ]
-        if bad:
-            raise ConfigError(
-                f"{key} with {', '.join(bad)}: not resumable (their state is not in a "
-                "checkpoint); run without them or start anew"
-            )
+        for name, value, clash, why in (
+            (
+                "dp",
+                privacy.dp,
+                key == "init-from" and privacy.dp in ("node-client", "node-server"),
+                "the earlier run's releases of the same data would not be accounted; "
+                "start anew without init-from",
+            ),
+            (
+                "secure-aggregation",
+                privacy.secure_aggregation,
+                privacy.secure_aggregation != "off",
+                "not resumable (the legacy SecAgg+ loop's state is not in a checkpoint); "
+                "run without it or start anew",
+            ),
+        ):
+            if clash:
+                raise ConfigError(f"{key} with {name}={value!r}: {why}")
 
     def _check_privacy(self) -> None:
         """The privacy keys against the training and strategy keys (before any round)."""

@@ -257,16 +257,46 @@ def test_resume_past_the_last_round_says_so(plain, data_dir, tmp_path):
         _run(_rc(data_dir, **{"resume-from": str(out)}), tmp_path / "o", tmp_path / "n")
 
 
+_NODE_DP = {"dp": "node-client", "dp-clip": 5.0, "dp-noise-multiplier": 0.5}
+
+
 @pytest.mark.parametrize(
-    ("keys", "named"),
+    ("keys", "match"),
     [
-        ({"dp": "node-client", "dp-clip": 1.0, "dp-noise-multiplier": 1.0}, "dp='node-client'"),
-        ({"secure-aggregation": "secaggplus"}, "secure-aggregation='secaggplus'"),
+        ({"resume-from": "/x", "secure-aggregation": "secaggplus"},
+         r"^resume-from with secure-aggregation='secaggplus': not resumable"),
+        ({"init-from": "/x", **_NODE_DP},
+         r"^init-from with dp='node-client': the earlier run's releases .* not be accounted"),
     ],
-)
-def test_resume_refuses_state_a_checkpoint_does_not_hold(keys, named):
-    with pytest.raises(ConfigError, match=f"resume-from with {named}: not resumable"):
-        RunConfig.from_mapping({"resume-from": "/x", **keys})
+)  # fmt: skip
+def test_resume_refuses_state_a_checkpoint_does_not_hold(keys, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_mapping(keys)
+
+
+def test_a_resumed_node_dp_run_is_bit_identical_and_keeps_counting_epsilon(
+    data_dir, tmp_path, monkeypatch
+):
+    # The noise depends only on the server's noise seed and the round; the
+    # accountant is given the checkpoint's releases, so epsilon goes on counting.
+    from fedrec_flwr.privacy.nodedp import NOISE_SEED_ENV_VAR
+
+    monkeypatch.setenv(NOISE_SEED_ENV_VAR, "77")
+    rc = _rc(data_dir, **_NODE_DP)
+    whole, _ = _run(rc, tmp_path / "whole", tmp_path / "n1")
+    first = tmp_path / "first"
+    with pytest.raises(RuntimeError, match="server killed"):
+        _run(rc, first, tmp_path / "n2", _Crash, crash_at=3)
+    resumed, _ = _run({**rc, "resume-from": str(first)}, tmp_path / "second", tmp_path / "n2")
+    assert _metrics(resumed) == _metrics(whole)
+    _same_model(_model(tmp_path / "second"), _model(tmp_path / "whole"))
+    eps = whole["dp"]["epsilon-per-round"]
+    assert resumed["dp"]["epsilon-per-round"] == eps and len(eps) == 4
+    assert 0 < eps[0] < eps[1] < eps[2] < eps[3]  # four releases composed, not two
+    # Another noise multiplier would release rounds 3 and 4 under another mechanism.
+    other = {**rc, "dp-noise-multiplier": 0.6, "resume-from": str(first)}
+    with pytest.raises(ConfigError, match=r"noise-multiplier 0.5 -> 0.6"):
+        _run(other, tmp_path / "third", tmp_path / "n2")
 
 
 def test_a_resumed_audited_run_keeps_the_earlier_rounds_audit(data_dir, tmp_path):

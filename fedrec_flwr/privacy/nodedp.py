@@ -81,7 +81,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
@@ -245,6 +245,8 @@ class NodeDPStrategy(Strategy):
         self.epsilons: dict[int, float] = {}
         self.unexact: list[tuple[int, float]] = []
         self._sent: ArrayRecord | None = None
+        self._released: list[int] = []  # rounds whose aggregate was released
+        self._resumed: dict[str, Any] | None = None  # a checkpoint's state, until _build
 
     def __repr__(self) -> str:
         return f"NodeDPStrategy({self.level!r}, {self.dp or self.inner!r})"
@@ -286,9 +288,56 @@ class NodeDPStrategy(Strategy):
             return f"secret, from ${NOISE_SEED_ENV_VAR} (reproducible)"
         return "fresh OS entropy (not reproducible)"
 
+    # --- checkpoint and resume ---------------------------------------------------------
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs, as JSON: the mechanism, ``K``, the released rounds
+        (each one Gaussian release the accountant composed) and the epsilons so far.
+
+        The noise itself needs no state: a round's draws depend only on the noise
+        seed and the round (:func:`seeded_noise`).
+        """
+        return {
+            "level": self.level,
+            "noise-multiplier": self.noise_multiplier,
+            "clip": self.clipping_norm,
+            "delta": self.delta,
+            "total-examples": self.total_examples,
+            "num-nodes": self.num_nodes,
+            "released": list(self._released),
+            "epsilons": {str(r): e for r, e in self.epsilons.items()},
+            "unexact": [list(u) for u in self.unexact],
+        }
+
+    def restore_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`checkpoint_state`: the accountant is given the earlier
+        releases when Flower's wrapper is built, so epsilon keeps counting them.
+
+        Raises
+        ------
+        ConfigError
+            If the mechanism differs from the checkpoint's (level, noise
+            multiplier, clip, delta, ``n``): the earlier rounds were released
+            under another one.
+        """
+        mine = self.checkpoint_state()
+        keys = ("level", "noise-multiplier", "clip", "delta", "total-examples")
+        changed = [f"{k} {state.get(k)!r} -> {mine[k]!r}" for k in keys if state.get(k) != mine[k]]
+        if changed:
+            raise ConfigError(
+                f"resume-from with dp={self.level!r}: the checkpoint's rounds were released "
+                f"under another mechanism ({'; '.join(changed)}); resume with the same dp keys "
+                "and num-server-rounds (dp-target-epsilon calibrates the noise to it)"
+            )
+        self._resumed = dict(state)
+        self._released = [int(r) for r in state.get("released", [])]
+        self.epsilons = {int(r): float(e) for r, e in state.get("epsilons", {}).items()}
+        self.unexact = [(int(r), float(t)) for r, t in state.get("unexact", [])]
+
     def _build(self, grid: Grid) -> DifferentialPrivacyFixedClippingBase:
         from flwr.serverapp import RdpAccountant
         from flwr.supercore.privacy_accounting import (
+            GaussianPrivacyEvent,
             NeighboringRelation,
             PrivacyConfig,
             SamplingMethod,
@@ -297,6 +346,12 @@ class NodeDPStrategy(Strategy):
         while len(nodes := list(grid.get_node_ids())) < self.inner.min_available_nodes:
             time.sleep(1)  # as Flower's own sampling waits
         k = len(nodes)
+        resumed_k = self._resumed.get("num-nodes") if self._resumed else None
+        if resumed_k is not None and resumed_k != k:
+            raise ConfigError(
+                f"resume-from with dp={self.level!r}: {k} nodes are connected, the checkpoint's "
+                f"rounds were released over K={resumed_k}; node-level DP needs the same nodes"
+            )
         accountant = RdpAccountant(
             PrivacyConfig(
                 target_delta=self.delta,
@@ -314,6 +369,12 @@ class NodeDPStrategy(Strategy):
         self.dp = wrapper(
             self.inner, self.noise_multiplier, self.clipping_norm, k, accountant=accountant
         )
+        for _ in self._released:  # a resumed run: the earlier rounds' releases count
+            accountant.compose(
+                GaussianPrivacyEvent(
+                    noise_multiplier=self.noise_multiplier, sample_size=k, population_size=k
+                )
+            )
         log(
             INFO,
             "fedrec-flwr: node-level DP (%s) over K=%d nodes, n=%g training interactions: "
@@ -372,6 +433,7 @@ class NodeDPStrategy(Strategy):
         )
         if arrays is None:
             return None, None
+        self._released.append(server_round)
         total = math.fsum(float(_metrics(m)[key]) for m in ok)  # type: ignore[arg-type]
         if not math.isclose(total, self.total_examples, rel_tol=1e-9):
             self.unexact.append((server_round, total))

@@ -76,8 +76,9 @@ def _plain(metrics: Mapping[int, MetricRecord]) -> dict[str, dict[str, Any]]:
     return {str(r): dict(m) for r, m in metrics.items()}
 
 
-#: checkpoint record key of the privacy audit's records.
-_AUDIT = "privacy-audit"
+#: checkpoint record keys: the privacy audit's records; a strategy's own JSON state
+#: (``checkpoint_state()`` / ``restore_checkpoint_state()``, e.g. node-level DP).
+_AUDIT, _STRATEGY = "privacy-audit", "strategy-state"
 
 
 class ServerSession:
@@ -144,6 +145,9 @@ class ServerSession:
             strategy.rejected.extend(tuple(r) for r in record.get("rejected", []))
             if audit_records is not None:
                 audit_records.extend(record.get(_AUDIT, []))
+            restore = getattr(strategy.strategy, "restore_checkpoint_state", None)
+            if restore is not None:  # state beyond arrays (node-level DP's releases)
+                restore(record.get(_STRATEGY, {}))
             log(
                 INFO,
                 "fedrec-flwr: resuming %s after round %d (lineage %s)",
@@ -275,6 +279,11 @@ class ServerSession:
             "rejected": [list(r) for r in strategy.rejected],
             NUM_PARTITIONS_KEY: strategy.num_partitions,
             **({_AUDIT: list(self.audit_records)} if self.audit_records is not None else {}),
+            **(
+                {_STRATEGY: own()}
+                if (own := getattr(strategy.strategy, "checkpoint_state", None))
+                else {}
+            ),
         }
 
     def earlier_rounds(self) -> list[dict[str, Any]]:
