@@ -162,8 +162,10 @@ def test_privacy_merge_concatenates_seeds_of_one_section_and_refuses_mismatch():
 
 
 def test_dp_users_quick(tmp_path, ml100k_dir):
-    text = _run("dp_users.py", tmp_path, "--data-dir", str(ml100k_dir))
+    text = _run("dp_users.py", tmp_path, "--data-dir", str(ml100k_dir), "--limit")
     result = json.loads((tmp_path / "dp_users.json").read_text())
+    # The clipping-only limit: DP's clipping without its noise beats DP at epsilon 8.
+    assert all(p["clip-only"]["hr"] > p["dp"]["hr"] for p in result["points"])
     assert [p["dp"]["users"] for p in result["points"]] == [943, 1886]
     assert all(p["dp"]["epsilon"] == pytest.approx(8.0, abs=1e-3) for p in result["points"])
     assert all(math.isinf(p["no-dp"]["epsilon"]) for p in result["points"])
