@@ -395,6 +395,8 @@ def _merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             if key not in _RUNS or key not in merged:
                 if key == "node-seeds" and key in merged:
                     merged[key] = [*merged[key], *(s for s in value if s not in merged[key])]
+                elif key == "stamp" and key in merged and value not in merged[key]:
+                    merged[key] = f"{merged[key]}; {value}"  # every run's machine and time
                 else:
                     merged[key] = json.loads(json.dumps(value, default=str))
                 continue
