@@ -686,8 +686,13 @@ class RunConfig:
             needs_replies = [
                 f"{key}={value!r}"
                 for key, value, ok in (
-                    # Only FedAvg is wired on Flower's legacy SecAgg+ path (SecAggFedAvg).
-                    ("strategy", strategy.strategy, strategy.strategy == "fedavg"),
+                    # The robust strategies need each reply; FedAvg and the server
+                    # optimisers need only the mean (privacy/secagg.py: ServerStep).
+                    (
+                        "strategy",
+                        strategy.strategy,
+                        strategy.strategy in ("fedavg", "fedadam", "fedyogi", "fedavgm"),
+                    ),
                     (
                         "item-aggregation",
                         strategy.item_aggregation,
@@ -707,7 +712,8 @@ class RunConfig:
                     f"secure-aggregation={privacy.secure_aggregation!r} with "
                     f"{', '.join(needs_replies)}: SecAgg+ shows the server only the sum of "
                     "the replies, and these need each reply or are not wired on its legacy "
-                    "path; accepted: strategy='fedavg', item-aggregation='dense', "
+                    "path; accepted: strategy='fedavg', 'fedadam', 'fedyogi' or 'fedavgm', "
+                    "item-aggregation='dense', "
                     "max-update-norm=0, privacy-audit=false, dp='off' or 'user' (clipped "
                     "and noised on the nodes)"
                 )

@@ -44,7 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import (
@@ -65,10 +74,12 @@ from flwr.server.compat import LegacyContext
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..protocol import (
+    ARRAYS_RECORD,
     DP_NOISE_SEED_KEY,
     LOSS_KEY,
     METRICS_RECORD,
@@ -81,11 +92,14 @@ from ..protocol import (
 )
 from ..strategies.aggregate import exact_metric_aggregation
 from ..strategies.guard import sample_rank
+from ..strategies.registry import build_bare_strategy
 
 __all__ = [
     "MODULUS_RANGE",
+    "SERVER_OPTIMISERS",
     "QuantizationBound",
     "SecAggFedAvg",
+    "ServerStep",
     "max_weight_for",
     "mode_dispatch_mod",
     "quantization_bound",
@@ -97,6 +111,8 @@ __all__ = [
 
 #: Flower's default (and largest allowed) modulus of the masked sums.
 MODULUS_RANGE = 2**32
+#: strategies whose server step runs on the SecAgg+ mean (:class:`ServerStep`).
+SERVER_OPTIMISERS = ("fedadam", "fedyogi", "fedavgm")
 #: separates the rounding draws' seeds from every other draw's.
 _ROUNDING = 0x5EC
 
@@ -322,6 +338,56 @@ def _scalars(record: MetricRecord) -> dict[str, Scalar]:
     return {k: v for k, v in record.items() if isinstance(v, (int, float))}
 
 
+class ServerStep:
+    """A Message-API strategy's server step, applied to the securely aggregated mean.
+
+    FedAdam, FedYogi and FedAvgM take FedAvg's weighted mean of the replies and
+    move the global model from it with their own state (moments, momentum).
+    Under SecAgg+ the server holds only that mean, so this hands it to the
+    strategy as the one reply of a round, of weight 1 (its weighted mean is
+    then the mean itself, exactly), after the strategy's own
+    ``configure_train`` has seen the global arrays: the strategy's code and
+    state are Flower's, unchanged. Its output is FedAdam (etc.) of the SecAgg+
+    mean; an adaptive step divides by the update's own size, so where an
+    update is below SecAgg+'s quantisation step the rounding shows in the step.
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.FedAvg
+        The Message-API strategy (``build_bare_strategy``).
+    names : list of str
+        The shared arrays' names, in the clients' order.
+    grid : flwr.serverapp.Grid
+        The run's grid (``configure_train`` samples from its nodes; nothing is sent).
+    """
+
+    def __init__(self, strategy: FedAvg, names: list[str], grid: Grid) -> None:
+        self.strategy = strategy
+        self.names = names
+        self.grid = grid
+
+    def __call__(
+        self, server_round: int, current: list[np.ndarray], mean: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """The new global arrays from this round's global ``current`` and SecAgg+ ``mean``."""
+        sent = list(
+            self.strategy.configure_train(
+                server_round, self._record(current), ConfigRecord(), self.grid
+            )
+        )
+        if not sent:
+            raise RuntimeError(f"round {server_round}: {self.strategy!r} configured no node")
+        metrics = MetricRecord({self.strategy.weighted_by_key: 1})
+        content = RecordDict({ARRAYS_RECORD: self._record(mean), METRICS_RECORD: metrics})
+        out, _ = self.strategy.aggregate_train(server_round, [Message(content, reply_to=sent[0])])
+        if out is None:
+            raise RuntimeError(f"round {server_round}: {self.strategy!r} aggregated nothing")
+        return [out[n].numpy() for n in self.names]
+
+    def _record(self, arrays: list[np.ndarray]) -> ArrayRecord:
+        return ArrayRecord({n: Array(a) for n, a in zip(self.names, arrays, strict=True)})
+
+
 class SecAggFedAvg(LegacyFedAvg):
     """Legacy FedAvg for ``SecAggPlusWorkflow``: takes its weighted mean as is.
 
@@ -349,6 +415,9 @@ class SecAggFedAvg(LegacyFedAvg):
     partitions : mapping of int to int, optional (default: None)
         Node id to partition id, as the nodes answered a ``query``; nodes not
         in it are sampled after the others, by node id.
+    server_step : ServerStep, optional (default: None)
+        A server optimiser (FedAdam, FedYogi, FedAvgM) moving the global model
+        from the securely aggregated mean; None = the mean is the new model.
 
     Attributes
     ----------
@@ -366,6 +435,7 @@ class SecAggFedAvg(LegacyFedAvg):
         min_nodes: int = 2,
         seed: int = 0,
         partitions: Mapping[int, int] | None = None,
+        server_step: ServerStep | None = None,
     ) -> None:
         super().__init__(
             fraction_fit=fraction_fit,
@@ -385,11 +455,14 @@ class SecAggFedAvg(LegacyFedAvg):
         self.weights: dict[int, list[int]] = {}
         self.seed = seed
         self.partitions = dict(partitions or {})
+        self.server_step = server_step
+        self._current: list[np.ndarray] = initial_arrays
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """FedAvg's fit instructions to a reproducible sample of the nodes."""
+        self._current = parameters_to_ndarrays(parameters)  # the server step starts here
         if self.fraction_fit >= 1.0:
             return super().configure_fit(server_round, parameters, client_manager)
         size, wanted = self.num_fit_clients(client_manager.num_available())
@@ -423,6 +496,9 @@ class SecAggFedAvg(LegacyFedAvg):
         if len(arrays) != len(self.dtypes):
             raise RuntimeError(f"SecAgg+ returned {len(arrays)} arrays for {len(self.dtypes)}")
         cast = [np.asarray(a).astype(d) for a, d in zip(arrays, self.dtypes, strict=True)]
+        if self.server_step is not None:
+            stepped = self.server_step(server_round, self._current, cast)
+            cast = [np.asarray(a).astype(d) for a, d in zip(stepped, self.dtypes, strict=True)]
         records = [_records(res.num_examples, res.metrics) for _, res in results]
         metrics = _scalars(exact_metric_aggregation(records, NUM_EXAMPLES_KEY))
         self.train_metrics[server_round] = metrics
@@ -574,6 +650,11 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         min_nodes=cfg.strategy.min_nodes,
         seed=cfg.data.seed,
         partitions=layout.partitions,
+        server_step=(
+            ServerStep(build_bare_strategy(cfg), names, grid)  # type: ignore[arg-type]
+            if cfg.strategy.strategy in SERVER_OPTIMISERS
+            else None
+        ),
     )
     workflow = DefaultWorkflow(
         fit_workflow=SecAggPlusWorkflow(

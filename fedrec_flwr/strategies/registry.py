@@ -34,7 +34,13 @@ from .validation import PartitionSizes, ReplyLimits
 if TYPE_CHECKING:
     from ..config import RunConfig, StrategyOptions
 
-__all__ = ["ITEM_AGGREGATIONS", "STRATEGIES", "WEIGHT_KEYS", "build_strategy"]
+__all__ = [
+    "ITEM_AGGREGATIONS",
+    "STRATEGIES",
+    "WEIGHT_KEYS",
+    "build_bare_strategy",
+    "build_strategy",
+]
 
 #: ``weight-key``: FedAvg weight ``n_k`` (training interactions, users, 1 per client).
 WEIGHT_KEYS = ("interactions", "users", "uniform")
@@ -89,6 +95,29 @@ STRATEGIES: Mapping[str, Factory] = {
 }
 
 
+def _common(cfg: RunConfig) -> dict[str, Any]:
+    """The keyword arguments every strategy of the registry gets."""
+    options = cfg.strategy
+    return {
+        "fraction_train": options.fraction_train,
+        "min_train_nodes": options.min_nodes,
+        "min_evaluate_nodes": options.min_nodes,
+        "min_available_nodes": options.min_nodes,
+        "weighted_by_key": NUM_USERS_KEY if options.weight_key == "users" else NUM_EXAMPLES_KEY,
+        "train_metrics_aggr_fn": exact_metric_aggregation,
+        "evaluate_metrics_aggr_fn": exact_metric_aggregation,
+    }
+
+
+def build_bare_strategy(cfg: RunConfig) -> Strategy:
+    """The strategy named by ``strategy``, without the validation layer.
+
+    For a loop that sees no individual reply (SecAgg+: only the masked sum
+    reaches the server), where a server optimiser's step is all it can run.
+    """
+    return STRATEGIES[cfg.strategy.strategy](cfg.strategy, _common(cfg))
+
+
 def build_strategy(
     cfg: RunConfig,
     *,
@@ -123,15 +152,7 @@ def build_strategy(
     """
     options = cfg.strategy
     key = NUM_USERS_KEY if options.weight_key == "users" else NUM_EXAMPLES_KEY
-    common: dict[str, Any] = {
-        "fraction_train": options.fraction_train,
-        "min_train_nodes": options.min_nodes,
-        "min_evaluate_nodes": options.min_nodes,
-        "min_available_nodes": options.min_nodes,
-        "weighted_by_key": key,
-        "train_metrics_aggr_fn": exact_metric_aggregation,
-        "evaluate_metrics_aggr_fn": exact_metric_aggregation,
-    }
+    common = _common(cfg)
     if cfg.privacy.dp in NODE_DP_MODES:  # Flower's DP wrappers over FedAvg, pre-scaled
         inner: Strategy = node_dp_strategy(cfg, common, total_examples=max_train_weight)
     else:
