@@ -186,15 +186,20 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(plain, data_dir, t
     assert sorted(resumed["checkpoint-seconds"]) == ["3", "4"]  # this run's checkpoints
 
 
-def test_resumed_fedadam_run_keeps_the_server_moments(data_dir, tmp_path):
-    rc = _rc(data_dir, strategy="fedadam")
+def _whole_and_resumed(rc, tmp_path):
+    """One uninterrupted run, and one killed at round 3 then resumed (its own store)."""
     whole, _ = _run(rc, tmp_path / "whole", tmp_path / "n1")
     first = tmp_path / "first"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="server killed"):
         _run(rc, first, tmp_path / "n2", _Crash, crash_at=3)
     resumed, _ = _run({**rc, "resume-from": str(first)}, tmp_path / "second", tmp_path / "n2")
     assert _metrics(resumed) == _metrics(whole)
     _same_model(_model(tmp_path / "second"), _model(tmp_path / "whole"))
+    return whole, resumed
+
+
+def test_resumed_fedadam_run_keeps_the_server_moments(data_dir, tmp_path):
+    _whole_and_resumed(_rc(data_dir, strategy="fedadam"), tmp_path)
 
 
 def test_restarted_nodes_reload_their_rows_from_the_store(plain, data_dir, tmp_path):
@@ -283,18 +288,12 @@ def test_a_resumed_node_dp_run_is_bit_identical_and_keeps_counting_epsilon(
 
     monkeypatch.setenv(NOISE_SEED_ENV_VAR, "77")
     rc = _rc(data_dir, **_NODE_DP)
-    whole, _ = _run(rc, tmp_path / "whole", tmp_path / "n1")
-    first = tmp_path / "first"
-    with pytest.raises(RuntimeError, match="server killed"):
-        _run(rc, first, tmp_path / "n2", _Crash, crash_at=3)
-    resumed, _ = _run({**rc, "resume-from": str(first)}, tmp_path / "second", tmp_path / "n2")
-    assert _metrics(resumed) == _metrics(whole)
-    _same_model(_model(tmp_path / "second"), _model(tmp_path / "whole"))
+    whole, resumed = _whole_and_resumed(rc, tmp_path)
     eps = whole["dp"]["epsilon-per-round"]
     assert resumed["dp"]["epsilon-per-round"] == eps and len(eps) == 4
     assert 0 < eps[0] < eps[1] < eps[2] < eps[3]  # four releases composed, not two
     # Another noise multiplier would release rounds 3 and 4 under another mechanism.
-    other = {**rc, "dp-noise-multiplier": 0.6, "resume-from": str(first)}
+    other = {**rc, "dp-noise-multiplier": 0.6, "resume-from": str(tmp_path / "first")}
     with pytest.raises(ConfigError, match=r"noise-multiplier 0.5 -> 0.6"):
         _run(other, tmp_path / "third", tmp_path / "n2")
 
@@ -302,13 +301,7 @@ def test_a_resumed_node_dp_run_is_bit_identical_and_keeps_counting_epsilon(
 def test_a_resumed_audited_run_keeps_the_earlier_rounds_audit(data_dir, tmp_path):
     # The audit's records are checkpointed: resumed, the run's privacy-audit
     # section is the uninterrupted run's, every round audited once.
-    rc = _rc(data_dir, **{"privacy-audit": True})
-    whole, _ = _run(rc, tmp_path / "whole", tmp_path / "n1")
-    first = tmp_path / "first"
-    with pytest.raises(RuntimeError, match="server killed"):
-        _run(rc, first, tmp_path / "n2", _Crash, crash_at=3)
-    resumed, _ = _run({**rc, "resume-from": str(first)}, tmp_path / "second", tmp_path / "n2")
-    assert _metrics(resumed) == _metrics(whole)
+    whole, resumed = _whole_and_resumed(_rc(data_dir, **{"privacy-audit": True}), tmp_path)
 
     def audit(results):
         records = [
