@@ -35,7 +35,7 @@ smallest measured user count that reaches the target; writes
 
 Usage (from the repository root; one thread per run)::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dp_users.py --out OUT   # measured: docs/privacy.md, JSON in docs/privacy-bench/users/
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dp_users.py --out OUT  # see docs/privacy.md
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dp_users.py --calibrate 1,2,4
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dp_users.py --quick --out /tmp/dpu
 """
