@@ -276,3 +276,39 @@ def test_restarted_supernode_goes_on_where_it_was(ml100k_slice, tmp_path):
     theirs = torch.load(out / "model.pt")["state_dict"]
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     assert results["delivery"]["users-served"] == SLICE_USERS
+
+
+def test_the_audit_runs_in_a_real_deployment(deployment, ml100k_slice, tmp_path):
+    """The privacy audit on the replies a real SuperLink receives: the same records
+    as the in-process grid's for the same seed (the server holds the data here, so
+    it knows the truth; with nodes' own logs it reports only what it infers,
+    ``tests/test_privacy_audit.py``)."""
+    out = tmp_path / "results"
+    rc = (
+        f"num-server-rounds=1 local-epochs=1 data-dir='{ml100k_slice}' output-dir='{out}' "
+        "privacy-audit=true"
+    )
+    log = tmp_path / "flwr-run.log"
+    text = _finish(_flwr_run(deployment, rc, log), log, timeout=240)
+    assert (out / "results.json").is_file(), text[-3000:]
+    audit = json.loads((out / "results.json").read_text())["privacy-audit"]
+    rc_map = {
+        "num-server-rounds": 1,
+        "local-epochs": 1,
+        "data-dir": str(ml100k_slice),
+        "privacy-audit": True,
+    }
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    grid = InProcessGrid(client_app, nodes, rc_map, shuffle_seed=3)
+    again = json.loads(
+        run_federated(grid, RunConfig.from_mapping(rc_map), tmp_path / "again").read_text()
+    )["privacy-audit"]
+
+    def records(section):
+        rows = [{k: v for k, v in r.items() if k != "node"} for r in section["records"]]
+        return sorted(rows, key=lambda r: (r["partition-id"], r["attack"]))
+
+    assert records(audit) == records(again)
+    assert {r["partition-id"] for r in records(audit)} == {0, 1}
+    # The control: without protection the best attack reads the groups' items.
+    assert max(r["auc"] for r in records(audit) if r["auc"] is not None) > 0.9
