@@ -246,7 +246,7 @@ class NodeDPStrategy(Strategy):
         self.unexact: list[tuple[int, float]] = []
         self._sent: ArrayRecord | None = None
         self._released: list[int] = []  # rounds whose aggregate was released
-        self._resumed: dict[str, Any] | None = None  # a checkpoint's state, until _build
+        self._resumed_k: int | None = None  # a checkpoint's K, checked at _build
 
     def __repr__(self) -> str:
         return f"NodeDPStrategy({self.level!r}, {self.dp or self.inner!r})"
@@ -329,7 +329,7 @@ class NodeDPStrategy(Strategy):
                 f"under another mechanism ({'; '.join(changed)}); resume with the same dp keys "
                 "and num-server-rounds (dp-target-epsilon calibrates the noise to it)"
             )
-        self._resumed = dict(state)
+        self._resumed_k = state.get("num-nodes")
         self._released = [int(r) for r in state.get("released", [])]
         self.epsilons = {int(r): float(e) for r, e in state.get("epsilons", {}).items()}
         self.unexact = [(int(r), float(t)) for r, t in state.get("unexact", [])]
@@ -346,7 +346,7 @@ class NodeDPStrategy(Strategy):
         while len(nodes := list(grid.get_node_ids())) < self.inner.min_available_nodes:
             time.sleep(1)  # as Flower's own sampling waits
         k = len(nodes)
-        resumed_k = self._resumed.get("num-nodes") if self._resumed else None
+        resumed_k = self._resumed_k
         if resumed_k is not None and resumed_k != k:
             raise ConfigError(
                 f"resume-from with dp={self.level!r}: {k} nodes are connected, the checkpoint's "

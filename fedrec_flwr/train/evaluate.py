@@ -84,6 +84,33 @@ def rank_logits(logits: torch.Tensor, ks: Sequence[int]) -> EvalResult:
     return EvalResult(num_users=logits.shape[0], sums=ranking_sums(ranks, ks), loss=loss)
 
 
+def with_full_ranking(
+    result: EvalResult,
+    scores: np.ndarray,
+    targets: np.ndarray,
+    ks: Sequence[int],
+    *,
+    exclude_users: np.ndarray,
+    exclude_items: np.ndarray,
+) -> EvalResult:
+    """``result`` plus the ``full-*`` sums of catalogue ``scores`` computed elsewhere
+    (row ``u`` scores every item for user ``u``, e.g. with its own fine-tuned copy).
+
+    See :func:`~fedrec_flwr.serving.scoring.full_ranking_sums_of_scores`.
+    """
+    from ..serving.scoring import full_ranking_sums_of_scores
+
+    sums = full_ranking_sums_of_scores(
+        scores,
+        np.arange(len(targets)),
+        targets,
+        ks,
+        exclude_users=exclude_users,
+        exclude_items=exclude_items,
+    )
+    return EvalResult(result.num_users, {**result.sums, **sums}, result.loss)
+
+
 def rank_val_test(
     model: nn.Module, data: ClientData, ks: Sequence[int], *, full: bool = False
 ) -> tuple[EvalResult, EvalResult]:

@@ -23,7 +23,7 @@ import torch
 from ..datasets.negatives import InteractionSet
 from ..models.base import NodeContext, Recommender, private_arrays, shared_arrays
 from ..protocol import TEST_PART, VAL_PART
-from .evaluate import EvalResult, rank_logits
+from .evaluate import EvalResult, rank_logits, with_full_ranking
 from .peruser import PerUserUpdate
 
 __all__ = ["finetune_users_looped", "train_users_looped"]
@@ -232,28 +232,17 @@ def finetune_users_looped(
                 with torch.no_grad():
                     full_rows[target].append(_score(one, user, catalogue, target))
     val, test = (rank_logits(torch.stack(rows[t]), ks) for t in (VAL_PART, TEST_PART))
-    if not full:
-        return val, test
-    from ..serving.scoring import full_ranking_sums_of_scores
-
-    users = np.arange(context.num_users)
-    held = {VAL_PART: context.val_items, TEST_PART: context.test_items}
-    val, test = (
-        EvalResult(
-            result.num_users,
-            {
-                **result.sums,
-                **full_ranking_sums_of_scores(
-                    torch.stack(full_rows[t]).numpy(),
-                    users,
-                    held[t],
-                    ks,
-                    exclude_users=context.train_users,
-                    exclude_items=context.train_items,
-                ),
-            },
-            result.loss,
+    if full:
+        held = {VAL_PART: context.val_items, TEST_PART: context.test_items}
+        val, test = (
+            with_full_ranking(
+                result,
+                torch.stack(full_rows[t]).numpy(),
+                held[t],
+                ks,
+                exclude_users=context.train_users,
+                exclude_items=context.train_items,
+            )
+            for t, result in ((VAL_PART, val), (TEST_PART, test))
         )
-        for t, result in ((VAL_PART, val), (TEST_PART, test))
-    )
     return val, test

@@ -23,7 +23,13 @@ from ..config import RoundKnobs, TrainingOptions
 from ..datasets.negatives import InteractionSet
 from ..datasets.prepare import ClientData
 from ..models import Recommender, load_arrays, shared_arrays
-from .evaluate import EvalResult, evaluate_val_test, rank_logits, rank_val_test
+from .evaluate import (
+    EvalResult,
+    evaluate_val_test,
+    rank_logits,
+    rank_val_test,
+    with_full_ranking,
+)
 from .group import train_epochs, train_rating_epochs
 from .looped import finetune_users_looped, train_users_looped
 from .peruser import UserLevelDP, finetune_users_and_score, train_users_independently
@@ -393,27 +399,16 @@ class PerUserTrainer(Trainer):
             )
             for column in (0, 1)
         )
-        if not t.full_ranking:
-            return val, test
-        from ..serving.scoring import full_ranking_sums_of_scores
-
-        users = np.arange(data.num_users)
-        val, test = (
-            EvalResult(
-                result.num_users,
-                {
-                    **result.sums,
-                    **full_ranking_sums_of_scores(
-                        scores[:, width:],
-                        users,
-                        held_out,
-                        t.ks,
-                        exclude_users=data.train_users,
-                        exclude_items=data.train_items,
-                    ),
-                },
-                result.loss,
+        if t.full_ranking:
+            val, test = (
+                with_full_ranking(
+                    result,
+                    scores[:, width:],
+                    held_out,
+                    t.ks,
+                    exclude_users=data.train_users,
+                    exclude_items=data.train_items,
+                )
+                for held_out, result in ((data.val_items, val), (data.test_items, test))
             )
-            for held_out, result in ((data.val_items, val), (data.test_items, test))
-        )
         return val, test
