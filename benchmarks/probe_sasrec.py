@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=1)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--stride", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--negatives", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         heads=args.heads,
         dropout=args.dropout,
         loss=args.loss,
+        stride=args.stride,
         seed=args.seed,
     )
     model.bind(data.context())

@@ -155,6 +155,13 @@ class ModelOptions:
         "protocol.",
         choices=SASREC_TEST_INPUTS,
     )
+    sequence_stride: int = option(
+        10,
+        "`sasrec`: training windows of `max-seq-len` items start every this many "
+        "items, each trained on its last `sequence-stride` positions, so every target "
+        "has at least `max-seq-len` minus this of context (1: every prefix, as RecBole; "
+        "`max-seq-len`: disjoint windows, half the cost).",
+    )
     sequence_loss: str = option(
         "ce",
         "`sasrec`: `ce` (softmax cross-entropy over the catalogue, as RecBole; validation "
@@ -182,6 +189,11 @@ class ModelOptions:
             raise ConfigError(
                 f"max-seq-len={self.max_seq_len}, attention-blocks={self.attention_blocks}: "
                 f"must be <= {MAX_WIDTH} and <= 64"
+            )
+        if not 1 <= self.sequence_stride <= self.max_seq_len:
+            raise ConfigError(
+                f"sequence-stride={self.sequence_stride}: must be in [1, max-seq-len="
+                f"{self.max_seq_len}]"
             )
         if self.factors % self.attention_heads:
             raise ConfigError(
@@ -227,6 +239,7 @@ class ModelOptions:
             dropout=self.dropout,
             test_input=self.test_input,
             sequence_loss=self.sequence_loss,
+            sequence_stride=self.sequence_stride,
         )
 
 

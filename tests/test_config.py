@@ -89,7 +89,7 @@ def test_markdown_and_toml_come_from_the_command_line(capsys):
 
 def test_every_key_lives_in_one_group_with_help():
     keys = [settings.key_of(f.name) for _, f in RunConfig.settings()]
-    assert len(keys) == len(set(keys)) == 85
+    assert len(keys) == len(set(keys)) == 86
     groups = {g for g, _ in RunConfig.settings()}
     assert groups == {None, "data", "model", "training", "strategy", "privacy", "serving"}
     for _, f in RunConfig.settings():
@@ -179,7 +179,7 @@ def test_centralized_cli_has_exactly_the_applicable_keys():
         "task", "fold", "val_fraction", "test_fraction",
         "model", "factors", "mlp_layers", "user_features", "item_features", "feature_buckets",
         "gcn_layers", "max_seq_len", "attention_blocks", "attention_heads", "dropout",
-        "test_input", "sequence_loss",
+        "test_input", "sequence_loss", "sequence_stride",
         "learning_rate", "weight_decay", "embedding_l2", "batch_size", "num_negatives", "top_k",
         "negative_pool", "full_ranking",
     }  # fmt: skip

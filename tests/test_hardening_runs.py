@@ -216,6 +216,11 @@ def test_server_skips_data_dir_it_does_not_read(tmp_path):
             "top-k=10: cut-offs must be <= 6 (1 held-out item + num-eval-negatives=5)",
         ),
         ({"num-eval-negatives": 0}, "num-eval-negatives=0: must be >= 1"),
+        ({"sequence-stride": 0}, "sequence-stride=0: must be in [1, max-seq-len=50]"),
+        (
+            {"sequence-stride": 20, "max-seq-len": 10},
+            "sequence-stride=20: must be in [1, max-seq-len=10]",
+        ),
     ],
 )
 def test_out_of_range_numbers_name_the_key(override, message):

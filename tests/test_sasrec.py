@@ -303,6 +303,29 @@ def test_long_sequences_are_cut_into_windows_so_every_item_is_a_target():
     assert model.train_owner.tolist() == [0, 0, 1]
 
 
+def test_overlapping_windows_give_every_target_context_and_each_target_once():
+    # User 0 trains on 1..7: pairs (1->2) .. (6->7). Windows of 3 every 2 pairs,
+    # each trained on its last 2 positions: every target once, with >= 1 item before it.
+    model = bound([[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13]], 20, max_len=3, stride=2)
+    assert model.train_inputs.tolist() == [[4, 5, 6], [2, 3, 4], [-1, 1, 2], [-1, -1, 10]]
+    assert model.train_targets.tolist() == [[-1, 6, 7], [-1, 4, 5], [-1, 2, 3], [-1, -1, 11]]
+    assert model.train_owner.tolist() == [0, 0, 0, 1]
+    # stride 1: one window per target, each with all the context max_len allows (RecBole).
+    every = bound([[1, 2, 3, 4, 5, 6, 7, 8, 9]], 20, max_len=3, stride=1)
+    assert every.train_inputs.tolist() == [
+        [4, 5, 6],
+        [3, 4, 5],
+        [2, 3, 4],
+        [1, 2, 3],
+        [-1, 1, 2],
+        [-1, -1, 1],
+    ]
+    assert every.train_targets[:, :-1].eq(-1).all()
+    assert every.train_targets[:, -1].tolist() == [7, 6, 5, 4, 3, 2]
+    with pytest.raises(ValueError, match=r"^stride=4: must be in \[1, max_len=3\]"):
+        SASRec(1, 20, max_len=3, stride=4)
+
+
 def test_cross_entropy_objective_trains_and_is_reproducible():
     sequences = random_sequences(12, 30, seed=3)
     states = []

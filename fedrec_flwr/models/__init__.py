@@ -105,6 +105,7 @@ def _sasrec(
     dropout: float = 0.2,
     test_input: str = "train+val",
     sequence_loss: str = "bce",
+    sequence_stride: int | None = None,
     **_: Any,
 ) -> Recommender:
     return SASRec(
@@ -117,6 +118,7 @@ def _sasrec(
         dropout=dropout,
         test_input=test_input,
         loss=sequence_loss,
+        stride=sequence_stride,
         seed=seed,
     )
 

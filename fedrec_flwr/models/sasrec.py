@@ -89,6 +89,12 @@ class SASRec(Recommender):
         ``num_negatives`` sampled negatives (the paper); ``"ce"``, softmax
         cross-entropy over the whole catalogue at every position (RecBole's
         default), which moves every item row each step.
+    stride : int or None (default: None, ``max_len``)
+        Training windows of a long sequence start every ``stride`` pairs and
+        each is trained on its last ``stride`` positions, so every target sees
+        at least ``max_len - stride`` items of context, as at scoring time
+        (RecBole trains every prefix: ``stride=1``); cost per epoch grows as
+        ``max_len / stride``.
     seed : int (default: 0)
         Initialisation seed (:meth:`reset_parameters`).
 
@@ -107,9 +113,10 @@ class SASRec(Recommender):
     Training (:meth:`train_epochs`): for every user with at least two
     training items, the input is the training sequence without its last item
     and the target at each position is the next item. A sequence longer than
-    ``max_len`` is cut, from its end, into windows of ``max_len`` pairs, so
-    every training item is a target once per epoch (one window would leave
-    the start of long histories unused). With ``loss="bce"`` each target gets
+    ``max_len`` is cut, from its end, into windows of ``max_len`` pairs that
+    start every ``stride`` pairs, each trained on its last ``stride``
+    positions, so every training item is a target once per epoch (one window
+    would leave the start of long histories unused). With ``loss="bce"`` each target gets
     ``num_negatives`` negatives from the items outside the user's training
     set, binary cross-entropy over the positives and negatives of the real
     (non-padding) positions, each sample weighing the same in a mini-batch's
@@ -141,6 +148,7 @@ class SASRec(Recommender):
         dropout: float = 0.2,
         test_input: str = "train+val",
         loss: str = "bce",
+        stride: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -162,6 +170,10 @@ class SASRec(Recommender):
             raise ValueError(f"test_input={test_input!r}: expected one of {TEST_INPUTS}")
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: expected one of {LOSSES}")
+        stride = max_len if stride is None else stride
+        if not 1 <= stride <= max_len:
+            raise ValueError(f"stride={stride}: must be in [1, max_len={max_len}]")
+        self.stride = stride
         self.loss = loss
         self.num_users = num_users
         self.num_items = num_items
@@ -288,15 +300,20 @@ class SASRec(Recommender):
         train_val = np.concatenate([train, val[:, None]], axis=1)[:, -length:]
         everything = np.concatenate([train, val[:, None], test[:, None]], axis=1)[:, -length:]
         # Training pairs: input = sequence without its last item, target = next
-        # item; a user's n - 1 pairs cut from the end into windows of `length`.
+        # item; a user's n - 1 pairs cut from the end into windows of `length`
+        # that start every `stride` pairs. A window's loss is on its last
+        # `stride` positions only, so each pair is a target once and has at
+        # least length - stride items of context (all of them when stride = 1).
+        step = self.stride
         pairs = np.maximum(ends - starts - 1, 0)
-        per_user = -(-pairs // length)  # ceil
+        per_user = -(-pairs // step)  # ceil
         owner = np.repeat(np.arange(n), per_user)
         back = np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user)
-        stop = ends[owner] - 1 - back * length  # last input position (exclusive) of a window
+        stop = ends[owner] - 1 - back * step  # last input position (exclusive) of a window
         first = starts[owner]
         inputs = _windows(items, first, np.maximum(stop, first), length)
         targets = np.where(inputs == _PAD, _PAD, _windows(items, first + 1, stop + 1, length))
+        targets[:, : length - step] = _PAD  # another window's last `stride` positions
         device = self.item_emb.weight.device
         for name, value in (
             ("history_train", train),
