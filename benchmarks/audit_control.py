@@ -35,7 +35,7 @@ from flwr.app import RecordDict
 from fedrec_flwr.client.numpy_client import NCFClient
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import load_client_data
-from fedrec_flwr.models import build_model, shared_arrays
+from fedrec_flwr.models import shared_arrays
 from fedrec_flwr.privacy.audit import ATTACKS, audit_reply, score_attack
 
 
@@ -44,20 +44,14 @@ def _replies(
 ) -> tuple[Any, dict[str, np.ndarray], list[tuple[dict[str, np.ndarray], np.ndarray]]]:
     """The one-user model, the round-1 arrays sent, and (reply, truth) per partition."""
     cfg = RunConfig.from_mapping(run_config)
-    arch = cfg.model
-    sent_model = build_model(
-        arch.model, 0, 1682, factors=arch.factors, mlp_layers=arch.mlp_layers, seed=cfg.data.seed
-    )
-    sent = dict(shared_arrays(sent_model))
+    sent = dict(shared_arrays(cfg.model.build(0, 1682, seed=cfg.data.seed)))
     out = []
     for partition in partitions:
         data = load_client_data(cfg.data, partition, num_partitions)
         client = NCFClient(data, cfg, RecordDict())
         arrays, _, _ = client.fit(list(sent.values()), {"server-round": 1})
         out.append((dict(zip(client.array_names(), arrays, strict=True)), data.train_items))
-    probe = build_model(
-        arch.model, 1, data.num_items, factors=arch.factors, mlp_layers=arch.mlp_layers
-    )
+    probe = cfg.model.build(1, data.num_items, seed=0)
     return probe, sent, out
 
 
@@ -89,7 +83,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=60, help="one-user nodes sampled")
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--noise", default="0,0.5,1,2,4", help="noise multiples of the RMS")
-    parser.add_argument("--model", default="neumf", help="gmf, mlp or neumf (default config)")
+    parser.add_argument("--model", default="neumf", help="any `model` (its default config)")
     parser.add_argument("--client-mode", default="group", help="group or per-user")
     parser.add_argument("--quick", action="store_true", help="10 users, 3 groups")
     parser.add_argument("--out", type=Path, default=None, help="folder for audit_control.json")

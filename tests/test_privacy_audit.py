@@ -13,7 +13,7 @@ from conftest import write_u_data
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
 from fedrec_flwr.datasets import prepare_data
-from fedrec_flwr.models import build_model, shared_arrays
+from fedrec_flwr.models import ARCHITECTURES, build_model, shared_arrays
 from fedrec_flwr.privacy.audit import (
     ATTACKS,
     REPORTED_COUNTS,
@@ -60,6 +60,22 @@ def test_rows_moved_along_a_direction_are_found(arch):
         assert scored["base-rate"] == pytest.approx(0.2)
         if result.attack != "changed-rows":
             assert scored["precision"] == 1.0 and scored["auc"] == 1.0
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a not in ("gmf", "mlp", "neumf")])
+def test_every_family_is_audited(arch):
+    """MF, hybrid, LightGCN, SASRec: rows moved along +/- a direction of the first item
+    table are read by both direction attacks (without a user row to fit, the
+    signature is the table's main direction); an unchanged reply reveals nothing."""
+    model = _model(arch, num_items=12)
+    sent = shared_arrays(model)
+    table = model.item_tables()[0]
+    direction = np.array([1.0, -2.0, 0.5, 1.5], dtype=np.float32)
+    reply = _moved(sent, table, [3, 5], [0, 1, 2, 4, 6, 7], direction)
+    found = {r.attack: set(np.flatnonzero(r.predicted)) for r in audit_reply(sent, reply, model)}
+    assert found == {"changed-rows": set(range(8)), "direction": {3, 5}, "signature": {3, 5}}
+    for result in audit_reply(sent, dict(sent), model):
+        assert not result.predicted.any(), result.attack
 
 
 def test_direction_falls_back_to_the_first_item_table_for_mlp():
@@ -250,6 +266,49 @@ def test_an_audited_in_process_run_writes_the_audit(tmp_path):
         (r, a) for r in (1, 3) for a in ATTACKS
     }
     assert (path.parent / "privacy-audit.png").stat().st_size > 10_000
+
+
+_SHORT_SASREC = {"model": "sasrec", "max-seq-len": 8, "sequence-stride": 4}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "every_row_moves"),
+    [
+        ({**_SHORT_SASREC, "sequence-loss": "ce"}, True),
+        ({**_SHORT_SASREC, "sequence-loss": "bce"}, False),
+        ({"model": "lightgcn", "gcn-layers": 1}, False),
+    ],
+)
+def test_an_audited_run_of_a_non_pairwise_family(tmp_path, overrides, every_row_moves):
+    """SASRec and LightGCN replies are audited too. Softmax CE moves every item row,
+    so which rows changed says nothing; sampled negatives leave the rest unchanged."""
+    data_dir = write_u_data(tmp_path / "data", _sparse_rows())
+    rc = {
+        "data-dir": str(data_dir),
+        "num-server-rounds": 1,
+        "local-epochs": 1,
+        "num-eval-negatives": 20,
+        "factors": 8,
+        "batch-size": 64,
+        "top-k": "1",
+        "privacy-audit": True,
+        **overrides,
+    }
+    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
+    path = run_federated(
+        InProcessGrid(client_app, nodes, rc), RunConfig.from_mapping(rc), tmp_path / "out"
+    )
+    records = json.loads(path.read_text())["privacy-audit"]["records"]
+    assert {(r[PARTITION_ID_KEY], r["attack"]) for r in records} == {
+        (p, a) for p in (0, 1) for a in ATTACKS
+    }
+    for record in records:
+        assert 0 <= record["auc"] <= 1 and record["true-items"] > 0, record
+    changed = [r for r in records if r["attack"] == "changed-rows"]
+    assert all(r["recall"] == 1.0 for r in changed)
+    catalogue = {round(r["true-items"] / r["base-rate"]) for r in records}
+    assert len(catalogue) == 1
+    assert all((r["inferred"] == min(catalogue)) == every_row_moves for r in changed), changed
 
 
 def test_no_audit_by_default(tmp_path):

@@ -292,7 +292,9 @@ def signature_attack(
     from one update). The tables' scores are averaged with weights
     ``(explained share)^2``, so the table that reads the node best dominates:
     with NeuMF's many-user nodes that is the MLP item table, which the
-    GMF-only ``direction`` attack does not read.
+    GMF-only ``direction`` attack does not read. A model with no user row to
+    fit (``pairwise = False``: SASRec's user is a sequence, LightGCN's a
+    graph) is read with the main directions only.
 
     Parameters
     ----------
@@ -323,15 +325,24 @@ def signature_attack(
     if not rows.size:
         return AttackResult("signature", scores, np.zeros(changed.shape, dtype=bool))
     deltas = [updates[t][rows] for t in tables]
-    signatures = shadow_signatures(sent, model, rows, deltas, seed=seed, steps=steps)
+    # A shadow user is a user row scored against item rows: only pairwise models
+    # have one (SASRec's user is a sequence, LightGCN's a graph): main directions only.
+    fits: list[np.ndarray | None] = (
+        list(shadow_signatures(sent, model, rows, deltas, seed=seed, steps=steps))
+        if model.pairwise
+        else [None] * len(deltas)
+    )
     combined = np.zeros(rows.size)
     total = 0.0
-    for delta, fitted in zip(deltas, signatures, strict=True):
+    for delta, fitted in zip(deltas, fits, strict=True):
         # The table's main direction is the signature of the node's "mean user"; the
         # fitted shadow user's signature is used where it explains more of the update.
         main = np.broadcast_to(_top_direction(delta), delta.shape)
-        explained = [float(np.mean(_row_cosines_np(delta, g) ** 2)) for g in (fitted, main)]
-        signature = fitted if explained[0] >= explained[1] else main
+        explained = [
+            float(np.mean(_row_cosines_np(delta, g) ** 2)) if g is not None else -1.0
+            for g in (fitted, main)
+        ]
+        signature = fitted if fitted is not None and explained[0] >= explained[1] else main
         norms = np.linalg.norm(signature, axis=1, keepdims=True)
         unit = np.divide(signature, norms, out=np.zeros_like(signature), where=norms > 0)
         along = np.einsum("ij,ij->i", delta, unit)
