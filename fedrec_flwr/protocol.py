@@ -34,6 +34,7 @@ __all__ = [
     "DP_NOISE_SEED_KEY",
     "FINETUNE_EPOCHS_KEY",
     "FINETUNE_SCOPE_KEY",
+    "FROM_TRAIN_PREFIX",
     "GLOBAL_PREFIX",
     "ITEM_CATALOGUE_KEY",
     "ITEM_COUNTS_KEY",
@@ -126,6 +127,9 @@ TEST_PART = "test"
 SERVE_TARGET = "serve"
 #: Personalised evaluation: ``global-val-*``/``global-test-*`` are the global model's.
 GLOBAL_PREFIX = "global-"
+#: A sequence model's test metrics with the test item scored from the training
+#: items only (``test-from-train-hr@10``), next to its ``test-input`` rule's.
+FROM_TRAIN_PREFIX = "from-train-"
 #: Client sizes, not metrics: never averaged into results.
 COUNT_KEYS = frozenset({NUM_EXAMPLES_KEY, NUM_USERS_KEY, NUM_PARTITIONS_KEY})
 

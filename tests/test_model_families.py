@@ -60,6 +60,10 @@ def test_family_learns_federated_in_groups_and_delivers(model, ml100k_dir, tmp_p
     last = results["rounds"][-1]
     assert last["test"]["hr@10"] > 0.3, last
     assert results["config"]["model"] == model
+    # SASRec scores the test item from train + val items and, the other rule, from train only.
+    from_train = {k for k in last["test"] if k.startswith("from-train-")}
+    expected = {"from-train-hr@10", "from-train-ndcg@10"} if model == "sasrec" else set()
+    assert from_train == expected
     # Every node wrote top-10 lists for all its users, none holding a training item.
     prepared = prepare_data(DataOptions(dataset="ml-100k", data_dir=str(ml100k_dir)))
     trained = set(

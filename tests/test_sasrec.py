@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -301,6 +303,32 @@ def test_long_sequences_are_cut_into_windows_so_every_item_is_a_target():
     assert model.train_inputs.tolist() == [[4, 5, 6], [1, 2, 3], [-1, -1, 10]]
     assert model.train_targets.tolist() == [[5, 6, 7], [2, 3, 4], [-1, -1, 11]]
     assert model.train_owner.tolist() == [0, 0, 1]
+
+
+def test_one_evaluation_reports_both_test_input_rules():
+    """With test_input='train+val' the test result also holds the train-only rule's
+    metrics: exactly what a second evaluation with test_input='train' gives."""
+    sequences = random_sequences(40, 30, seed=2)
+    model = bound(sequences, 30, seed=1, dropout=0.0)
+    train(model, make_context(sequences), epochs=3, seed=0)
+    rng = np.random.default_rng(0)
+    negatives = np.stack(
+        [rng.choice(np.setdiff1d(np.arange(30), s), 10, replace=False) for s in sequences]
+    )
+    data = SimpleNamespace(
+        num_users=40,
+        val_items=np.array([s[-2] for s in sequences]),
+        test_items=np.array([s[-1] for s in sequences]),
+        eval_negatives=negatives,
+    )
+    _, both = rank_val_test(model, data, (1, 5))
+    model.test_input = "train"
+    _, only = rank_val_test(model, data, (1, 5))
+    assert set(only.sums) == {"hr@1", "ndcg@1", "hr@5", "ndcg@5"}
+    assert {k.removeprefix("from-train-"): v for k, v in both.sums.items() if "from" in k} == (
+        only.sums
+    )
+    assert both.sums["ndcg@5"] != only.sums["ndcg@5"]  # the rules differ on this log
 
 
 def test_overlapping_windows_give_every_target_context_and_each_target_once():

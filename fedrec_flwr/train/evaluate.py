@@ -17,7 +17,7 @@ from torch import nn
 
 from ..datasets.prepare import ClientData
 from ..models.base import Recommender
-from ..protocol import TEST_PART, VAL_PART
+from ..protocol import FROM_TRAIN_PREFIX, TEST_PART, VAL_PART
 from .metrics import RATING_SUMS, rank_of_positive, ranking_sums, rating_sums
 
 __all__ = [
@@ -120,6 +120,10 @@ def rank_val_test(
     ``full-recall@K`` and ``full-ndcg@K``: the held-out item ranked over the
     whole catalogue minus the user's training items, with the scoring code of
     the recommendations (:func:`~fedrec_flwr.serving.scoring.full_ranking_sums`).
+    A sequence model that scores the test item from training + validation
+    items (``test_input="train+val"``) also reports the test item scored from
+    the training items only, as ``from-train-hr@K`` and ``from-train-ndcg@K``
+    (sampled candidates): both input rules of the field from one run.
     """
     users = np.arange(data.num_users)
     ranked = []
@@ -139,6 +143,13 @@ def rank_val_test(
                     exclude_items=data.train_items,
                 )
             result = EvalResult(result.num_users, {**result.sums, **sums}, result.loss)
+        if target == TEST_PART and getattr(model, "test_input", None) == "train+val":
+            # The other input rule of the field, on the same model: the test item
+            # scored from the training items only (the validation item's input).
+            with _history_for(model, VAL_PART):
+                other = evaluate_ranking(model, users, targets, data.eval_negatives, ks)
+            renamed = {f"{FROM_TRAIN_PREFIX}{k}": v for k, v in other.sums.items()}
+            result = EvalResult(result.num_users, {**result.sums, **renamed}, result.loss)
         ranked.append(result)
     return ranked[0], ranked[1]
 
