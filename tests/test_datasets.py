@@ -149,7 +149,11 @@ def test_client_data_is_the_users_slice(ml100k_dir):
 def test_prepare_requires_timestamps(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("user,item,rating\n1,1,1\n1,2,1\n1,3,1\n")
-    with pytest.raises(ValueError, match="log: no timestamp column; the temporal split needs one"):
+    with pytest.raises(
+        ValueError,
+        match=r"^log: no timestamp column; the temporal split needs one .*model='sasrec'.*"
+        r"add a timestamp column, or name yours in log-columns",
+    ):
         prepare_data(DataOptions(dataset="log", data_dir=str(log), num_eval_negatives=1))
     # Negative control: the same log with timestamps prepares.
     log.write_text(

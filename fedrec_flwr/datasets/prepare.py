@@ -446,7 +446,12 @@ def _prepare_frame(
             preparation=preparation,
         )
     if "timestamp" not in frame.columns:
-        raise ValueError(f"{name}: no timestamp column; the temporal split needs one")
+        raise ValueError(
+            f"{name}: no timestamp column; the temporal split needs one (it orders each "
+            "user's items, and model='sasrec' reads them as a sequence): add a timestamp "
+            "column, or name yours in log-columns (e.g. timestamp=ts); split='random' or "
+            "'kfold' need none (task='rating' only)"
+        )
     # Encoding sorted by raw id makes codes independent of file order.
     user_encoder = IdEncoder()
     user_codes = user_encoder.fit_transform(frame["user"])
