@@ -227,24 +227,30 @@ def _sparse_rows(users=16, items=120, per_user=12, seed=0):
     ]
 
 
-def test_an_audited_in_process_run_writes_the_audit(tmp_path):
+def _audited_run(tmp_path, **overrides):
+    """An audited in-process run over two nodes of :func:`_sparse_rows`; its results."""
     data_dir = write_u_data(tmp_path / "data", _sparse_rows())
     rc = {
         "data-dir": str(data_dir),
-        "num-server-rounds": 3,
         "local-epochs": 1,
         "num-eval-negatives": 20,
         "factors": 8,
-        "mlp-layers": "16,8",
         "batch-size": 64,
         "top-k": "1",
         "privacy-audit": True,
-        "privacy-audit-every": 2,
+        **overrides,
     }
     nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
     grid = InProcessGrid(client_app, nodes, rc)
     path = run_federated(grid, RunConfig.from_mapping(rc), tmp_path / "out")
-    audit = json.loads(path.read_text())["privacy-audit"]
+    return path, json.loads(path.read_text())
+
+
+def test_an_audited_in_process_run_writes_the_audit(tmp_path):
+    path, results = _audited_run(
+        tmp_path, **{"num-server-rounds": 3, "mlp-layers": "16,8", "privacy-audit-every": 2}
+    )
+    audit = results["privacy-audit"]
     records = audit["records"]
     assert {(r["round"], r[PARTITION_ID_KEY]) for r in records} == {
         (1, 0),
@@ -282,23 +288,8 @@ _SHORT_SASREC = {"model": "sasrec", "max-seq-len": 8, "sequence-stride": 4}
 def test_an_audited_run_of_a_non_pairwise_family(tmp_path, overrides, every_row_moves):
     """SASRec and LightGCN replies are audited too. Softmax CE moves every item row,
     so which rows changed says nothing; sampled negatives leave the rest unchanged."""
-    data_dir = write_u_data(tmp_path / "data", _sparse_rows())
-    rc = {
-        "data-dir": str(data_dir),
-        "num-server-rounds": 1,
-        "local-epochs": 1,
-        "num-eval-negatives": 20,
-        "factors": 8,
-        "batch-size": 64,
-        "top-k": "1",
-        "privacy-audit": True,
-        **overrides,
-    }
-    nodes = [{"partition-id": p, "num-partitions": 2} for p in range(2)]
-    path = run_federated(
-        InProcessGrid(client_app, nodes, rc), RunConfig.from_mapping(rc), tmp_path / "out"
-    )
-    records = json.loads(path.read_text())["privacy-audit"]["records"]
+    _, results = _audited_run(tmp_path, **{"num-server-rounds": 1, **overrides})
+    records = results["privacy-audit"]["records"]
     assert {(r[PARTITION_ID_KEY], r["attack"]) for r in records} == {
         (p, a) for p in (0, 1) for a in ATTACKS
     }
