@@ -116,7 +116,7 @@ def main() -> None:
                 (result,) = audit_reply(sent, reply, probe, attacks=[attack])
                 scored[attack]["seconds"].append(time.perf_counter() - t0)
                 record = score_attack(result, train_items)
-                for key in ("precision", "recall", "auc"):
+                for key in ("precision", "recall", "auc", "auc-either-sign"):
                     if record[key] is not None:
                         scored[attack][key].append(record[key])
             true_items.append(len(np.unique(train_items)))
@@ -131,6 +131,7 @@ def main() -> None:
                     _fmt(s["precision"]),
                     _fmt(s["recall"]),
                     _fmt(s["auc"]),
+                    _fmt(s["auc-either-sign"]),
                     f"{np.mean(s['seconds']):.3f}",
                 ]
             )
@@ -165,6 +166,7 @@ def main() -> None:
                 "precision",
                 "recall",
                 "AUC",
+                "AUC, either sign",
                 "s/reply",
             ],
             rows,

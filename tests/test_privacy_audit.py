@@ -118,7 +118,17 @@ def test_without_truth_only_the_inferred_count():
         "precision": None,
         "recall": None,
         "auc": None,
+        "auc-either-sign": None,
     }
+
+
+def test_an_attack_that_ranks_in_reverse_is_read_as_leakage():
+    truth = np.array([0, 1])
+    scores = np.array([-2.0, -1.0, 1.0, 2.0, 3.0])  # the training items rank last
+    scored = score_attack(AttackResult("direction", scores, scores > 0), truth)
+    assert scored["auc"] == 0.0 and scored["auc-either-sign"] == 1.0
+    fair = score_attack(AttackResult("direction", -scores, -scores > 0), truth)
+    assert fair["auc"] == fair["auc-either-sign"] == 1.0
 
 
 def test_unknown_attack_is_refused():

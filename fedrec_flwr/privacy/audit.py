@@ -582,8 +582,11 @@ def score_attack(result: AttackResult, truth: np.ndarray | None) -> dict[str, An
     dict
         ``inferred`` (predicted count), ``true-items`` (distinct training
         items, None without truth), ``base-rate`` (``true-items / num_items``),
-        ``precision`` (None if nothing is predicted), ``recall`` and ``auc``;
-        all but ``inferred`` are None without truth.
+        ``precision`` (None if nothing is predicted), ``recall``, ``auc`` and
+        ``auc-either-sign`` (``max(auc, 1 - auc)``: what an attacker who
+        calibrates the attack's sign on data of its own gets; an attack that
+        ranks the items in reverse leaks as much as one that ranks them
+        right); all but ``inferred`` are None without truth.
     """
     inferred = int(result.predicted.sum())
     out: dict[str, Any] = {
@@ -593,6 +596,7 @@ def score_attack(result: AttackResult, truth: np.ndarray | None) -> dict[str, An
         "precision": None,
         "recall": None,
         "auc": None,
+        "auc-either-sign": None,
     }
     if truth is None:
         return out
@@ -608,6 +612,7 @@ def score_attack(result: AttackResult, truth: np.ndarray | None) -> dict[str, An
             "precision": hits / inferred if inferred else None,
             "recall": hits / true_items if true_items else None,
             "auc": None if np.isnan(value) else value,
+            "auc-either-sign": None if np.isnan(value) else max(value, 1.0 - value),
         }
     )
     return out

@@ -35,7 +35,7 @@ __all__ = ["AuditedGrid", "TruthFn", "audit_summary", "plot_audit", "training_it
 TruthFn = Callable[[int, int], np.ndarray]
 
 #: Scored fields of a record that :func:`audit_summary` aggregates.
-_METRICS = ("inferred", "base-rate", "precision", "recall", "auc")
+_METRICS = ("inferred", "base-rate", "precision", "recall", "auc", "auc-either-sign")
 
 
 def training_items_truth(options: DataOptions) -> TruthFn:
@@ -261,7 +261,8 @@ def audit_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     -------
     list of dict
         ``{"round", "attack", "nodes", "inferred": {"mean", "min", "max"},
-        "base-rate": ..., "precision": ..., "recall": ..., "auc": ...}``, in
+        "base-rate": ..., "precision": ..., "recall": ..., "auc": ...,
+        "auc-either-sign": ...}``, in
         round then :data:`~fedrec_flwr.privacy.audit.ATTACKS` order; a field is
         None where no node has a value (no truth, or nothing predicted).
     """
