@@ -74,15 +74,19 @@ ROWS: list[tuple[str, str, dict[str, Any], int]] = [
 ]
 
 
-def _family_rows(name: str, model: dict[str, Any], fed: dict[str, Any]) -> list[Any]:
+def _family_rows(
+    name: str, model: dict[str, Any], fed: dict[str, Any], scope: str = "private"
+) -> list[Any]:
     """Centralised, FedAvg over 10 groups, one user per client, and fine-tuned rows
     of one model family (``model``: its settings; ``fed``: federated-only ones,
-    e.g. the learning rate picked on validation for 25 rounds x 2 local epochs)."""
+    e.g. the learning rate picked on validation for 25 rounds x 2 local epochs;
+    ``scope``: what fine-tuning trains, ``all`` for a model with no private part)."""
+    tuned = {"finetune-epochs": 2, "finetune-scope": scope}
     return [
         (f"centralised {name}", "central", model, 1),
         (f"FedAvg {name} · 10 groups", "fed", {**model, **fed}, 10),
         (f"FedAvg {name} · one user per client", "fed", {**model, **_PER_USER}, 10),
-        (f"Fine-tuned {name} · 10 groups", "fed", {**model, **fed, "finetune-epochs": 2}, 10),
+        (f"Fine-tuned {name} · 10 groups", "fed", {**model, **fed, **tuned}, 10),
     ]
 
 
@@ -120,6 +124,7 @@ ROWS += [
         "SASRec",
         {"model": "sasrec", "factors": 64, "num-server-rounds": 80},
         {"learning-rate": 0.003, "local-epochs": 3, "num-server-rounds": 40},
+        scope="all",  # no private parameter: each group fine-tunes the whole model
     ),
 ]
 # SASRec's runs score the test item under both input rules; the second is its own row.

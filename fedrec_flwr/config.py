@@ -243,6 +243,12 @@ class ModelOptions:
         )
 
 
+def _has_private_parameters(options: ModelOptions) -> bool:
+    """Whether the configured model has a private (per-user) parameter at all."""
+    model = options.build(1, 2, seed=0)
+    return any(model.is_private(name) for name, _ in model.named_parameters())
+
+
 def _columns(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
@@ -581,6 +587,18 @@ class RunConfig:
                 )
         self._check_privacy()
         self._check_serving()
+        if (
+            training.finetune_epochs > 0
+            and training.finetune_scope == "private"
+            and not training.private_layers.strip()
+            and not _has_private_parameters(self.model)
+        ):
+            # Fine-tuning would train nothing and report the global model as personalised.
+            raise ConfigError(
+                f"finetune-epochs={training.finetune_epochs} with finetune-scope='private': "
+                f"model={self.model.model!r} has no private parameters, so nothing would be "
+                "fine-tuned; set finetune-scope='all' or finetune-epochs=0"
+            )
         if training.finetunes_per_user and training.private_layers.strip():
             raise ConfigError(
                 f"private-layers={training.private_layers!r} with per-user fine-tuning: "

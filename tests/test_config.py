@@ -152,6 +152,16 @@ def test_round_knobs_message_wins_and_is_checked():
         cfg.round_knobs({"finetune-scope": "items"})
     with pytest.raises(ConfigError, match=r"^finetune-epochs='2': expected an integer$"):
         cfg.round_knobs({"finetune-epochs": "2"})
+    # Fine-tuning only the private part of a model that has none trains nothing.
+    with pytest.raises(
+        ConfigError,
+        match=r"^finetune-epochs=2 with finetune-scope='private': model='sasrec' has no "
+        r"private parameters, so nothing would be fine-tuned; set finetune-scope='all'",
+    ):
+        RunConfig.from_mapping({"model": "sasrec", "finetune-epochs": 2})
+    for ok in ({"finetune-scope": "all"}, {"finetune-epochs": 0}):  # negative controls
+        RunConfig.from_mapping({"model": "sasrec", "finetune-epochs": 2, **ok})
+    RunConfig.from_mapping({"model": "mf", "finetune-epochs": 2})
     # Checks across groups too: per-user fine-tuning has no personal layers.
     per_user = RunConfig.from_mapping({"finetune-unit": "user"})
     with pytest.raises(ConfigError, match="with per-user fine-tuning"):
