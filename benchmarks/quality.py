@@ -253,46 +253,27 @@ def main(argv: list[str] | None = None) -> int:
         runs = [d for d in done if d["label"] == label]
         if not runs:
             continue
-        hr, ndcg = _bench.mean_std(d["hr"] for d in runs), _bench.mean_std(d["ndcg"] for d in runs)
-        full = {
-            key: _bench.mean_std(d[key] for d in runs)
-            if all(d.get(key) is not None for d in runs)
-            else None
-            for key in ("full-hr", "full-ndcg")
-        }
-        summary.append({"label": label, "hr": hr, "ndcg": ndcg, **full, "runs": runs})
-        table.append(
-            (
-                label,
-                _bench.fmt(*hr),
-                _bench.fmt(*ndcg),
-                *(_bench.fmt(*v) if v is not None else "-" for v in full.values()),
-                ",".join(str(d["round"]) for d in runs),
-                ",".join(str(d["seed"]) for d in runs),
-            )
-        )
-        if all(d.get("from-train-hr") is not None for d in runs):
-            # Same runs and selected rounds, the test item scored from training items only.
-            other = [
-                _bench.mean_std(d[key] for d in runs)
-                for key in ("from-train-hr", "from-train-ndcg")
-            ]
-            summary.append(
-                {
-                    "label": f"{label} · {FROM_TRAIN_ROW}",
-                    "hr": other[0],
-                    "ndcg": other[1],
-                    "runs": runs,
-                }
-            )
+
+        # A sequence model's runs also give the test item scored from training items
+        # only: same runs and selected rounds, its own row (no full-ranking values).
+        variants = [(label, "hr", "ndcg", ("full-hr", "full-ndcg"))]
+        if _stats(runs, "from-train-hr") is not None:
+            variants.append((f"{label} · {FROM_TRAIN_ROW}", "from-train-hr", "from-train-ndcg", ()))
+        for name, hr_key, ndcg_key, full_keys in variants:
+            hr, ndcg = _stats(runs, hr_key), _stats(runs, ndcg_key)
+            full = {
+                key: _stats(runs, key) if key in full_keys else None
+                for key in ("full-hr", "full-ndcg")
+            }
+            summary.append({"label": name, "hr": hr, "ndcg": ndcg, **full, "runs": runs})
             table.append(
                 (
-                    f"{label} · {FROM_TRAIN_ROW}",
-                    *(_bench.fmt(*v) for v in other),
-                    "-",
-                    "-",
-                    table[-1][-2],
-                    table[-1][-1],
+                    name,
+                    _bench.fmt(*hr),
+                    _bench.fmt(*ndcg),
+                    *(_bench.fmt(*v) if v is not None else "-" for v in full.values()),
+                    ",".join(str(d["round"]) for d in runs),
+                    ",".join(str(d["seed"]) for d in runs),
                 )
             )
     print(f"ML-100K quality, test at the validation-selected round ({_bench.stamp()})\n")
@@ -314,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     _plot(summary, out / f"{stem}.png")
     print(f"\nwrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
     return 0
+
+
+def _stats(runs: list[dict[str, Any]], key: str) -> tuple[float, float] | None:
+    """Mean and std of one value over a row's runs; None if a run lacks it."""
+    values = [d.get(key) for d in runs]
+    return _bench.mean_std(values) if all(v is not None for v in values) else None
 
 
 def _plot(summary: list[dict[str, Any]], path: Path) -> None:

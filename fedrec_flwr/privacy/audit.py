@@ -338,11 +338,10 @@ def signature_attack(
         # The table's main direction is the signature of the node's "mean user"; the
         # fitted shadow user's signature is used where it explains more of the update.
         main = np.broadcast_to(_top_direction(delta), delta.shape)
-        explained = [
-            float(np.mean(_row_cosines_np(delta, g) ** 2)) if g is not None else -1.0
-            for g in (fitted, main)
-        ]
-        signature = fitted if fitted is not None and explained[0] >= explained[1] else main
+        candidates = [g for g in (fitted, main) if g is not None]
+        shares = [float(np.mean(_row_cosines_np(delta, g) ** 2)) for g in candidates]
+        best = int(np.argmax(shares))  # a tie keeps the first: the fitted shadow user's
+        signature, explained = candidates[best], shares[best]
         norms = np.linalg.norm(signature, axis=1, keepdims=True)
         unit = np.divide(signature, norms, out=np.zeros_like(signature), where=norms > 0)
         along = np.einsum("ij,ij->i", delta, unit)
@@ -350,7 +349,7 @@ def signature_attack(
         if rms == 0:
             continue
         # Squared explained share: a table the signature explains badly counts little.
-        weight = max(explained) ** 2
+        weight = explained**2
         combined += weight * _smaller_side_sign(along) * along / rms
         total += weight
     if total > 0:
