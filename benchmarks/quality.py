@@ -22,7 +22,10 @@ from typing import Any
 
 import _bench
 
-from fedrec_flwr.protocol import FROM_TRAIN_PREFIX
+from fedrec_flwr.protocol import FROM_TRAIN_PREFIX, GLOBAL_PREFIX, TEST_PART, VAL_PART
+from fedrec_flwr.runs.results import select_by_validation
+
+GLOBAL_VAL, GLOBAL_TEST = GLOBAL_PREFIX + VAL_PART, GLOBAL_PREFIX + TEST_PART
 
 # Published anchors (HR@10, NDCG@10); see the README for the protocols behind them.
 ANCHORS = {
@@ -170,7 +173,11 @@ def _job(job: tuple[str, str, dict[str, Any], int, int, str, str]) -> dict[str, 
         results = _bench.run_centralized_inprocess(rc, out_dir)
     else:
         results = _bench.run_federated_inprocess(rc, nodes, out_dir)
-    sel = results["selected"]
+    return _record(label, seed, results["selected"], results.get("total-wall-seconds"))
+
+
+def _record(label: str, seed: int, sel: dict[str, Any], seconds: float | None) -> dict[str, Any]:
+    """One run's entry in a row: its test metrics at the validation-selected round."""
     return {
         "label": label,
         "seed": seed,
@@ -185,8 +192,48 @@ def _job(job: tuple[str, str, dict[str, Any], int, int, str, str]) -> dict[str, 
         # other input rule of the field; None for the other models).
         "from-train-hr": sel["test"].get(f"{FROM_TRAIN_PREFIX}hr@10"),
         "from-train-ndcg": sel["test"].get(f"{FROM_TRAIN_PREFIX}ndcg@10"),
-        "seconds": results.get("total-wall-seconds"),
+        "seconds": seconds,
     }
+
+
+Row = tuple[str, str, dict[str, Any], int]
+
+
+def fine_tuned_twin(row: Row, rows: list[Row]) -> Row | None:
+    """The fine-tuned row among ``rows`` that trains exactly ``row``'s global model.
+
+    Fine-tuning personalises copies at evaluation and never feeds back into
+    training, so a fine-tuned run's ``global-*`` columns are the plain run's
+    metrics bit for bit (``tests/test_personal.py``); the FedAvg row is then read
+    off its twin's run instead of training the same model twice.
+    """
+    _, kind, overrides, nodes = row
+    if kind != "fed" or overrides.get("finetune-epochs", 0):
+        return None
+    for twin in rows:
+        _, twin_kind, tuned, twin_nodes = twin
+        untuned = {k: v for k, v in tuned.items() if not k.startswith("finetune-")}
+        if (twin_kind, twin_nodes, untuned) == (kind, nodes, overrides) and tuned.get(
+            "finetune-epochs", 0
+        ):
+            return twin
+    return None
+
+
+def _from_twin(label: str, twin: Row, seed: int, out: Path) -> dict[str, Any] | None:
+    """``label``'s entry for ``seed`` from its fine-tuned twin's saved run (None if absent)."""
+    saved = out / f"{_slug(twin[0])}-seed{seed}" / "results.json"
+    if not saved.is_file():
+        return None
+    rounds = [
+        {"round": r["round"], VAL_PART: r[GLOBAL_VAL], TEST_PART: r[GLOBAL_TEST]}
+        for r in json.loads(saved.read_text())["rounds"]
+        if r.get(GLOBAL_VAL)
+    ]
+    sel = select_by_validation(rounds)
+    if sel is None:
+        raise ValueError(f"{saved}: no round has {GLOBAL_VAL} metrics to read {label!r} from")
+    return _record(label, seed, sel, None)
 
 
 def _same_config(results: dict[str, Any], rc: dict[str, Any]) -> bool:
@@ -240,13 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     if picked is not None:
         rows = picked
     jobs = []
+    twins = {row[0]: twin for row in rows if (twin := fine_tuned_twin(row, rows))}
     for label, kind, overrides, nodes in rows:
+        if label in twins:
+            continue  # read off its fine-tuned twin's runs below
         for seed in seeds:
             n = epochs if kind == "central" else rounds
             rc = {"data-dir": args.data_dir, "seed": seed, "num-server-rounds": n, **overrides}
             reuse = "saved-only" if args.saved_only else ("yes" if args.reuse else "")
             jobs.append((label, kind, rc, nodes, seed, str(out), reuse))
     done = [d for d in _bench.parallel_map(_job, jobs, args.workers) if d is not None]
+    for label, twin in twins.items():
+        done += [d for seed in seeds if (d := _from_twin(label, twin, seed, out)) is not None]
     table = []
     summary = []
     for label, *_ in rows:
@@ -283,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = ("run", "HR@10", "NDCG@10", "full HR@10", "full NDCG@10", "selected", "seeds")
     print(_bench.markdown_table(header, table))
+    for label, twin in twins.items():
+        print(f"\n{label}: the global model of the {twin[0]!r} runs (the same training)")
     print()
     print(
         _bench.markdown_table(

@@ -139,6 +139,59 @@ def test_quality_saved_only_reports_saved_runs_and_trains_nothing(tmp_path, ml10
     assert not (tmp_path / "centralisedMF-seed1").exists()
 
 
+def test_a_fedavg_row_is_read_off_its_fine_tuned_twins_global_model(tmp_path, ml100k_dir):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    rows = {row[0]: row for row in quality.ROWS}
+    twin = quality.fine_tuned_twin
+    assert twin(rows["FedAvg MF · 10 groups"], quality.ROWS) == rows["Fine-tuned MF · 10 groups"]
+    assert twin(rows["FedAvg · 10 groups"], quality.ROWS) == rows["Fine-tuned · 10 groups"]
+    one_user = rows["FedAvg · one user per client"]
+    assert twin(one_user, quality.ROWS) == rows["Fine-tuned · one user per client"]
+    # Negative controls: other training, or no twin in the selection, is trained itself.
+    assert twin(rows["centralised MF"], quality.ROWS) is None
+    assert twin(rows["FedAvg MF · 10 groups"], [rows["Fine-tuned · 10 groups"]]) is None
+    assert twin(rows["Fine-tuned MF · 10 groups"], quality.ROWS) is None
+
+    # The twin's saved run: the global model peaks on validation at round 2, the
+    # fine-tuned copies at round 3; the FedAvg row must report round 2's global test.
+    overrides = rows["Fine-tuned MF · 10 groups"][2]
+    rc = {"data-dir": str(ml100k_dir), "seed": 42, "num-server-rounds": 25, **overrides}
+
+    def part(hr):
+        return {"hr@10": hr, "ndcg@10": hr / 2}
+
+    rounds = [
+        {
+            "round": r,
+            "val": part(v),
+            "test": part(t),
+            "global-val": part(gv),
+            "global-test": part(gt),
+        }
+        for r, v, t, gv, gt in (
+            (1, 0.1, 0.1, 0.2, 0.3),
+            (2, 0.2, 0.2, 0.5, 0.4),
+            (3, 0.6, 0.6, 0.3, 0.9),
+        )
+    ]
+    saved = tmp_path / "Fine-tunedMF-10groups-seed42"
+    saved.mkdir()
+    selected = {"round": 3, "val": part(0.6), "test": part(0.6)}
+    (saved / "results.json").write_text(
+        json.dumps({"config": rc, "rounds": rounds, "selected": selected})
+    )
+    argv = ["--saved-only", "--seeds", "42", "--out", str(tmp_path), "--workers", "1"]
+    argv += ["--rows", "FedAvgMF-10groups,Fine-tunedMF-10groups"]
+    assert quality.main([*argv, "--data-dir", str(ml100k_dir)]) == 0
+    summary = {s["label"]: s for s in json.loads((tmp_path / "quality-rows.json").read_text())}
+    fedavg, tuned = summary["FedAvg MF · 10 groups"], summary["Fine-tuned MF · 10 groups"]
+    assert [(r["round"], r["hr"], r["val-hr"]) for r in fedavg["runs"]] == [(2, 0.4, 0.5)]
+    assert [(r["round"], r["hr"]) for r in tuned["runs"]] == [(3, 0.6)]
+    assert not (tmp_path / "FedAvgMF-10groups-seed42").exists()  # nothing trained
+
+
 def test_privacy_merge_concatenates_seeds_of_one_section_and_refuses_mismatch():
     # Seeds run separately (e.g. 42 first, then 1 and 2) make one table: the
     # same epsilon's runs are concatenated; other sections are taken as they are.
