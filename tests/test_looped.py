@@ -11,6 +11,7 @@ from fedrec_flwr.datasets.negatives import InteractionSet, sample_train_negative
 from fedrec_flwr.models import NodeContext, Recommender, load_arrays, private_arrays, shared_arrays
 from fedrec_flwr.train.group import train_epochs
 from fedrec_flwr.train.looped import finetune_users_looped, train_users_looped
+from fedrec_flwr.train.peruser import UserLevelDP
 
 NUM_ITEMS, NUM_USERS = 12, 5
 
@@ -142,6 +143,64 @@ def test_looped_training_equals_one_user_clients():
     )
     for k, v in model.state_dict().items():  # the node's model is only read
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def _looped(model, ctx, seeds, dp):
+    exclude = InteractionSet(ctx.train_users, ctx.train_items, NUM_ITEMS)
+    return train_users_looped(
+        model,
+        ctx,
+        exclude,
+        seeds,
+        epochs=3,
+        batch_size=8,
+        learning_rate=0.05,
+        num_negatives=2,
+        dp=dp,
+    )
+
+
+@pytest.mark.parametrize("clip", [1e6, 0.05])
+def test_user_level_dp_is_the_clipped_unweighted_mean_of_one_user_clients(clip):
+    ctx = _context()
+    model = _BagModel(NUM_USERS, seed=1)
+    model.bind(ctx)
+    seeds = [50 + u for u in range(NUM_USERS)]
+    sent = shared_arrays(model)["item_vec.weight"].astype(np.float64)
+    counts = np.bincount(ctx.train_users, minlength=NUM_USERS)
+    deltas = {
+        int(u): shared_arrays(_alone(model, ctx, int(u), seeds[u], "all"))["item_vec.weight"] - sent
+        for u in np.flatnonzero(counts)
+    }
+    norms = {u: float(np.linalg.norm(d)) for u, d in deltas.items()}
+    if clip < 1:  # every user is clipped: the bound is what is tested
+        assert min(norms.values()) > clip
+    # Equal weights over all NUM_USERS users (user 2, with no data, counts as a zero).
+    want = sent + sum(d * min(1.0, clip / norms[u]) for u, d in deltas.items()) / NUM_USERS
+    got = _looped(model, ctx, seeds, UserLevelDP(clip, 0.0, 0))
+    np.testing.assert_allclose(got.shared["item_vec.weight"], want, atol=1e-6)
+    assert got.weight == NUM_USERS
+    # Negative control: without DP the interaction-weighted mean is another answer.
+    plain = _looped(model, ctx, seeds, None)
+    assert np.abs(plain.shared["item_vec.weight"] - got.shared["item_vec.weight"]).max() > 1e-3
+
+
+def test_user_level_dp_noise_is_seeded_and_of_the_stated_size():
+    ctx = _context()
+    model = _BagModel(NUM_USERS, seed=1)
+    model.bind(ctx)
+    seeds = [50 + u for u in range(NUM_USERS)]
+    clean = _looped(model, ctx, seeds, UserLevelDP(0.5, 0.0, 1))
+    a, b, c = (_looped(model, ctx, seeds, UserLevelDP(0.5, 40.0, s)) for s in (1, 1, 2))
+    key = "item_vec.weight"
+    np.testing.assert_array_equal(a.shared[key], b.shared[key])  # same seed, same bits
+    noise, other = a.shared[key] - clean.shared[key], c.shared[key] - clean.shared[key]
+    assert not np.allclose(noise, other)
+    # std = noise_multiplier * clip / users on every element; 48 draws: a loose band.
+    assert 0.6 < np.std(noise) / (40.0 * 0.5 / NUM_USERS) < 1.4
+    assert np.count_nonzero(noise) == noise.size  # untouched item rows too
+    # The users' own rows are their training, untouched by the noise.
+    np.testing.assert_array_equal(a.private["user_vec.weight"], clean.private["user_vec.weight"])
 
 
 @pytest.mark.parametrize("scope", ["private", "all"])

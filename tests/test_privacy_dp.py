@@ -283,3 +283,18 @@ def test_under_secure_aggregation_each_node_adds_its_share_of_the_noise() -> Non
     shared = RunConfig.from_mapping({**values, "secure-aggregation": "secaggplus"})
     # Variances add up in the masked sum of at least min-nodes replies.
     assert 9 * shared.node_noise_multiplier() ** 2 == pytest.approx(3.0**2)
+
+
+@pytest.mark.parametrize("model", ["sasrec", "lightgcn"])
+def test_user_level_dp_runs_for_models_with_their_own_objective(tmp_path, model) -> None:
+    # Trained one user at a time (train/looped.py), clipped and noised the same way.
+    from conftest import checkerboard_rows, write_u_data
+
+    data = write_u_data(tmp_path / "data", checkerboard_rows())
+    dp = {**_PER_USER, "model": model, "dp-clip": 0.5, "dp-noise-multiplier": 1.5}
+    results, _ = _inprocess_run(data, tmp_path / "a", **dp)
+    assert results["dp"]["epsilon-per-round"] == pytest.approx(epsilons(1.5, 2, 1e-5))
+    again, _ = _inprocess_run(data, tmp_path / "b", **dp)
+    assert again["rounds"][-1]["test"] == results["rounds"][-1]["test"]  # seeded noise
+    louder, _ = _inprocess_run(data, tmp_path / "c", **{**dp, "dp-noise-multiplier": 50.0})
+    assert louder["rounds"][-1]["val"] != results["rounds"][-1]["val"]  # the noise is applied

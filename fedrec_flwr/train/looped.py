@@ -15,6 +15,7 @@ path, and exact.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..datasets.negatives import InteractionSet
 from ..models.base import NodeContext, Recommender, private_arrays, shared_arrays
 from ..protocol import TEST_PART, VAL_PART
 from .evaluate import EvalResult, rank_logits, with_full_ranking
-from .peruser import PerUserUpdate
+from .peruser import PerUserUpdate, UserLevelDP, noised_user_mean
 
 __all__ = ["finetune_users_looped", "train_users_looped"]
 
@@ -89,6 +90,7 @@ def train_users_looped(
     learning_rate: float,
     num_negatives: int,
     weight_decay: float = 0.0,
+    dp: UserLevelDP | None = None,
 ) -> PerUserUpdate:
     """Train each user of a group as its own FedAvg client; return the mean.
 
@@ -104,12 +106,18 @@ def train_users_looped(
         One generator seed per group-local user.
     epochs, batch_size, learning_rate, num_negatives, weight_decay
         Local training settings.
+    dp : UserLevelDP, optional (default: None)
+        User-level DP as in :func:`~fedrec_flwr.train.peruser.train_users_independently`:
+        each user's update over all shared parameters is clipped to ``dp.clip``,
+        and the reply is the global arrays plus the noised sum over the node's
+        number of users (every user weighs the same; the weight is that count).
 
     Returns
     -------
     PerUserUpdate
-        Interaction-weighted mean of the users' shared arrays, their trained
-        private rows, the total weight and the mean of the users' losses.
+        Interaction-weighted mean of the users' shared arrays (under ``dp``: the
+        noised clipped mean), their trained private rows, the total weight and
+        the mean of the users' losses.
 
     Raises
     ------
@@ -122,7 +130,9 @@ def train_users_looped(
     total = int(counts.sum())
     if total == 0:
         raise ValueError("no user of the group has a training interaction")
-    acc = {n: np.zeros(v.shape, dtype=np.float64) for n, v in shared_arrays(model).items()}
+    sent = {n: torch.from_numpy(v).double() for n, v in shared_arrays(model).items()}
+    trained = {n for n, _ in model.named_parameters() if not model.is_private(n)}
+    acc = {n: torch.zeros_like(v) for n, v in sent.items()}
     out_private = private_arrays(model)
     losses = []
     for user in np.flatnonzero(counts):
@@ -140,14 +150,28 @@ def train_users_looped(
             weight_decay=weight_decay,
         )
         losses.append(loss)
-        for name, value in shared_arrays(one).items():
-            acc[name] += counts[user] * value.astype(np.float64)
-        for name, value in private_arrays(one).items():
-            out_private[name][user] = value[user]
-    mean = {n: (a / total).astype(np.float32) for n, a in acc.items()}
-    return PerUserUpdate(
-        shared=mean, private=dict(out_private), weight=total, loss=float(np.mean(losses))
-    )
+        arrays = {n: torch.from_numpy(v).double() for n, v in shared_arrays(one).items()}
+        if dp is None:
+            for name, array in arrays.items():
+                acc[name] += counts[user] * array
+        else:
+            delta = {n: arrays[n] - sent[n] for n in trained}
+            norm = math.sqrt(sum(float(d.pow(2).sum()) for d in delta.values()))
+            # The scalar form of peruser._add_clipped_updates's clipping rule.
+            factor = dp.clip / norm if norm > dp.clip else 1.0
+            for name, d in delta.items():
+                acc[name] += d * factor
+        for name, rows in private_arrays(one).items():
+            out_private[name][user] = rows[user]
+    loss = float(np.mean(losses))
+    if dp is not None:
+        clipped = {n: acc[n] for n in sent if n in trained}
+        noised = noised_user_mean(sent, clipped, context.num_users, dp)
+        return PerUserUpdate(
+            shared=noised, private=dict(out_private), weight=context.num_users, loss=loss
+        )
+    mean = {n: (a / total).numpy().astype(np.float32) for n, a in acc.items()}
+    return PerUserUpdate(shared=mean, private=dict(out_private), weight=total, loss=loss)
 
 
 @torch.no_grad()

@@ -55,6 +55,7 @@ __all__ = [
     "PerUserUpdate",
     "UserLevelDP",
     "finetune_users_and_score",
+    "noised_user_mean",
     "train_users_independently",
 ]
 
@@ -409,16 +410,41 @@ def _noised_mean(
     dp: UserLevelDP,
 ) -> dict[str, np.ndarray]:
     """Global arrays + (sum of clipped updates + Gaussian noise) / number of users."""
+    base = {name: layout.state[name] for name in shared}
+    trained = {name: acc[name] for name in shared if name in layout.trained}
+    return noised_user_mean(base, trained, layout.num_users, dp)
+
+
+def noised_user_mean(
+    base: Mapping[str, torch.Tensor],
+    clipped_sum: Mapping[str, torch.Tensor],
+    num_users: int,
+    dp: UserLevelDP,
+) -> dict[str, np.ndarray]:
+    """``base + (clipped_sum + N(0, (noise_multiplier * clip)^2)) / num_users``.
+
+    Parameters
+    ----------
+    base : mapping of str to torch.Tensor
+        The global arrays the users started from, in state order (the noise is
+        drawn in this order, so the same seed gives the same bits).
+    clipped_sum : mapping of str to torch.Tensor
+        Sum over users of their clipped updates (float64), for the trained
+        arrays only; the others are returned as sent, without noise.
+    num_users : int
+        The public denominator: every user of the node, trained or not.
+    dp : UserLevelDP
+        Clip, noise multiplier and the node's secret noise seed.
+    """
     generator = torch.Generator().manual_seed(dp.noise_seed)
     std = dp.noise_multiplier * dp.clip
     out: dict[str, np.ndarray] = {}
-    for name in shared:  # state order: the same draws for the same seed
-        value = layout.state[name]
-        if name not in layout.trained:
+    for name, value in base.items():
+        if name not in clipped_sum:
             out[name] = value.numpy().copy()
             continue
         noise = torch.randn(value.shape, generator=generator, dtype=torch.float64) * std
-        step = (acc[name] + noise) / layout.num_users
+        step = (clipped_sum[name] + noise) / num_users
         out[name] = (value.double() + step).numpy().astype(np.float32)
     return out
 

@@ -300,12 +300,6 @@ class PerUserTrainer(Trainer):
                 noise_seed=round_seed(dp.noise_seed, data.partition_id, server_round, _DP_NOISE),
             )
         if not model.pairwise:
-            if dp is not None:
-                raise ValueError(
-                    f"dp='user' with {type(model).__name__} (trained by its own objective): "
-                    "user-level DP is implemented for pairwise models only; use "
-                    "dp='node' or a pairwise model"
-                )
             update = train_users_looped(
                 model,
                 data.context(),
@@ -316,6 +310,7 @@ class PerUserTrainer(Trainer):
                 learning_rate=t.learning_rate,
                 num_negatives=t.num_negatives,
                 weight_decay=t.weight_decay,
+                dp=dp,
             )
         else:
             update = train_users_independently(
