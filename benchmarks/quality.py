@@ -9,6 +9,10 @@ epoch) chosen by validation HR@10; mean ± std over seeds.
     python benchmarks/quality.py --reuse    # re-run only rows whose saved runs are missing
     python benchmarks/quality.py --rows centralisedNeuMF --seeds 42,1,2,3,4,5,6,7,8,9
 
+A FedAvg row whose fine-tuned twin (the same settings plus ``finetune-*``) is
+selected too is read off the twin's runs (their ``global-*`` metrics: the same
+training, bit for bit) instead of being trained a second time.
+
 Prints a markdown table and writes ``quality.png`` and ``quality.json`` to
 ``--out`` (default ``$FEDREC_FLWR_HOME/benchmarks/quality``).
 """
@@ -323,11 +327,14 @@ def main(argv: list[str] | None = None) -> int:
 
         # A sequence model's runs also give the test item scored from training items
         # only: same runs and selected rounds, its own row (no full-ranking values).
-        variants = [(label, "hr", "ndcg", ("full-hr", "full-ndcg"))]
+        variants: list[tuple[str, str, str, tuple[str, ...]]] = [
+            (label, "hr", "ndcg", ("full-hr", "full-ndcg"))
+        ]
         if _stats(runs, "from-train-hr") is not None:
             variants.append((f"{label} · {FROM_TRAIN_ROW}", "from-train-hr", "from-train-ndcg", ()))
         for name, hr_key, ndcg_key, full_keys in variants:
             hr, ndcg = _stats(runs, hr_key), _stats(runs, ndcg_key)
+            assert hr is not None and ndcg is not None  # every run has its test metrics
             full = {
                 key: _stats(runs, key) if key in full_keys else None
                 for key in ("full-hr", "full-ndcg")
@@ -369,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
 def _stats(runs: list[dict[str, Any]], key: str) -> tuple[float, float] | None:
     """Mean and std of one value over a row's runs; None if a run lacks it."""
     values = [d.get(key) for d in runs]
-    return _bench.mean_std(values) if all(v is not None for v in values) else None
+    if any(v is None for v in values):
+        return None
+    return _bench.mean_std(float(v) for v in values if v is not None)
 
 
 def _plot(summary: list[dict[str, Any]], path: Path) -> None:
