@@ -11,7 +11,8 @@ epoch) chosen by validation HR@10; mean ± std over seeds.
 
 A FedAvg row whose fine-tuned twin (the same settings plus ``finetune-*``) is
 selected too is read off the twin's runs (their ``global-*`` metrics: the same
-training, bit for bit) instead of being trained a second time.
+training, bit for bit) instead of being trained a second time; with ``--reuse``
+or ``--saved-only`` its own saved runs come first.
 
 Prints a markdown table and writes ``quality.png`` and ``quality.json`` to
 ``--out`` (default ``$FEDREC_FLWR_HOME/benchmarks/quality``).
@@ -308,16 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     twins = {row[0]: twin for row in rows if (twin := fine_tuned_twin(row, rows))}
     for label, kind, overrides, nodes in rows:
+        reuse = "saved-only" if args.saved_only else ("yes" if args.reuse else "")
         if label in twins:
-            continue  # read off its fine-tuned twin's runs below
+            if not reuse:
+                continue  # read off its fine-tuned twin's fresh runs below
+            reuse = "saved-only"  # its own saved runs, else the twin's; never trained
         for seed in seeds:
             n = epochs if kind == "central" else rounds
             rc = {"data-dir": args.data_dir, "seed": seed, "num-server-rounds": n, **overrides}
-            reuse = "saved-only" if args.saved_only else ("yes" if args.reuse else "")
             jobs.append((label, kind, rc, nodes, seed, str(out), reuse))
     done = [d for d in _bench.parallel_map(_job, jobs, args.workers) if d is not None]
     for label, twin in twins.items():
-        done += [d for seed in seeds if (d := _from_twin(label, twin, seed, out)) is not None]
+        have = {d["seed"] for d in done if d["label"] == label}
+        for seed in (s for s in seeds if s not in have):
+            if (entry := _from_twin(label, twin, seed, out)) is not None:
+                done.append(entry)
+    done.sort(key=lambda d: seeds.index(d["seed"]))  # a row lists its seeds in --seeds order
     table = []
     summary = []
     for label, *_ in rows:
@@ -358,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     header = ("run", "HR@10", "NDCG@10", "full HR@10", "full NDCG@10", "selected", "seeds")
     print(_bench.markdown_table(header, table))
     for label, twin in twins.items():
-        print(f"\n{label}: the global model of the {twin[0]!r} runs (the same training)")
+        print(
+            f"\n{label}: its own saved runs, else the global model of the {twin[0]!r} "
+            "runs (the same training)"
+        )
     print()
     print(
         _bench.markdown_table(

@@ -182,12 +182,21 @@ def test_a_fedavg_row_is_read_off_its_fine_tuned_twins_global_model(tmp_path, ml
     (saved / "results.json").write_text(
         json.dumps({"config": rc, "rounds": rounds, "selected": selected})
     )
-    argv = ["--saved-only", "--seeds", "42", "--out", str(tmp_path), "--workers", "1"]
+    # Seed 1 has a saved run of its own (no twin): that one is taken.
+    own = tmp_path / "FedAvgMF-10groups-seed1"
+    own.mkdir()
+    own_rc = {**rc, "seed": 1}
+    for key in [k for k in own_rc if k.startswith("finetune-")]:
+        del own_rc[key]
+    own_sel = {"round": 7, "val": part(0.45), "test": part(0.35)}
+    (own / "results.json").write_text(json.dumps({"config": own_rc, "selected": own_sel}))
+    argv = ["--saved-only", "--seeds", "1,42", "--out", str(tmp_path), "--workers", "1"]
     argv += ["--rows", "FedAvgMF-10groups,Fine-tunedMF-10groups"]
     assert quality.main([*argv, "--data-dir", str(ml100k_dir)]) == 0
     summary = {s["label"]: s for s in json.loads((tmp_path / "quality-rows.json").read_text())}
     fedavg, tuned = summary["FedAvg MF · 10 groups"], summary["Fine-tuned MF · 10 groups"]
-    assert [(r["round"], r["hr"], r["val-hr"]) for r in fedavg["runs"]] == [(2, 0.4, 0.5)]
+    got = [(r["seed"], r["round"], r["hr"], r["val-hr"]) for r in fedavg["runs"]]
+    assert got == [(1, 7, 0.35, 0.45), (42, 2, 0.4, 0.5)]
     assert [(r["round"], r["hr"]) for r in tuned["runs"]] == [(3, 0.6)]
     assert not (tmp_path / "FedAvgMF-10groups-seed42").exists()  # nothing trained
 
