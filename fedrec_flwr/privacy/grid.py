@@ -359,7 +359,7 @@ def plot_audit(records: Sequence[Mapping[str, Any]], path: Path) -> None:
         if field != "inferred":
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        if ax.get_lines():
+        if ax.get_legend_handles_labels()[0]:  # a panel with no attack's values has none
             ax.legend(fontsize=8)
     fig.suptitle("server-side item inference (mean over nodes, band: min-max)", fontsize=9)
     fig.savefig(path, dpi=120)
