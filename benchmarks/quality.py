@@ -416,7 +416,7 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> None:
     ax.set_yticks(list(ys), [s["label"] for s in summary])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("test metric at the validation-selected round (mean ± std over seeds)")
+    ax.set_xlabel("test metric at the validation-selected round\n(mean ± std over seeds)")
     # Above the bars, not over them: HR@10 nears 1 on leaky rows.
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
