@@ -180,6 +180,7 @@ def test_user_level_dp_is_the_clipped_unweighted_mean_of_one_user_clients(clip):
     got = _looped(model, ctx, seeds, UserLevelDP(clip, 0.0, 0))
     np.testing.assert_allclose(got.shared["item_vec.weight"], want, atol=1e-6)
     assert got.weight == NUM_USERS
+    assert all(v.dtype == np.float32 for v in got.shared.values())  # as sent on the wire
     # Negative control: without DP the interaction-weighted mean is another answer.
     plain = _looped(model, ctx, seeds, None)
     assert np.abs(plain.shared["item_vec.weight"] - got.shared["item_vec.weight"]).max() > 1e-3

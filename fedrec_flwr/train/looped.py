@@ -130,7 +130,8 @@ def train_users_looped(
     total = int(counts.sum())
     if total == 0:
         raise ValueError("no user of the group has a training interaction")
-    sent = {n: torch.from_numpy(v).double() for n, v in shared_arrays(model).items()}
+    base = {n: torch.from_numpy(v) for n, v in shared_arrays(model).items()}  # as sent
+    sent = {n: v.double() for n, v in base.items()}
     trained = {n for n, _ in model.named_parameters() if not model.is_private(n)}
     acc = {n: torch.zeros_like(v) for n, v in sent.items()}
     out_private = private_arrays(model)
@@ -166,7 +167,7 @@ def train_users_looped(
     loss = float(np.mean(losses))
     if dp is not None:
         clipped = {n: acc[n] for n in sent if n in trained}
-        noised = noised_user_mean(sent, clipped, context.num_users, dp)
+        noised = noised_user_mean(base, clipped, context.num_users, dp)
         return PerUserUpdate(
             shared=noised, private=dict(out_private), weight=context.num_users, loss=loss
         )
