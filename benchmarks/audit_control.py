@@ -15,6 +15,13 @@ Usage (from the repository root)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/audit_control.py \\
         --data-dir /work/shared/data/ml-100k --users 60 --noise 0,0.5,1,2,4
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/audit_control.py --model sasrec \\
+        --client-mode per-user --noise 0 \\
+        --run-config "dp='user' weight-key='users' dp-clip=10.0 dp-target-epsilon=8.0"
+
+``--run-config`` takes further run-config ``key=value`` pairs separated by
+spaces (TOML values), e.g. user-level DP as above: the replies are then the
+noised ones the server receives.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import tomllib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,7 +56,8 @@ def _replies(
     out = []
     for partition in partitions:
         data = load_client_data(cfg.data, partition, num_partitions)
-        client = NCFClient(data, cfg, RecordDict())
+        # A noise seed per node (a node's secret in a deployment), as privacy.py.
+        client = NCFClient(data, cfg, RecordDict(), noise_seed=1000 + partition)
         arrays, _, _ = client.fit(list(sent.values()), {"server-round": 1})
         out.append((dict(zip(client.array_names(), arrays, strict=True)), data.train_items))
     probe = cfg.model.build(1, data.num_items, seed=0)
@@ -85,6 +94,7 @@ def main() -> None:
     parser.add_argument("--noise", default="0,0.5,1,2,4", help="noise multiples of the RMS")
     parser.add_argument("--model", default="neumf", help="any `model` (its default config)")
     parser.add_argument("--client-mode", default="group", help="group or per-user")
+    parser.add_argument("--run-config", default="", help="more key=value pairs (TOML values)")
     parser.add_argument("--quick", action="store_true", help="10 users, 3 groups")
     parser.add_argument("--out", type=Path, default=None, help="folder for audit_control.json")
     args = parser.parse_args()
@@ -92,7 +102,12 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.quick:
         args.users, args.groups = 10, 3
-    base = {"data-dir": args.data_dir, "model": args.model, "client-mode": args.client_mode}
+    base = {
+        "data-dir": args.data_dir,
+        "model": args.model,
+        "client-mode": args.client_mode,
+        **tomllib.loads("\n".join(args.run_config.split())),
+    }
     rng = np.random.default_rng(0)
     federations = [
         (
