@@ -96,7 +96,8 @@ NODE_DP_SCALE_KEY = "node-dp-scale"
 #: a resumed run keeps its checkpoint's), so runs never mix in a node's store.
 STATE_RUN_KEY = "state-run"
 #: Rounds whose private state a node must keep: the last checkpointed round
-#: (a resume restarts after it) and the validation-selected round (delivery).
+#: (a resume restarts after it) and the validation-selected round (delivery);
+#: a list, or one int in a legacy (SecAgg+) config, which holds scalars only.
 KEEP_ROUNDS_KEY = "keep-rounds"
 #: Warm start (``init-from``): the earlier run's lineage and delivered round,
 #: whose rows a node copies for the users it still has.

@@ -43,6 +43,8 @@ SMALL = {
     "num-eval-negatives": 20,
     "local-epochs": 1,
     "secure-aggregation": "secaggplus",
+    # The recorder's app (below) answers no delivery; the delivery test turns it on.
+    "deliver": "off",
 }
 
 
@@ -265,6 +267,8 @@ def test_flwr_run_with_secaggplus(tmp_path, ml100k_dir):
     assert all(r["failures"] == 0 and r["bytes-received"] > 0 for r in results["rounds"])
     assert results["rounds"][-1]["test"]["hr@10"] > 0.3
     assert results["secure-aggregation"]["bounds"]["2"]["per-element-mean"] < 1e-4
+    # Under flwr run too, every node wrote its users' recommendations.
+    assert results["delivery"]["users-served"] == 943 and results["delivery"]["failures"] == []
 
 
 def test_user_level_dp_under_secaggplus_adds_a_share_of_the_noise_per_node(data_dir, tmp_path):
@@ -371,3 +375,41 @@ def test_server_optimisers_step_from_the_secure_mean(data_dir, tmp_path):
         np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
     # Not the mean itself: the server step moved the model.
     assert max(float(np.abs(g - m).max()) for m, g in zip(mean, got, strict=True)) > 1e-3
+
+
+def test_secaggplus_nodes_keep_their_store_and_write_recommendations(data_dir, tmp_path):
+    # As in a plain run: every node files its users' private rows under the run
+    # lineage after each round, and after the last round writes the top-k of the
+    # validation-selected round for all its users, never an item they trained on.
+    import pandas as pd
+
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 3, "learning-rate": 0.01}
+    rc = {**rc, **SMALL, "deliver": "selected"}
+    nodes = [{**n, "state-dir": str(tmp_path / "nodes")} for n in _nodes(3)]
+    grid = InProcessGrid(client_app, nodes, rc)
+    results = json.loads(run_secagg(grid, RunConfig.from_mapping(rc), tmp_path / "a").read_text())
+    delivery = results["delivery"]
+    assert delivery["failures"] == [] and delivery["users-served"] == 24
+    assert delivery["round"] == results["selected"]["round"]
+    folders = sorted((tmp_path / "nodes" / results["lineage"]).glob("partition-*"))
+    assert len(folders) == 3
+    for folder in folders:
+        rounds = sorted(int(p.stem.split("-")[1]) for p in folder.glob("round-*.npz"))
+        assert delivery["round"] in rounds and rounds[-1] == 3
+    rows = pd.concat(pd.read_parquet(f / "recommendations.parquet") for f in folders)
+    assert rows["user"].nunique() == 24 and (rows.groupby("user").size() == 10).all()
+    log = pd.read_csv(data_dir / "u.data", sep="\t", names=["user", "item", "r", "t"])
+    for user, group in log.sort_values("t").groupby("user"):
+        items = [str(i) for i in group["item"]]
+        train = set(items[:-2])  # the last two are validation and test
+        assert not set(rows.loc[rows["user"] == str(user), "item"]) & train, user
+    # The store changes nothing in training: the same rounds as without it
+    # (the recorder's app has no store mod); and deliver='off' delivers nothing.
+    off = {**rc, "deliver": "off"}
+    plain = InProcessGrid(_app(_Recorder()), _nodes(3), off)
+    without = json.loads(run_secagg(plain, RunConfig.from_mapping(off), tmp_path / "b").read_text())
+    keys = ("round", "val", "test")
+    assert [{k: r[k] for k in keys} for r in without["rounds"]] == [
+        {k: r[k] for k in keys} for r in results["rounds"]
+    ]
+    assert without["delivery"] is None and not (tmp_path / "b" / "delivered.npz").exists()

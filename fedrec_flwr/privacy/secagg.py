@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
@@ -81,6 +81,7 @@ from ..errors import ConfigError
 from ..protocol import (
     ARRAYS_RECORD,
     DP_NOISE_SEED_KEY,
+    KEEP_ROUNDS_KEY,
     LOSS_KEY,
     METRICS_RECORD,
     NUM_EXAMPLES_KEY,
@@ -88,6 +89,7 @@ from ..protocol import (
     NUM_USERS_KEY,
     PARTITION_ID_KEY,
     SERVER_ROUND_KEY,
+    STATE_RUN_KEY,
     TEST_PART,
 )
 from ..strategies.aggregate import exact_metric_aggregation
@@ -418,6 +420,9 @@ class SecAggFedAvg(LegacyFedAvg):
     server_step : ServerStep, optional (default: None)
         A server optimiser (FedAdam, FedYogi, FedAvgM) moving the global model
         from the securely aggregated mean; None = the mean is the new model.
+    on_evaluated : callable, optional (default: None)
+        Called with the round number once a round's evaluation is aggregated
+        (the run keeps the validation-selected round's arrays from it).
 
     Attributes
     ----------
@@ -425,6 +430,10 @@ class SecAggFedAvg(LegacyFedAvg):
         Aggregated metrics per round.
     weights : dict of int to list of int
         The weights of the nodes aggregated in each round.
+    node_config : dict
+        Sent with every fit and evaluate instruction besides the round (the
+        run lineage and the rounds to keep, for the nodes' private store);
+        scalars only, as legacy configs are.
     """
 
     def __init__(
@@ -436,6 +445,7 @@ class SecAggFedAvg(LegacyFedAvg):
         seed: int = 0,
         partitions: Mapping[int, int] | None = None,
         server_step: ServerStep | None = None,
+        on_evaluated: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(
             fraction_fit=fraction_fit,
@@ -446,8 +456,8 @@ class SecAggFedAvg(LegacyFedAvg):
             initial_parameters=ndarrays_to_parameters(initial_arrays),
             # The round number in the config, as the Message-API strategies send it:
             # the clients seed their negatives with it.
-            on_fit_config_fn=lambda rnd: {SERVER_ROUND_KEY: rnd},
-            on_evaluate_config_fn=lambda rnd: {SERVER_ROUND_KEY: rnd},
+            on_fit_config_fn=self._config,
+            on_evaluate_config_fn=self._config,
         )
         self.dtypes = [a.dtype for a in initial_arrays]
         self.train_metrics: dict[int, dict[str, Scalar]] = {}
@@ -456,7 +466,12 @@ class SecAggFedAvg(LegacyFedAvg):
         self.seed = seed
         self.partitions = dict(partitions or {})
         self.server_step = server_step
+        self.on_evaluated = on_evaluated
+        self.node_config: dict[str, Scalar] = {}
         self._current: list[np.ndarray] = initial_arrays
+
+    def _config(self, server_round: int) -> dict[str, Scalar]:
+        return {SERVER_ROUND_KEY: server_round, **self.node_config}
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -476,7 +491,7 @@ class SecAggFedAvg(LegacyFedAvg):
             server_round,
             sorted(self.partitions.get(self._node(p)[0], -1) for p in chosen),
         )
-        fit_ins = FitIns(parameters, {SERVER_ROUND_KEY: server_round})
+        fit_ins = FitIns(parameters, self._config(server_round))
         return [(proxy, fit_ins) for proxy in chosen]
 
     def _node(self, proxy: ClientProxy) -> tuple[int, int | None]:
@@ -520,6 +535,8 @@ class SecAggFedAvg(LegacyFedAvg):
         ]
         metrics = _scalars(exact_metric_aggregation(records, NUM_EXAMPLES_KEY))
         self.evaluate_metrics[server_round] = metrics
+        if self.on_evaluated is not None:
+            self.on_evaluated(server_round)
         loss = metrics.get(LOSS_KEY)
         return (float(loss) if isinstance(loss, (int, float)) else None), metrics
 
@@ -628,6 +645,7 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     )
     from ..runs.metering import MeteredGrid
     from ..runs.results import select_by_validation, summary_line, write_run
+    from ..serving.session import deliver_model, new_lineage
 
     privacy = cfg.privacy
     log(INFO, "fedrec-flwr: SecAgg+ run; results will be written to %s", out_dir)
@@ -673,6 +691,28 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         server_context, config=ServerConfig(num_rounds=cfg.num_server_rounds), strategy=strategy
     )
     metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
+    # The nodes file their users' private rows under the lineage after every
+    # round, as in a plain run, and keep the selected round's for delivery.
+    lineage = new_lineage(run_id)
+    strategy.node_config = {STATE_RUN_KEY: lineage}
+    selected: dict[str, Any] = {}
+
+    def on_evaluated(server_round: int) -> None:
+        so_far = round_entries(
+            strategy.train_metrics, strategy.evaluate_metrics, metered, time.perf_counter()
+        )
+        chosen = select_by_validation(so_far)
+        if chosen is not None and chosen["round"] == server_round:
+            # The arrays this round evaluated: the fit workflow's, in the context state.
+            record = context.state.array_records[_main_params_key()]
+            selected["round"] = server_round
+            selected["arrays"] = parameters_to_ndarrays(
+                compat.arrayrecord_to_parameters(record, keep_input=True)
+            )
+            strategy.node_config[KEEP_ROUNDS_KEY] = server_round
+
+    strategy.on_evaluated = on_evaluated
+    log(INFO, "fedrec-flwr: run lineage %s (the nodes' private store)", lineage)
     t0 = time.perf_counter()
     workflow(metered, context)
     t_end = time.perf_counter()
@@ -709,6 +749,19 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         context.state.array_records[_main_params_key()], keep_input=True
     )
     model_state = dict(zip(names, parameters_to_ndarrays(final), strict=True))
+    delivery = None
+    if cfg.serving.deliver != "off":
+        mode = cfg.serving.deliver
+        rnd, delivered = (
+            (selected["round"], selected["arrays"])
+            if mode == "selected" and selected
+            else (rounds[-1]["round"], list(model_state.values()))
+        )
+        pairs = zip(names, delivered, strict=True)
+        arrays = ArrayRecord({n: Array(np.asarray(a)) for n, a in pairs})
+        delivery = deliver_model(
+            metered, out_dir, cfg.to_dict(), lineage, mode, rnd, arrays, view.item_ids
+        )
     failed = [r["round"] for r in rounds if r["failures"]]
     # User-level DP's epsilon (the nodes add the noise; the server sees only the sum).
     dp_section = dp_extra(dp_report(cfg), None, rounds)
@@ -727,6 +780,8 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
             "rounds-with-failures": failed,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
+            "lineage": lineage,
+            "delivery": delivery,
             **dp_section,
             "secure-aggregation": {
                 "mode": privacy.secure_aggregation,

@@ -106,6 +106,8 @@ def node_store_mod(msg: Message, context: Context, call_next: ClientAppCallable)
             user_ids_of(ids),
         )
         keep = config.get(KEEP_ROUNDS_KEY, [])
+        if isinstance(keep, int) and not isinstance(keep, bool):
+            keep = [keep]  # a legacy (SecAgg+) config holds scalars only
         store.prune([int(k) for k in keep] if isinstance(keep, list) else [], rnd)
     return reply
 

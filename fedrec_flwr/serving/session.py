@@ -49,7 +49,7 @@ from .checkpoint import (
 )
 from .mod import DELIVER_MESSAGE_TYPE
 
-__all__ = ["DELIVERED_FILE", "ServerSession", "new_lineage"]
+__all__ = ["DELIVERED_FILE", "ServerSession", "deliver_model", "new_lineage"]
 
 #: The delivered shared arrays, in the run folder (what ``init-from`` reads).
 DELIVERED_FILE = "delivered.npz"
@@ -331,52 +331,100 @@ class ServerSession:
             rnd, arrays = self.selected_round, _record(self.selected)
         else:
             rnd, arrays = last_round, final
-        started = time.perf_counter()
-        config = ConfigRecord({STATE_RUN_KEY: self.lineage, DELIVER_ROUND_KEY: rnd})
-        messages = [
-            Message(
-                RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: config}),
-                dst_node_id=node,
-                message_type=DELIVER_MESSAGE_TYPE,
-            )
-            for node in sorted(grid.get_node_ids())
-        ]
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        served, failures = 0, []
-        for reply in replies:
-            if reply.has_error():
-                failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-                continue
-            for record in reply.content.metric_records.values():
-                value = record.get(USERS_SERVED_KEY, 0)
-                served += int(value) if isinstance(value, int) else 0
-        missing = len(messages) - len(replies)
-        if missing:
-            failures.append(f"{missing} node(s) did not reply before the timeout")
-        if failures:
-            log(WARNING, "fedrec-flwr: delivery failed on some nodes: %s", failures)
-        write_npz(self.out_dir / DELIVERED_FILE, _arrays(arrays))
-        (self.out_dir / "delivered.json").write_text(
-            json.dumps(
-                {
-                    "round": rnd,
-                    "lineage": self.lineage,
-                    "config": self.config,
-                    "item-ids": None if item_ids is None else [str(i) for i in item_ids],
-                },
-                indent=1,
-            )
-            + "\n"
+        return deliver_model(
+            grid, self.out_dir, self.config, self.lineage, mode, rnd, arrays, item_ids, timeout
         )
-        return {
-            "model": mode,
-            "round": rnd,
-            "lineage": self.lineage,
-            "nodes": len(messages),
-            USERS_SERVED_KEY: served,
-            "failures": failures,
-            "seconds": time.perf_counter() - started,
-        }
+
+
+def deliver_model(
+    grid: Grid,
+    out_dir: Path,
+    config: dict[str, Any],
+    lineage: str,
+    mode: str,
+    rnd: int,
+    arrays: ArrayRecord,
+    item_ids: np.ndarray | None = None,
+    timeout: float = 3600,
+) -> dict[str, Any]:
+    """Send every node round ``rnd``'s ``arrays``; they write their recommendations.
+
+    Also writes ``delivered.npz`` and ``delivered.json`` (what ``init-from``
+    reads) into ``out_dir``. Used by :meth:`ServerSession.deliver` and by the
+    SecAgg+ run, which has no session.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The run's grid.
+    out_dir : pathlib.Path
+        The run folder.
+    config : dict
+        The run config, kebab-case (recorded in ``delivered.json``).
+    lineage : str
+        The run lineage the nodes filed their private state under.
+    mode : {"selected", "final"}
+        The ``deliver`` key (recorded; ``rnd`` is the round it picked).
+    rnd : int
+        The delivered round (its private rows are what each node pairs with ``arrays``).
+    arrays : ArrayRecord
+        The shared arrays after round ``rnd``.
+    item_ids : numpy.ndarray or None (default: None)
+        The catalogue's raw ids, recorded for a later warm start.
+    timeout : float (default: 3600)
+        Seconds to wait for the nodes.
+
+    Returns
+    -------
+    dict
+        The ``delivery`` section of ``results.json``.
+    """
+    started = time.perf_counter()
+    message_config = ConfigRecord({STATE_RUN_KEY: lineage, DELIVER_ROUND_KEY: rnd})
+    messages = [
+        Message(
+            RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: message_config}),
+            dst_node_id=node,
+            message_type=DELIVER_MESSAGE_TYPE,
+        )
+        for node in sorted(grid.get_node_ids())
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    served, failures = 0, []
+    for reply in replies:
+        if reply.has_error():
+            failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+            continue
+        for record in reply.content.metric_records.values():
+            value = record.get(USERS_SERVED_KEY, 0)
+            served += int(value) if isinstance(value, int) else 0
+    missing = len(messages) - len(replies)
+    if missing:
+        failures.append(f"{missing} node(s) did not reply before the timeout")
+    if failures:
+        log(WARNING, "fedrec-flwr: delivery failed on some nodes: %s", failures)
+    write_npz(out_dir / DELIVERED_FILE, _arrays(arrays))
+    (out_dir / "delivered.json").write_text(
+        json.dumps(
+            {
+                "round": rnd,
+                "lineage": lineage,
+                "config": config,
+                "item-ids": None if item_ids is None else [str(i) for i in item_ids],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    return {
+        "model": mode,
+        "round": rnd,
+        "lineage": lineage,
+        "nodes": len(messages),
+        USERS_SERVED_KEY: served,
+        "failures": failures,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _read_delivered(run_dir: str, config: Mapping[str, Any]) -> dict[str, Any]:
