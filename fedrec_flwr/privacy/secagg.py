@@ -420,9 +420,6 @@ class SecAggFedAvg(LegacyFedAvg):
     server_step : ServerStep, optional (default: None)
         A server optimiser (FedAdam, FedYogi, FedAvgM) moving the global model
         from the securely aggregated mean; None = the mean is the new model.
-    on_evaluated : callable, optional (default: None)
-        Called with the round number once a round's evaluation is aggregated
-        (the run keeps the validation-selected round's arrays from it).
 
     Attributes
     ----------
@@ -434,6 +431,9 @@ class SecAggFedAvg(LegacyFedAvg):
         Sent with every fit and evaluate instruction besides the round (the
         run lineage and the rounds to keep, for the nodes' private store);
         scalars only, as legacy configs are.
+    on_evaluated : callable or None
+        Called with the round number once a round's evaluation is aggregated
+        (the run keeps the validation-selected round's arrays from it).
     """
 
     def __init__(
@@ -445,7 +445,6 @@ class SecAggFedAvg(LegacyFedAvg):
         seed: int = 0,
         partitions: Mapping[int, int] | None = None,
         server_step: ServerStep | None = None,
-        on_evaluated: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(
             fraction_fit=fraction_fit,
@@ -466,8 +465,8 @@ class SecAggFedAvg(LegacyFedAvg):
         self.seed = seed
         self.partitions = dict(partitions or {})
         self.server_step = server_step
-        self.on_evaluated = on_evaluated
         self.node_config: dict[str, Scalar] = {}
+        self.on_evaluated: Callable[[int], None] | None = None
         self._current: list[np.ndarray] = initial_arrays
 
     def _config(self, server_round: int) -> dict[str, Scalar]:
