@@ -17,6 +17,7 @@ import resource
 import statistics
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,6 +30,11 @@ SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 def default_data_dir() -> str:
     """The shared ML-100K copy when present, else '' (download into the cache)."""
     return str(SHARED_ML100K) if (SHARED_ML100K / "ml-100k.inter").is_file() else ""
+
+
+def run_config_pairs(text: str) -> dict[str, Any]:
+    """``key=value`` pairs separated by spaces (TOML values), as ``--run-config`` takes them."""
+    return tomllib.loads("\n".join(text.split()))
 
 
 def quiet_flower() -> None:

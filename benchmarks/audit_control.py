@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import tomllib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _bench import default_data_dir, markdown_table, quiet_flower, stamp
+from _bench import default_data_dir, markdown_table, quiet_flower, run_config_pairs, stamp
 from flwr.app import RecordDict
 
 from fedrec_flwr.client.numpy_client import NCFClient
@@ -106,7 +105,7 @@ def main() -> None:
         "data-dir": args.data_dir,
         "model": args.model,
         "client-mode": args.client_mode,
-        **tomllib.loads("\n".join(args.run_config.split())),
+        **run_config_pairs(args.run_config),
     }
     rng = np.random.default_rng(0)
     federations = [

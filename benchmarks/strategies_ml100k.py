@@ -20,8 +20,9 @@ import argparse
 import json
 import logging
 import time
-import tomllib
 from pathlib import Path
+
+from _bench import run_config_pairs
 
 from fedrec_flwr.app.client_app import app as client_app
 from fedrec_flwr.config import RunConfig
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--run-config", default="")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    overrides = tomllib.loads("\n".join(args.run_config.split()))
+    overrides = run_config_pairs(args.run_config)
     rc = {"data-dir": args.data_dir, **overrides}
     nodes = [{"partition-id": p, "num-partitions": args.partitions} for p in range(args.partitions)]
     grid = InProcessGrid(client_app, nodes, rc)

@@ -696,18 +696,20 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     strategy.node_config = {STATE_RUN_KEY: lineage}
     selected: dict[str, Any] = {}
 
+    def global_arrays() -> dict[str, np.ndarray]:
+        """The global model as the legacy workflow keeps it, by array name."""
+        record = context.state.array_records[_main_params_key()]
+        arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
+        return dict(zip(names, arrays, strict=True))
+
     def on_evaluated(server_round: int) -> None:
         so_far = round_entries(
             strategy.train_metrics, strategy.evaluate_metrics, metered, time.perf_counter()
         )
         chosen = select_by_validation(so_far)
         if chosen is not None and chosen["round"] == server_round:
-            # The arrays this round evaluated: the fit workflow's, in the context state.
-            record = context.state.array_records[_main_params_key()]
-            selected["round"] = server_round
-            selected["arrays"] = parameters_to_ndarrays(
-                compat.arrayrecord_to_parameters(record, keep_input=True)
-            )
+            # The arrays this round evaluated: the fit workflow's.
+            selected["round"], selected["arrays"] = server_round, global_arrays()
             strategy.node_config[KEEP_ROUNDS_KEY] = server_round
 
     strategy.on_evaluated = on_evaluated
@@ -744,20 +746,16 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         )
         entry["secagg-error-bound"] = bound.mean
         bounds[entry["round"]] = bound.to_dict()
-    final = compat.arrayrecord_to_parameters(
-        context.state.array_records[_main_params_key()], keep_input=True
-    )
-    model_state = dict(zip(names, parameters_to_ndarrays(final), strict=True))
+    model_state = global_arrays()
     delivery = None
     if cfg.serving.deliver != "off":
         mode = cfg.serving.deliver
         rnd, delivered = (
             (selected["round"], selected["arrays"])
             if mode == "selected" and selected
-            else (rounds[-1]["round"], list(model_state.values()))
+            else (rounds[-1]["round"], model_state)
         )
-        pairs = zip(names, delivered, strict=True)
-        arrays = ArrayRecord({n: Array(np.asarray(a)) for n, a in pairs})
+        arrays = ArrayRecord({n: Array(np.asarray(a)) for n, a in delivered.items()})
         delivery = deliver_model(
             metered, out_dir, cfg.to_dict(), lineage, mode, rnd, arrays, view.item_ids
         )
