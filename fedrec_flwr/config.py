@@ -72,6 +72,7 @@ __all__ = [
 FINETUNE_SCOPES = ("all", "private")
 CLIENT_MODES = ("group", "per-user")
 FINETUNE_UNITS = ("client", "user")
+OPTIMIZER_STATES = ("fresh", "keep")
 #: Models the rating task trains (pairwise models scoring a pair with one output).
 RATING_MODELS = ("gmf", "mlp", "neumf", "mf")
 LEAKY_POOL_WARNING = (
@@ -295,6 +296,15 @@ class TrainingOptions:
         "one user per client (`tests/test_peruser.py`) at one message per node; "
         "fine-tuning is then per user too.",
         choices=CLIENT_MODES,
+        centralized=False,
+    )
+    optimizer_state: str = option(
+        "fresh",
+        "`fresh`: a new Adam every round, so only parameters cross rounds (FedAvg's "
+        "client). `keep`: each node keeps its Adam moments and step count from its last "
+        "round, in its private state and store (never sent; a restarted node and a "
+        "resumed run reload them); group mode only.",
+        choices=OPTIMIZER_STATES,
         centralized=False,
     )
     proximal_mu: float = option(
@@ -577,6 +587,8 @@ class RunConfig:
                 PRIVATE_LAYERS_KEY: bool(training.private_layers.strip()),
                 key_of("item_aggregation"): strategy.item_aggregation != "dense",
                 key_of("weight_key"): strategy.weight_key != weight,
+                # One Adam per user per round: a user's moments would be kept per user.
+                key_of("optimizer_state"): training.optimizer_state != "fresh",
             }
             bad = [key for key, clash in clashes.items() if clash]
             if bad:

@@ -46,6 +46,7 @@ __all__ = [
     "NUM_EXAMPLES_KEY",
     "NUM_PARTITIONS_KEY",
     "NUM_USERS_KEY",
+    "OPTIMIZER_STATE_KEY",
     "PARTITION_ID_KEY",
     "PERSONAL_STATE_KEY",
     "PRIVATE_LAYERS_KEY",
@@ -147,6 +148,8 @@ STATE_DIR_KEY = "state-dir"
 # context.state records: what a node keeps between rounds and never sends.
 PRIVATE_STATE_KEY = "fedrec-private-arrays"
 PERSONAL_STATE_KEY = "fedrec-personal-layers"
+#: ``optimizer-state='keep'``: the node's Adam moments and step count (per parameter name).
+OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
 #: The raw user id of each private row (the store keeps it for warm starts).
 USER_IDS_STATE_KEY = "fedrec-user-ids"
 #: Warm start: the earlier run's private rows and the raw user ids they belong to.

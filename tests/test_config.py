@@ -89,7 +89,7 @@ def test_markdown_and_toml_come_from_the_command_line(capsys):
 
 def test_every_key_lives_in_one_group_with_help():
     keys = [settings.key_of(f.name) for _, f in RunConfig.settings()]
-    assert len(keys) == len(set(keys)) == 86
+    assert len(keys) == len(set(keys)) == 87
     groups = {g for g, _ in RunConfig.settings()}
     assert groups == {None, "data", "model", "training", "strategy", "privacy", "serving"}
     for _, f in RunConfig.settings():

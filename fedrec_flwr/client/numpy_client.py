@@ -37,6 +37,7 @@ from ..protocol import (
     DP_NOISE_SEED_KEY,
     GLOBAL_PREFIX,
     ITEM_COUNTS_KEY,
+    OPTIMIZER_STATE_KEY,
     PRIVATE_STATE_KEY,
     SERVE_TARGET,
     TEST_PART,
@@ -72,7 +73,8 @@ class NCFClient(NumPyClient):
     config : RunConfig
         The run's settings (its ``model`` and ``training`` groups and the seed).
     state : flwr.app.RecordDict
-        The node's ``context.state``: private user embeddings are read from and
+        The node's ``context.state``: private user embeddings (and, with
+        ``optimizer-state='keep'``, the node's Adam state) are read from and
         written to it, so they persist across rounds on this node only.
     noise_seed : int, optional (default: None)
         The node's secret seed for DP and LDP noise (node-config
@@ -228,6 +230,8 @@ class NCFClient(NumPyClient):
         knobs = self.config.round_knobs(config)
         personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
         self.personal.load(self.model, personal)
+        keep = self.config.training.optimizer_state == "keep"
+        kept = self.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
         update = self.trainer.train(
             self.model,
             self.data,
@@ -235,10 +239,15 @@ class NCFClient(NumPyClient):
             server_round=server_round(config),
             knobs=knobs,
             anchor={n: a for n, a in received.items() if n not in personal},
+            optimizer_state={k: v.numpy() for k, v in kept.items()} if kept else None,
         )
         self.state[PRIVATE_STATE_KEY] = ArrayRecord(
             {k: Array(v) for k, v in private_arrays(self.model).items()}
         )
+        if update.optimizer_state is not None:  # optimizer-state='keep': stays on the node
+            self.state[OPTIMIZER_STATE_KEY] = ArrayRecord(
+                {k: Array(v) for k, v in update.optimizer_state.items()}
+            )
         self.state[USER_IDS_STATE_KEY] = user_ids_record(self.user_ids().tolist())
         shared = dict(update.shared)
         privacy, data = self.config.privacy, self.data

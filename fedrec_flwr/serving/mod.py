@@ -1,9 +1,10 @@
 """The ClientApp mod that keeps a node's private state in its store.
 
 Before a message reaches the client, :func:`node_store_mod` puts the private
-state the message needs into ``context.state``: for training in round ``r``
-the newest stored state of a round ``< r``, for evaluation in round ``r`` (or
-delivery of round ``r``) the newest of a round ``<= r``. So a SuperNode that
+state the message needs into ``context.state`` (user rows, personal layers,
+and the node's Adam state under ``optimizer-state='keep'``): for training in
+round ``r`` the newest stored state of a round ``< r``, for evaluation in round
+``r`` (or delivery of round ``r``) the newest of a round ``<= r``. So a SuperNode that
 restarted, or a resumed run on the same nodes, goes on from exactly the rows
 it had. After a training reply it writes the new state (round ``r``) and
 prunes what neither a resume nor a delivery can need (``keep-rounds``).
@@ -23,6 +24,7 @@ from ..protocol import (
     DELIVER_ACTION,
     DELIVER_ROUND_KEY,
     KEEP_ROUNDS_KEY,
+    OPTIMIZER_STATE_KEY,
     PARTITION_ID_KEY,
     PERSONAL_STATE_KEY,
     PRIVATE_STATE_KEY,
@@ -42,7 +44,13 @@ __all__ = ["DELIVER_MESSAGE_TYPE", "node_store_mod", "user_ids_of", "user_ids_re
 #: The message type of a delivery (``@app.query(DELIVER_ACTION)``).
 DELIVER_MESSAGE_TYPE = f"{MessageType.QUERY}.{DELIVER_ACTION}"
 _IDS = "ids"
-_STATE_KEYS = (PRIVATE_STATE_KEY, PERSONAL_STATE_KEY, WARM_STATE_KEY, WARM_USERS_KEY)
+_STATE_KEYS = (
+    PRIVATE_STATE_KEY,
+    PERSONAL_STATE_KEY,
+    OPTIMIZER_STATE_KEY,
+    WARM_STATE_KEY,
+    WARM_USERS_KEY,
+)
 
 
 def user_ids_record(ids: object) -> ConfigRecord:
@@ -88,22 +96,26 @@ def node_store_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         context.state[PRIVATE_STATE_KEY] = ArrayRecord(
             {k: Array(v) for k, v in stored.private.items()}
         )
-        if stored.personal:
-            context.state[PERSONAL_STATE_KEY] = ArrayRecord(
-                {k: Array(v) for k, v in stored.personal.items()}
-            )
+        for key, arrays in (
+            (PERSONAL_STATE_KEY, stored.personal),
+            (OPTIMIZER_STATE_KEY, stored.optimizer),
+        ):
+            if arrays:
+                context.state[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     else:
         _load_warm(config, root, pid, context)
     reply = call_next(msg, context)
     if train and not reply.has_error() and PRIVATE_STATE_KEY in context.state:
         private = context.state.array_records[PRIVATE_STATE_KEY]
         personal = context.state.array_records.get(PERSONAL_STATE_KEY, ArrayRecord())
+        optimizer = context.state.array_records.get(OPTIMIZER_STATE_KEY, ArrayRecord())
         ids = context.state.config_records.get(USER_IDS_STATE_KEY, ConfigRecord())
         store.save(
             rnd,
             {k: v.numpy() for k, v in private.items()},
             {k: v.numpy() for k, v in personal.items()},
             user_ids_of(ids),
+            {k: v.numpy() for k, v in optimizer.items()},
         )
         keep = config.get(KEEP_ROUNDS_KEY, [])
         if isinstance(keep, int) and not isinstance(keep, bool):

@@ -26,6 +26,7 @@ _ROUND_FILE = re.compile(r"^round-(\d{6})\.npz$")
 _LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Array-name prefixes inside a round file (the user ids ride along as text).
 _PRIVATE, _PERSONAL, _USERS = "private/", "personal/", "user-ids"
+_OPTIMIZER = "optimizer/"
 
 
 class StoreError(ValueError):
@@ -74,12 +75,15 @@ class StoredState:
         Personal layers, if any.
     user_ids : numpy.ndarray
         Raw user id (as text) of each private row, for a warm start.
+    optimizer : dict of str to numpy.ndarray
+        The node's Adam state (``optimizer-state='keep'``), else empty.
     """
 
     server_round: int
     private: dict[str, np.ndarray]
     personal: dict[str, np.ndarray]
     user_ids: np.ndarray
+    optimizer: dict[str, np.ndarray]
 
 
 class NodeStore:
@@ -114,10 +118,12 @@ class NodeStore:
         private: Mapping[str, np.ndarray],
         personal: Mapping[str, np.ndarray],
         user_ids: Iterable[object],
+        optimizer: Mapping[str, np.ndarray] | None = None,
     ) -> Path:
         """Write round ``server_round``'s state atomically (flushed to disk first)."""
         arrays = {f"{_PRIVATE}{k}": np.asarray(v) for k, v in private.items()}
         arrays.update({f"{_PERSONAL}{k}": np.asarray(v) for k, v in personal.items()})
+        arrays.update({f"{_OPTIMIZER}{k}": np.asarray(v) for k, v in (optimizer or {}).items()})
         arrays[_USERS] = np.asarray([str(u) for u in user_ids], dtype=np.str_)
         target = self._path(server_round)
         return write_npz(target, arrays)
@@ -149,6 +155,9 @@ class NodeStore:
             private={k[len(_PRIVATE) :]: v for k, v in arrays.items() if k.startswith(_PRIVATE)},
             personal={k[len(_PERSONAL) :]: v for k, v in arrays.items() if k.startswith(_PERSONAL)},
             user_ids=arrays[_USERS],
+            optimizer={
+                k[len(_OPTIMIZER) :]: v for k, v in arrays.items() if k.startswith(_OPTIMIZER)
+            },
         )
 
     def prune(self, keep: Iterable[int], newest: int) -> None:

@@ -39,6 +39,8 @@ __all__ = [
     "LocalUpdate",
     "PerUserTrainer",
     "Trainer",
+    "adam_state_arrays",
+    "load_adam_state",
     "rank_val_test",
     "round_seed",
 ]
@@ -65,11 +67,86 @@ class LocalUpdate:
         The FedAvg weight: training interactions.
     loss : float
         Mean training BCE of the last local epoch (the rating task: MSE).
+    optimizer_state : dict of str to numpy.ndarray or None (default: None)
+        ``optimizer-state='keep'``: the node's Adam state after this round
+        (:func:`adam_state_arrays`), kept on the node; None otherwise.
     """
 
     shared: dict[str, np.ndarray]
     weight: int
     loss: float
+    optimizer_state: dict[str, np.ndarray] | None = None
+
+
+#: The per-parameter Adam state a kept optimizer carries (torch's own names).
+_ADAM_FIELDS = ("step", "exp_avg", "exp_avg_sq")
+
+
+def adam_state_arrays(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, np.ndarray]:
+    """``optimizer``'s Adam state as arrays named ``<parameter>/<field>``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Names the parameters.
+    optimizer : torch.optim.Optimizer
+        An Adam over them.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``step``, ``exp_avg`` and ``exp_avg_sq`` per parameter, copies.
+        Parameters without state (never updated) are left out;
+        :func:`load_adam_state` then starts them afresh, as Adam itself would.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name, param in model.named_parameters():
+        state = optimizer.state.get(param, {})
+        for field in _ADAM_FIELDS:
+            if field in state:
+                arrays[f"{name}/{field}"] = state[field].detach().cpu().numpy().copy()
+    return arrays
+
+
+def load_adam_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, arrays: Mapping[str, np.ndarray]
+) -> None:
+    """Put :func:`adam_state_arrays`' output into a fresh Adam over ``model``'s parameters.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Names the parameters.
+    optimizer : torch.optim.Optimizer
+        A fresh Adam over all of ``model.parameters()``, in their order.
+    arrays : mapping of str to numpy.ndarray
+        As :func:`adam_state_arrays` returns them.
+
+    Raises
+    ------
+    ValueError
+        If ``arrays`` names a parameter ``model`` lacks, or a state of another shape.
+    """
+    params = dict(model.named_parameters())
+    index = {name: i for i, name in enumerate(params)}
+    unknown = sorted({key.rsplit("/", 1)[0] for key in arrays} - set(params))
+    if unknown:
+        raise ValueError(f"stored optimizer state for parameters the model lacks: {unknown}")
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        name, field = key.rsplit("/", 1)
+        tensor = torch.from_numpy(np.array(value, copy=True))
+        if field != "step" and tensor.shape != params[name].shape:
+            raise ValueError(
+                f"stored optimizer state {key} has shape {tuple(tensor.shape)}, the "
+                f"parameter {tuple(params[name].shape)}"
+            )
+        state.setdefault(index[name], {})[field] = tensor
+    # load_state_dict, not a direct write: torch's own checks and dtype rules apply.
+    sd = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 
 
 class Trainer(abc.ABC):
@@ -101,13 +178,15 @@ class Trainer(abc.ABC):
         server_round: int,
         knobs: RoundKnobs,
         anchor: Mapping[str, np.ndarray],
+        optimizer_state: Mapping[str, np.ndarray] | None = None,
     ) -> LocalUpdate:
         """One round of local training from the global shared arrays in ``model``.
 
         Afterwards ``model`` holds the users' trained private rows (they stay
         on the node); the returned update carries what is sent. ``anchor``
         holds the global arrays the FedProx term pulls towards (personal
-        layers left out).
+        layers left out); ``optimizer_state`` the node's Adam state from its
+        last round (``optimizer-state='keep'``; None: a fresh Adam).
         """
 
     @abc.abstractmethod
@@ -185,16 +264,20 @@ class GroupTrainer(Trainer):
         server_round: int,
         knobs: RoundKnobs,
         anchor: Mapping[str, np.ndarray],
+        optimizer_state: Mapping[str, np.ndarray] | None = None,
     ) -> LocalUpdate:
         t = self.training
         rng = np.random.default_rng(round_seed(self.seed, data.partition_id, server_round))
         mu = knobs.proximal_mu
         pulled = {n: torch.from_numpy(np.asarray(a)) for n, a in anchor.items()} if mu > 0 else None
-        # A fresh optimizer each round: no optimizer state crosses rounds, as in
-        # FedAvg (the server only averages parameters).
+        # By default a fresh optimizer each round: no optimizer state crosses
+        # rounds, as in FedAvg (the server only averages parameters). With
+        # optimizer-state='keep' the node's moments go on from its last round.
         optimizer = torch.optim.Adam(
             model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
         )
+        if optimizer_state:
+            load_adam_state(model, optimizer, optimizer_state)
         loss = _group_epochs(
             model,
             data,
@@ -206,7 +289,13 @@ class GroupTrainer(Trainer):
             proximal_mu=mu,
             anchor=pulled,
         )
-        return LocalUpdate(shared=dict(shared_arrays(model)), weight=data.num_train, loss=loss)
+        kept = adam_state_arrays(model, optimizer) if t.optimizer_state == "keep" else None
+        return LocalUpdate(
+            shared=dict(shared_arrays(model)),
+            weight=data.num_train,
+            loss=loss,
+            optimizer_state=kept,
+        )
 
     def personalised_rank(
         self,
@@ -281,7 +370,10 @@ class PerUserTrainer(Trainer):
         server_round: int,
         knobs: RoundKnobs,
         anchor: Mapping[str, np.ndarray],
+        optimizer_state: Mapping[str, np.ndarray] | None = None,
     ) -> LocalUpdate:
+        if optimizer_state:  # RunConfig refuses optimizer-state='keep' with per-user mode
+            raise ValueError("client-mode='per-user' starts every user's Adam afresh")
         if knobs.proximal_mu or knobs.private_layers:
             raise ValueError(
                 "client-mode='per-user' trains plain FedAvg clients: the server sent "
