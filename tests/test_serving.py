@@ -258,6 +258,8 @@ def test_without_the_store_a_restarted_node_would_start_its_users_anew(plain, da
     [
         ({"factors": 16}, "factors=16"),
         ({"seed": 7, "model": "gmf"}, "seed=7.*model='gmf'|model='gmf'.*seed=7"),
+        # The nodes' stores hold no Adam state to go on with.
+        ({"optimizer-state": "keep"}, "optimizer-state='keep'"),
     ],
 )
 def test_resume_refuses_a_config_that_changes_the_model(plain, data_dir, tmp_path, change, keys):
