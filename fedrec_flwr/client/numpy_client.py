@@ -230,8 +230,7 @@ class NCFClient(NumPyClient):
         knobs = self.config.round_knobs(config)
         personal = PersonalLayers.names(self.array_names(), knobs.private_layers)
         self.personal.load(self.model, personal)
-        keep = self.config.training.optimizer_state == "keep"
-        kept = self.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
+        kept = self.state.array_records.get(OPTIMIZER_STATE_KEY)
         update = self.trainer.train(
             self.model,
             self.data,

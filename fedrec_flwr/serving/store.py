@@ -29,6 +29,11 @@ _PRIVATE, _PERSONAL, _USERS = "private/", "personal/", "user-ids"
 _OPTIMIZER = "optimizer/"
 
 
+def _under(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays named ``prefix<name>``, by ``name``."""
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 class StoreError(ValueError):
     """A store file cannot be read, or a lineage is not a safe folder name."""
 
@@ -152,12 +157,10 @@ class NodeStore:
             raise StoreError(f"{path}: no {_USERS!r} array; not written by this package")
         return StoredState(
             server_round=candidates[-1],
-            private={k[len(_PRIVATE) :]: v for k, v in arrays.items() if k.startswith(_PRIVATE)},
-            personal={k[len(_PERSONAL) :]: v for k, v in arrays.items() if k.startswith(_PERSONAL)},
+            private=_under(arrays, _PRIVATE),
+            personal=_under(arrays, _PERSONAL),
             user_ids=arrays[_USERS],
-            optimizer={
-                k[len(_OPTIMIZER) :]: v for k, v in arrays.items() if k.startswith(_OPTIMIZER)
-            },
+            optimizer=_under(arrays, _OPTIMIZER),
         )
 
     def prune(self, keep: Iterable[int], newest: int) -> None:

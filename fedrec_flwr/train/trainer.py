@@ -186,7 +186,8 @@ class Trainer(abc.ABC):
         on the node); the returned update carries what is sent. ``anchor``
         holds the global arrays the FedProx term pulls towards (personal
         layers left out); ``optimizer_state`` the node's Adam state from its
-        last round (``optimizer-state='keep'``; None: a fresh Adam).
+        last round, used under ``optimizer-state='keep'`` only (None or
+        ``fresh``: a fresh Adam).
         """
 
     @abc.abstractmethod
@@ -276,7 +277,8 @@ class GroupTrainer(Trainer):
         optimizer = torch.optim.Adam(
             model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
         )
-        if optimizer_state:
+        keep = t.optimizer_state == "keep"
+        if keep and optimizer_state:
             load_adam_state(model, optimizer, optimizer_state)
         loss = _group_epochs(
             model,
@@ -289,7 +291,7 @@ class GroupTrainer(Trainer):
             proximal_mu=mu,
             anchor=pulled,
         )
-        kept = adam_state_arrays(model, optimizer) if t.optimizer_state == "keep" else None
+        kept = adam_state_arrays(model, optimizer) if keep else None
         return LocalUpdate(
             shared=dict(shared_arrays(model)),
             weight=data.num_train,
