@@ -658,35 +658,19 @@ class RunConfig:
     def _check_serving(self) -> None:
         """Resume and warm start against the privacy keys (before any round).
 
-        A resumed run must repeat what the first one would have done; SecAgg+'s
-        legacy loop is not in a checkpoint, so it is refused rather than resumed
-        differently. The audit's records and node-level DP's releases are
-        checkpointed: they resume. A warm start (``init-from``) with node-level DP
-        is refused: the earlier run's releases of the same data are not accounted.
+        A resumed run must repeat what the first one would have done: the
+        audit's records, node-level DP's releases and the SecAgg+ loop's state are
+        checkpointed, so they resume (a checkpoint's ``secure-aggregation`` must
+        be this run's: :func:`~fedrec_flwr.serving.checkpoint.model_keys`). A warm
+        start (``init-from``) with node-level DP is refused: the earlier run's
+        releases of the same data are not accounted.
         """
-        serving, privacy = self.serving, self.privacy
-        key = "resume-from" if serving.resume_from.strip() else None
-        key = key or ("init-from" if serving.init_from.strip() else None)
-        if key is None:
-            return
-        for name, value, clash, why in (
-            (
-                "dp",
-                privacy.dp,
-                key == "init-from" and privacy.dp in ("node-client", "node-server"),
-                "the earlier run's releases of the same data would not be accounted; "
-                "start anew without init-from",
-            ),
-            (
-                "secure-aggregation",
-                privacy.secure_aggregation,
-                privacy.secure_aggregation != "off",
-                "not resumable (the legacy SecAgg+ loop's state is not in a checkpoint); "
-                "run without it or start anew",
-            ),
-        ):
-            if clash:
-                raise ConfigError(f"{key} with {name}={value!r}: {why}")
+        dp = self.privacy.dp
+        if self.serving.init_from.strip() and dp in ("node-client", "node-server"):
+            raise ConfigError(
+                f"init-from with dp={dp!r}: the earlier run's releases of the same data "
+                "would not be accounted; start anew without init-from"
+            )
 
     def _check_privacy(self) -> None:
         """The privacy keys against the training and strategy keys (before any round)."""

@@ -20,7 +20,7 @@ Message layout (Flower's Message API, as ``flwr.serverapp.strategy`` builds it):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -66,8 +66,10 @@ __all__ = [
     "WARM_RUN_KEY",
     "WARM_STATE_KEY",
     "WARM_USERS_KEY",
+    "legacy_rounds",
     "node_metrics",
     "prefixed",
+    "rounds_of",
     "server_round",
     "sum_key",
 ]
@@ -98,7 +100,8 @@ NODE_DP_SCALE_KEY = "node-dp-scale"
 STATE_RUN_KEY = "state-run"
 #: Rounds whose private state a node must keep: the last checkpointed round
 #: (a resume restarts after it) and the validation-selected round (delivery);
-#: a list, or one int in a legacy (SecAgg+) config, which holds scalars only.
+#: a list, or in a legacy (SecAgg+) config, which holds scalars only, the same
+#: rounds comma-separated in one string (:func:`legacy_rounds`, :func:`rounds_of`).
 KEEP_ROUNDS_KEY = "keep-rounds"
 #: Warm start (``init-from``): the earlier run's lineage and delivered round,
 #: whose rows a node copies for the users it still has.
@@ -181,3 +184,23 @@ def server_round(config: Mapping[str, Any], default: int = 0) -> int:
     """The round number a message's config carries (``default`` if none)."""
     value = config.get(SERVER_ROUND_KEY, default)
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def legacy_rounds(rounds: Sequence[int]) -> str:
+    """``rounds`` as one scalar a legacy config can carry: ``"2,5"``."""
+    return ",".join(str(int(r)) for r in rounds)
+
+
+def rounds_of(value: object) -> list[int]:
+    """The rounds a :data:`KEEP_ROUNDS_KEY` value names: a list of ints, one int,
+    or a :func:`legacy_rounds` string; [] for anything else."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        return [int(p) for p in parts] if all(p.isdigit() for p in parts) else []
+    if isinstance(value, list):
+        return [int(v) for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrec_flwr.protocol import SERVER_ROUND_KEY
+from fedrec_flwr.testing.inprocess import InProcessGrid
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,3 +110,25 @@ def flwr_run(tmp_path: Path, run_config: str, *, supernodes: int = 2) -> tuple[i
         stop_processes(lambda: processes_mentioning(str(flwr_home)))
     assert processes_mentioning(str(flwr_home)) == []  # nothing left running
     return proc.returncode, proc.stdout + proc.stderr, flwr_home
+
+
+class CrashingGrid(InProcessGrid):
+    """Raises when the server sends a message of round ``crash_at`` (a killed server).
+
+    ``kind``: only a message of that type (``"evaluate"``: killed after the
+    nodes trained and stored the round, before the server checkpointed it).
+    """
+
+    def __init__(self, *args, crash_at: int, kind: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.crash_at, self.kind = crash_at, kind
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for m in messages:
+            if self.kind is not None and m.metadata.message_type != self.kind:
+                continue
+            for record in m.content.config_records.values():
+                if record.get(SERVER_ROUND_KEY) == self.crash_at:
+                    raise RuntimeError("server killed")
+        return super().send_and_receive(messages, timeout=timeout)

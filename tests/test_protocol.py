@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedrec_flwr import protocol
+from fedrec_flwr.protocol import legacy_rounds, rounds_of
 
 PACKAGE = Path(protocol.__file__).parent
 # Flower's RecordDict names ("arrays", "metrics", "config") are constants here
@@ -68,3 +69,20 @@ def test_node_metrics_and_sum_keys() -> None:
 )
 def test_server_round(config: dict[str, object], expected: int) -> None:
     assert protocol.server_round(config) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "rounds"),
+    [
+        ([2, 5], [2, 5]),  # a Message-API config's list
+        (legacy_rounds([2, 5]), [2, 5]),  # a legacy (SecAgg+) config's one string
+        ("3", [3]),
+        (4, [4]),
+        (True, []),  # not a round
+        ("2,x", []),
+        (None, []),
+    ],
+)
+def test_keep_rounds_read_the_same_from_either_config(value, rounds):
+    assert legacy_rounds([2, 5]) == "2,5"
+    assert rounds_of(value) == rounds

@@ -11,7 +11,8 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import checkerboard_rows, write_u_data
+import torch
+from conftest import CrashingGrid, checkerboard_rows, write_u_data
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp import ClientApp
 from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
@@ -30,6 +31,8 @@ from fedrec_flwr.privacy.secagg import (
     run_secagg,
 )
 from fedrec_flwr.protocol import PARTITION_ID_KEY
+from fedrec_flwr.runs.federated import run_federated
+from fedrec_flwr.serving.store import NodeStore
 from fedrec_flwr.strategies.guard import sample_rank
 from fedrec_flwr.testing.inprocess import InProcessGrid
 
@@ -413,3 +416,103 @@ def test_secaggplus_nodes_keep_their_store_and_write_recommendations(data_dir, t
         {k: r[k] for k in keys} for r in results["rounds"]
     ]
     assert without["delivery"] is None and not (tmp_path / "b" / "delivered.npz").exists()
+
+
+def _resumable_run(data_dir, tmp_path, out, state, rc, grid_cls=InProcessGrid, **grid_kwargs):
+    """A SecAgg+ run on 3 nodes of the real ClientApp, whose stores live in ``state``."""
+    nodes = [{**n, "state-dir": str(tmp_path / state)} for n in _nodes(3)]
+    grid = grid_cls(client_app, nodes, rc, **grid_kwargs)
+    return json.loads(run_secagg(grid, RunConfig.from_mapping(rc), tmp_path / out).read_text())
+
+
+def _rounds(results):
+    keys = ("round", "train-loss", "val", "test", "val-loss", "secagg-error-bound")
+    return [{k: r.get(k) for k in keys} for r in results["rounds"]]
+
+
+def _same_model(a, b):
+    a, b = torch.load(a / "model.pt")["state_dict"], torch.load(b / "model.pt")["state_dict"]
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("keys", "kind"),
+    [
+        ({}, None),  # killed as round 3's SecAgg+ stages begin
+        ({"strategy": "fedadam"}, None),  # the server step's moments are in the checkpoint
+        ({}, "evaluate"),  # killed after the nodes trained and stored round 3
+        ({"optimizer-state": "keep"}, None),  # each node's Adam state is in its store
+    ],
+)
+def test_a_resumed_secaggplus_run_is_bit_identical_to_an_uninterrupted_one(
+    data_dir, tmp_path, keys, kind
+):
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 4, "learning-rate": 0.01, **SMALL}
+    rc = {**rc, **keys, "deliver": "selected"}
+    whole = _resumable_run(data_dir, tmp_path, "whole", "n1", rc)
+    with pytest.raises(RuntimeError, match="server killed"):
+        _resumable_run(data_dir, tmp_path, "first", "n2", rc, CrashingGrid, crash_at=3, kind=kind)
+    resumed_rc = {**rc, "resume-from": str(tmp_path / "first")}
+    resumed = _resumable_run(data_dir, tmp_path, "second", "n2", resumed_rc)
+    # The same rounds (metrics and SecAgg+ error bounds), final model and delivery.
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
+    assert _rounds(resumed) == _rounds(whole)
+    _same_model(tmp_path / "second", tmp_path / "whole")
+    assert resumed["selected"] == whole["selected"]
+    assert resumed["delivery"]["round"] == whole["delivery"]["round"]
+    assert resumed["delivery"]["users-served"] == 24
+    assert resumed["secure-aggregation"]["bounds"] == whole["secure-aggregation"]["bounds"]
+    assert sorted(resumed["checkpoint-seconds"]) == ["3", "4"]  # this run's checkpoints
+    stored = NodeStore(tmp_path / "n2", resumed["lineage"], 0).load(4)
+    assert bool(stored.optimizer) == (keys.get("optimizer-state") == "keep")
+    # Negative control: resumed on nodes that lost their stores, the users start
+    # anew from round 3 (so the equalities above can fail).
+    lost = _resumable_run(data_dir, tmp_path, "third", "n3", resumed_rc)
+    assert _rounds(lost)[:2] == _rounds(whole)[:2]
+    assert _rounds(lost)[2:] != _rounds(whole)[2:]
+
+
+def test_a_secaggplus_run_refuses_to_resume_a_plain_runs_checkpoint(data_dir, tmp_path):
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 2, **SMALL}
+    plain = {**rc, "secure-aggregation": "off"}
+    grid = InProcessGrid(client_app, _nodes(3), plain)
+    run_federated(grid, RunConfig.from_mapping(plain), tmp_path / "plain")
+    with pytest.raises(ConfigError, match=r"resume-from: .*secure-aggregation='secaggplus' "):
+        resumed = {**rc, "num-server-rounds": 3, "resume-from": str(tmp_path / "plain")}
+        _resumable_run(data_dir, tmp_path, "again", "n", resumed)
+
+
+def test_a_warm_started_secaggplus_run_keeps_the_delivered_model_and_rows(data_dir, tmp_path):
+    # init-from under SecAgg+: the delivered shared arrays and each node's rows
+    # of the delivered round are where the new run starts. At lr 1e-9 (Adam
+    # steps ~ lr) one round leaves them where they were, up to SecAgg+'s
+    # quantisation of the shared arrays.
+    rc = {"data-dir": str(data_dir), "num-server-rounds": 2, "learning-rate": 0.01, **SMALL}
+    first = _resumable_run(data_dir, tmp_path, "first", "n", {**rc, "deliver": "selected"})
+    warm = {**rc, "num-server-rounds": 1, "learning-rate": 1e-9}
+    second = _resumable_run(
+        data_dir, tmp_path, "second", "n", {**warm, "init-from": str(tmp_path / "first")}
+    )
+    assert second["initialised-from"] == str(tmp_path / "first")
+    delivered = np.load(tmp_path / "first" / "delivered.npz")
+    start = torch.load(tmp_path / "second" / "model.pt")["state_dict"]
+    bound = second["rounds"][0]["secagg-error-bound"]
+    for name in delivered.files:
+        np.testing.assert_allclose(start[name].numpy(), delivered[name], atol=bound + 1e-6)
+
+    def rows(results, rnd):
+        out = {}
+        for pid in range(3):
+            stored = NodeStore(tmp_path / "n", results["lineage"], pid).load(rnd)
+            names = [n for n in stored.private if n.startswith("user")]
+            for i, uid in enumerate(stored.user_ids.tolist()):
+                out[uid] = np.concatenate([stored.private[n][i] for n in names])
+        return out
+
+    old, new = rows(first, first["delivery"]["round"]), rows(second, 1)
+    assert sorted(old) == sorted(new) and len(new) == 24
+    assert all(np.allclose(new[u], old[u], atol=1e-6) for u in old)
+    # Negative control: the same run without init-from starts its users anew.
+    cold = _resumable_run(data_dir, tmp_path, "cold", "n", warm)
+    fresh = rows(cold, 1)
+    assert not any(np.allclose(fresh[u], old[u], atol=1e-6) for u in old)

@@ -73,6 +73,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat import LegacyContext
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -81,7 +82,6 @@ from ..errors import ConfigError
 from ..protocol import (
     ARRAYS_RECORD,
     DP_NOISE_SEED_KEY,
-    KEEP_ROUNDS_KEY,
     LOSS_KEY,
     METRICS_RECORD,
     NUM_EXAMPLES_KEY,
@@ -89,9 +89,9 @@ from ..protocol import (
     NUM_USERS_KEY,
     PARTITION_ID_KEY,
     SERVER_ROUND_KEY,
-    STATE_RUN_KEY,
     TEST_PART,
 )
+from ..serving.checkpoint import restore_strategy_state, strategy_state
 from ..strategies.aggregate import exact_metric_aggregation
 from ..strategies.guard import sample_rank
 from ..strategies.registry import build_bare_strategy
@@ -431,9 +431,6 @@ class SecAggFedAvg(LegacyFedAvg):
         Sent with every fit and evaluate instruction besides the round (the
         run lineage and the rounds to keep, for the nodes' private store);
         scalars only, as legacy configs are.
-    on_evaluated : callable or None
-        Called with the round number once a round's evaluation is aggregated
-        (the run keeps the validation-selected round's arrays from it).
     """
 
     def __init__(
@@ -466,7 +463,6 @@ class SecAggFedAvg(LegacyFedAvg):
         self.partitions = dict(partitions or {})
         self.server_step = server_step
         self.node_config: dict[str, Scalar] = {}
-        self.on_evaluated: Callable[[int], None] | None = None
         self._current: list[np.ndarray] = initial_arrays
 
     def _config(self, server_round: int) -> dict[str, Scalar]:
@@ -534,10 +530,62 @@ class SecAggFedAvg(LegacyFedAvg):
         ]
         metrics = _scalars(exact_metric_aggregation(records, NUM_EXAMPLES_KEY))
         self.evaluate_metrics[server_round] = metrics
-        if self.on_evaluated is not None:
-            self.on_evaluated(server_round)
         loss = metrics.get(LOSS_KEY)
         return (float(loss) if isinstance(loss, (int, float)) else None), metrics
+
+
+#: checkpoint record key: every round's SecAgg+ weights (the error bounds need them).
+_WEIGHTS = "secagg-weights"
+
+
+class _SecAggState:
+    """The SecAgg+ loop's part of a checkpoint (a :class:`~fedrec_flwr.serving.
+    session.RoundState`): the server step's state (FedAdam/FedYogi moments, FedAvgM
+    momentum) and every round's weights, from which the error bounds are computed."""
+
+    def __init__(self, strategy: SecAggFedAvg) -> None:
+        self.strategy = strategy
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        step = self.strategy.server_step
+        return strategy_state(step.strategy) if step is not None else {}
+
+    def state_record(self) -> dict[str, Any]:
+        return {_WEIGHTS: {str(r): list(w) for r, w in self.strategy.weights.items()}}
+
+    def restore(self, arrays: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> None:
+        step = self.strategy.server_step
+        if step is not None:
+            restore_strategy_state(step.strategy, arrays)
+        weights = record.get(_WEIGHTS, {})
+        self.strategy.weights.update({int(r): [int(n) for n in w] for r, w in weights.items()})
+
+
+class _FromRound:
+    """A legacy workflow stage that runs from round ``first`` on, then calls ``after``.
+
+    A resumed run's earlier rounds are in its checkpoint: Flower's
+    ``DefaultWorkflow`` still counts them (its loop starts at 1), but nothing
+    is sent in them.
+    """
+
+    def __init__(
+        self,
+        stage: Callable[[Grid, Context], None],
+        first: int,
+        after: Callable[[int], None] | None = None,
+    ) -> None:
+        self.stage, self.first, self.after = stage, first, after
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+
+        rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])  # type: ignore[arg-type]
+        if rnd < self.first:
+            return
+        self.stage(grid, context)
+        if self.after is not None:
+            self.after(rnd)
 
 
 @dataclass(frozen=True)
@@ -608,7 +656,9 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     The same ``results.json`` schema as :func:`~fedrec_flwr.runs.federated.run_federated`
     (round entries with val/test metrics, wall seconds, bytes), plus a
     ``secure-aggregation`` section (settings, ``max-weight``, the bound of
-    every round).
+    every round). Checkpoints, ``resume-from``, ``init-from`` and delivery go
+    through the plain run's :class:`~fedrec_flwr.serving.session.ServerSession`;
+    a resumed run sends nothing before the checkpoint's next round.
 
     Parameters
     ----------
@@ -629,12 +679,13 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     Raises
     ------
     ConfigError
-        Before any round, if ``N Q >= 2**32`` (the modular sum would wrap) or
-        nothing bounds the weights.
+        Before any round, if ``N Q >= 2**32`` (the modular sum would wrap),
+        nothing bounds the weights, or ``resume-from``/``init-from`` is refused.
     RuntimeError
         If no training round succeeded.
     """
     from ..runs.federated import (
+        _item_tables,
         _reply_poll_interval,
         dp_extra,
         dp_report,
@@ -644,9 +695,9 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     )
     from ..runs.metering import MeteredGrid
     from ..runs.results import select_by_validation, summary_line, write_run
-    from ..serving.session import deliver_model, new_lineage
+    from ..serving.session import ServerSession
 
-    privacy = cfg.privacy
+    privacy, serving = cfg.privacy, cfg.serving
     log(INFO, "fedrec-flwr: SecAgg+ run; results will be written to %s", out_dir)
     view = server_view(cfg)
     num_nodes = len(list(grid.get_node_ids()))
@@ -659,10 +710,10 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     layout = _query_layout(grid)
     largest = _largest_weight(cfg, layout, view.max_train, view.partition_sizes)
     max_weight = max_weight_for(largest, q)
-    start = initial_arrays(cfg, view.num_items)
-    names = list(start.keys())
+    fresh = initial_arrays(cfg, view.num_items)
+    names = list(fresh.keys())
     strategy = SecAggFedAvg(
-        [start[n].numpy() for n in names],
+        [fresh[n].numpy() for n in names],
         fraction_fit=cfg.strategy.fraction_train,
         min_nodes=cfg.strategy.min_nodes,
         seed=cfg.data.seed,
@@ -673,56 +724,79 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
             else None
         ),
     )
-    workflow = DefaultWorkflow(
-        fit_workflow=SecAggPlusWorkflow(
-            num_shares=privacy.secagg_num_shares,
-            reconstruction_threshold=privacy.secagg_reconstruction_threshold,
-            max_weight=max_weight,
-            clipping_range=c,
-            quantization_range=q,
-            modulus_range=MODULUS_RANGE,
-        )
+    # Lineage, checkpoints, resume, warm start and delivery: as in a plain run.
+    session = ServerSession(
+        cfg.to_dict(),
+        out_dir,
+        _SecAggState(strategy),
+        checkpoint_every=serving.checkpoint_every,
+        select=select_by_validation,
+        run_id=run_id,
+        resume_from=serving.resume_from,
+        init_from=serving.init_from,
     )
+    session.check_rounds_left(cfg.num_server_rounds)
+    earlier = session.earlier_rounds()
+    start = session.initial_arrays(fresh, view.item_ids, _item_tables(cfg, view.num_items))
+    strategy.initial_parameters = ndarrays_to_parameters([start[n].numpy() for n in names])
+    # The nodes file their users' private rows under the lineage after every
+    # round and keep the rounds a resume or the delivery needs.
+    strategy.node_config = session.legacy_config()
+    metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
     server_context = Context(
         run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
     )
     context = LegacyContext(
         server_context, config=ServerConfig(num_rounds=cfg.num_server_rounds), strategy=strategy
     )
-    metered = MeteredGrid(grid, poll_interval=_reply_poll_interval(grid))
-    # The nodes file their users' private rows under the lineage after every
-    # round, as in a plain run, and keep the selected round's for delivery.
-    lineage = new_lineage(run_id)
-    strategy.node_config = {STATE_RUN_KEY: lineage}
-    selected: dict[str, Any] = {}
 
-    def global_arrays() -> dict[str, np.ndarray]:
+    def global_arrays() -> ArrayRecord:
         """The global model as the legacy workflow keeps it, by array name."""
         record = context.state.array_records[_main_params_key()]
         arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
-        return dict(zip(names, arrays, strict=True))
+        return ArrayRecord({n: Array(a) for n, a in zip(names, arrays, strict=True)})
 
-    def on_evaluated(server_round: int) -> None:
-        so_far = round_entries(
+    def after_round(rnd: int) -> None:
+        so_far = earlier + round_entries(
             strategy.train_metrics, strategy.evaluate_metrics, metered, time.perf_counter()
         )
-        chosen = select_by_validation(so_far)
-        if chosen is not None and chosen["round"] == server_round:
-            # The arrays this round evaluated: the fit workflow's.
-            selected["round"], selected["arrays"] = server_round, global_arrays()
-            strategy.node_config[KEEP_ROUNDS_KEY] = server_round
+        session.on_round(
+            rnd,
+            global_arrays(),
+            strategy.train_metrics,
+            strategy.evaluate_metrics,
+            so_far,
+            cfg.num_server_rounds,
+        )
+        strategy.node_config = session.legacy_config()
 
-    strategy.on_evaluated = on_evaluated
-    log(INFO, "fedrec-flwr: run lineage %s (the nodes' private store)", lineage)
+    first = session.first_round
+    workflow = DefaultWorkflow(
+        fit_workflow=_FromRound(
+            SecAggPlusWorkflow(
+                num_shares=privacy.secagg_num_shares,
+                reconstruction_threshold=privacy.secagg_reconstruction_threshold,
+                max_weight=max_weight,
+                clipping_range=c,
+                quantization_range=q,
+                modulus_range=MODULUS_RANGE,
+            ),
+            first,
+        ),
+        evaluate_workflow=_FromRound(default_evaluate_workflow, first, after_round),
+    )
+    log(INFO, "fedrec-flwr: run lineage %s (the nodes' private store)", session.lineage)
     t0 = time.perf_counter()
     workflow(metered, context)
     t_end = time.perf_counter()
-    if not strategy.train_metrics:
+    if not strategy.train_metrics and not session.earlier_train_rounds():
         raise RuntimeError(
             "no SecAgg+ training round succeeded; client errors: "
             + "; ".join(r for rs in metered.failure_reasons.values() for r in rs[:3])
         )
-    rounds = round_entries(strategy.train_metrics, strategy.evaluate_metrics, metered, t_end)
+    rounds = earlier + round_entries(
+        strategy.train_metrics, strategy.evaluate_metrics, metered, t_end
+    )
     bounds = {}
     for entry in rounds:
         weights = [float(w) for w in strategy.weights.get(entry["round"], [])]
@@ -746,19 +820,12 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         )
         entry["secagg-error-bound"] = bound.mean
         bounds[entry["round"]] = bound.to_dict()
-    model_state = global_arrays()
-    delivery = None
-    if cfg.serving.deliver != "off":
-        mode = cfg.serving.deliver
-        rnd, delivered = (
-            (selected["round"], selected["arrays"])
-            if mode == "selected" and selected
-            else (rounds[-1]["round"], model_state)
-        )
-        arrays = ArrayRecord({n: Array(np.asarray(a)) for n, a in delivered.items()})
-        delivery = deliver_model(
-            metered, out_dir, cfg.to_dict(), lineage, mode, rnd, arrays, view.item_ids
-        )
+    final = global_arrays()
+    delivery = (
+        session.deliver(metered, serving.deliver, final, cfg.num_server_rounds, view.item_ids)
+        if serving.deliver != "off"
+        else None
+    )
     failed = [r["round"] for r in rounds if r["failures"]]
     # User-level DP's epsilon (the nodes add the noise; the server sees only the sum).
     dp_section = dp_extra(dp_report(cfg), None, rounds)
@@ -769,7 +836,7 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         protocol=view.protocol,
         dataset=view.stats,
         rounds=rounds,
-        model_state=model_state,
+        model_state={k: v.numpy() for k, v in final.items()},
         extra={
             "run-id": run_id,
             "strategy": type(strategy).__name__,
@@ -777,8 +844,11 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
             "rounds-with-failures": failed,
             "arrays-received": sorted(metered.array_names_received),
             "total-wall-seconds": t_end - t0,
-            "lineage": lineage,
+            "lineage": session.lineage,
+            "resumed-from": serving.resume_from or None,
+            "initialised-from": serving.init_from or None,
             "delivery": delivery,
+            "checkpoint-seconds": {str(r): t for r, t in session.checkpoint_seconds.items()},
             **dp_section,
             "secure-aggregation": {
                 "mode": privacy.secure_aggregation,

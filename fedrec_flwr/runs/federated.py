@@ -26,13 +26,13 @@ from ..datasets import (
     read_cache_meta,
     read_catalogue,
 )
-from ..errors import ConfigError
 from ..models import shared_arrays
 from ..paths import resolve_user_path
 from ..privacy.accounting import user_level_report
 from ..protocol import (
     GLOBAL_PREFIX,
     ITEM_CATALOGUE_KEY,
+    KEEP_ROUNDS_KEY,
     LOSS_KEY,
     NUM_PARTITIONS_KEY,
     NUM_USERS_KEY,
@@ -42,7 +42,7 @@ from ..protocol import (
     prefixed,
 )
 from ..serving.rounds import run_rounds
-from ..serving.session import ServerSession
+from ..serving.session import ServerSession, ValidatedState
 from ..strategies import PartitionSizes
 from ..strategies.registry import build_strategy
 from ..train.metrics import MAE, RMSE, rating_metrics
@@ -215,7 +215,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     session = ServerSession(
         cfg.to_dict(),
         out_dir,
-        strategy,
+        ValidatedState(strategy),
         checkpoint_every=serving.checkpoint_every,
         select=select_by_validation,
         run_id=run_id,
@@ -224,11 +224,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
         audit_records=audited.records if audited is not None else None,
     )
     earlier = session.earlier_rounds()
-    if session.first_round > cfg.num_server_rounds:
-        raise ConfigError(
-            f"resume-from: the checkpoint already holds round {session.first_round - 1} of "
-            f"num-server-rounds={cfg.num_server_rounds}; raise num-server-rounds to train on"
-        )
+    session.check_rounds_left(cfg.num_server_rounds)
     train_config, evaluate_config = session.train_config(), session.evaluate_config()
     t0 = time.perf_counter()
 
@@ -239,7 +235,15 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
             metered,
             time.perf_counter(),
         )
-        session.on_round(rnd, arrays, result, so_far, train_config, cfg.num_server_rounds)
+        session.on_round(
+            rnd,
+            arrays,
+            result.train_metrics_clientapp,
+            result.evaluate_metrics_clientapp,
+            so_far,
+            cfg.num_server_rounds,
+        )
+        train_config[KEEP_ROUNDS_KEY] = session.keep_rounds
 
     log(INFO, "fedrec-flwr: run lineage %s (the nodes' private store)", session.lineage)
     result = run_rounds(

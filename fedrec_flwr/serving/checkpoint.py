@@ -39,15 +39,16 @@ CHECKPOINT_FILE = "checkpoint.npz"
 _FORMAT = 1
 _META = "meta"
 #: Run-config keys outside the data and model groups that a resumed run
-#: must share with its checkpoint (they change what the model is; the nodes'
-#: stores hold Adam state only under optimizer-state='keep').
-_MORE_MODEL_KEYS = ("client-mode", "strategy", "optimizer-state")
+#: must share with its checkpoint: they change what the model is (SecAgg+
+#: rounds each aggregate; its loop checkpoints other state than the Message-API
+#: rounds'), and the nodes' stores hold Adam state only under optimizer-state='keep'.
+_MORE_MODEL_KEYS = ("client-mode", "strategy", "optimizer-state", "secure-aggregation")
 
 
 def model_keys() -> tuple[str, ...]:
     """Keys a resumed run must share with its checkpoint: the data and model
     groups (dataset, seed, partitioner, model, factors ...) and
-    ``client-mode``/``strategy``/``optimizer-state``."""
+    ``client-mode``/``strategy``/``optimizer-state``/``secure-aggregation``."""
     from ..config import RunConfig
     from ..settings import key_of
 

@@ -35,6 +35,7 @@ from ..protocol import (
     WARM_RUN_KEY,
     WARM_STATE_KEY,
     WARM_USERS_KEY,
+    rounds_of,
     server_round,
 )
 from .store import NodeStore, state_root
@@ -117,10 +118,7 @@ def node_store_mod(msg: Message, context: Context, call_next: ClientAppCallable)
             user_ids_of(ids),
             {k: v.numpy() for k, v in optimizer.items()},
         )
-        keep = config.get(KEEP_ROUNDS_KEY, [])
-        if isinstance(keep, int) and not isinstance(keep, bool):
-            keep = [keep]  # a legacy (SecAgg+) config holds scalars only
-        store.prune([int(k) for k in keep] if isinstance(keep, list) else [], rnd)
+        store.prune(rounds_of(config.get(KEEP_ROUNDS_KEY)), rnd)
     return reply
 
 

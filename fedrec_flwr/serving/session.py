@@ -1,7 +1,8 @@
 """The server's side of persistence: lineage, checkpoints, resume, warm start, delivery.
 
 :class:`ServerSession` is built once per run by
-:func:`~fedrec_flwr.runs.federated.run_federated`. It picks the run lineage
+:func:`~fedrec_flwr.runs.federated.run_federated` and by the SecAgg+ loop
+(:func:`~fedrec_flwr.privacy.secagg.run_secagg`). It picks the run lineage
 the nodes file their private state under (a resumed run keeps its
 checkpoint's), writes a checkpoint after every ``checkpoint-every`` rounds,
 keeps the validation-selected round's arrays, tells the nodes which rounds'
@@ -16,13 +17,13 @@ import time
 from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common import Scalar
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 
 from ..errors import ConfigError
 from ..paths import NPZ_ERRORS, read_npz, resolve_user_path, write_npz
@@ -36,6 +37,7 @@ from ..protocol import (
     USERS_SERVED_KEY,
     WARM_ROUND_KEY,
     WARM_RUN_KEY,
+    legacy_rounds,
 )
 from ..strategies import ValidatedStrategy
 from .checkpoint import (
@@ -49,7 +51,14 @@ from .checkpoint import (
 )
 from .mod import DELIVER_MESSAGE_TYPE
 
-__all__ = ["DELIVERED_FILE", "ServerSession", "deliver_model", "new_lineage"]
+__all__ = [
+    "DELIVERED_FILE",
+    "RoundState",
+    "ServerSession",
+    "ValidatedState",
+    "deliver_model",
+    "new_lineage",
+]
 
 #: The delivered shared arrays, in the run folder (what ``init-from`` reads).
 DELIVERED_FILE = "delivered.npz"
@@ -72,13 +81,77 @@ def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
 
 
-def _plain(metrics: Mapping[int, MetricRecord]) -> dict[str, dict[str, Any]]:
+def _plain(metrics: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return {str(r): dict(m) for r, m in metrics.items()}
 
 
 #: checkpoint record keys: the privacy audit's records; a strategy's own JSON state
 #: (``checkpoint_state()`` / ``restore_checkpoint_state()``, e.g. node-level DP).
 _AUDIT, _STRATEGY = "privacy-audit", "strategy-state"
+
+
+class RoundState(Protocol):
+    """What a run's server loop adds to a checkpoint and takes back on resume.
+
+    :class:`ValidatedState` for the Message-API rounds; the SecAgg+ loop has its own.
+    """
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Array-valued state (a server optimiser's moments), flat names."""
+        ...
+
+    def state_record(self) -> dict[str, Any]:
+        """JSON-able state, merged into the checkpoint's record."""
+        ...
+
+    def restore(self, arrays: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> None:
+        """Put back what :meth:`state_arrays` and :meth:`state_record` saved."""
+        ...
+
+
+class ValidatedState:
+    """The validation layer's part of a checkpoint.
+
+    Its wrapped strategy's array attributes (FedAdam/FedYogi moments, FedAvgM
+    momentum: :func:`~.checkpoint.strategy_state`), its dropped/clipped/rejected
+    lists and partition count, and the wrapped strategy's own JSON state
+    (``checkpoint_state()``, e.g. node-level DP's releases).
+
+    Parameters
+    ----------
+    strategy : ValidatedStrategy
+        The run's strategy.
+    """
+
+    def __init__(self, strategy: ValidatedStrategy) -> None:
+        self.strategy = strategy
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The wrapped strategy's array attributes."""
+        return strategy_state(self.strategy.strategy)
+
+    def state_record(self) -> dict[str, Any]:
+        """The validation layer's lists and the wrapped strategy's own state."""
+        strategy = self.strategy
+        own = getattr(strategy.strategy, "checkpoint_state", None)
+        return {
+            "dropped": [list(d) for d in strategy.dropped],
+            "clipped": list(strategy.clipped),
+            "rejected": [list(r) for r in strategy.rejected],
+            NUM_PARTITIONS_KEY: strategy.num_partitions,
+            **({_STRATEGY: own()} if own else {}),
+        }
+
+    def restore(self, arrays: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> None:
+        """Refill the wrapped strategy's attributes and the layer's lists."""
+        strategy = self.strategy
+        restore_strategy_state(strategy.strategy, arrays)
+        strategy.dropped.extend(tuple(d) for d in record.get("dropped", []))
+        strategy.clipped.extend(record.get("clipped", []))
+        strategy.rejected.extend(tuple(r) for r in record.get("rejected", []))
+        restore = getattr(strategy.strategy, "restore_checkpoint_state", None)
+        if restore is not None:  # state beyond arrays (node-level DP's releases)
+            restore(record.get(_STRATEGY, {}))
 
 
 class ServerSession:
@@ -90,8 +163,8 @@ class ServerSession:
         The run config, kebab-case (``RunConfig.to_dict()``).
     out_dir : pathlib.Path
         The run folder (``checkpoint.npz`` and ``delivered.npz`` go here).
-    strategy : ValidatedStrategy
-        The run's strategy (its wrapped strategy's state is checkpointed).
+    state : RoundState
+        The server loop's own state (:class:`ValidatedState` of the run's strategy).
     checkpoint_every : int
         Rounds between checkpoints; 0 = none.
     run_id : int (default: 0)
@@ -109,7 +182,7 @@ class ServerSession:
         self,
         config: dict[str, Any],
         out_dir: Path,
-        strategy: ValidatedStrategy,
+        state: RoundState,
         *,
         checkpoint_every: int,
         select: Callable[[list[dict[str, Any]]], dict[str, Any] | None],
@@ -121,7 +194,7 @@ class ServerSession:
         self.config = config
         self.audit_records = audit_records
         self.out_dir = out_dir
-        self.strategy = strategy
+        self.state = state
         self.checkpoint_every = checkpoint_every
         self.select = select
         self.resumed: Checkpoint | None = None
@@ -138,16 +211,9 @@ class ServerSession:
             self.lineage = ckpt.lineage
             self.checkpointed_round = ckpt.server_round
             self.selected_round, self.selected = ckpt.selected_round, dict(ckpt.selected)
-            restore_strategy_state(strategy.strategy, ckpt.strategy)
-            record = ckpt.record
-            strategy.dropped.extend(tuple(d) for d in record.get("dropped", []))
-            strategy.clipped.extend(record.get("clipped", []))
-            strategy.rejected.extend(tuple(r) for r in record.get("rejected", []))
+            state.restore(ckpt.strategy, ckpt.record)
             if audit_records is not None:
-                audit_records.extend(record.get(_AUDIT, []))
-            restore = getattr(strategy.strategy, "restore_checkpoint_state", None)
-            if restore is not None:  # state beyond arrays (node-level DP's releases)
-                restore(record.get(_STRATEGY, {}))
+                audit_records.extend(ckpt.record.get(_AUDIT, []))
             log(
                 INFO,
                 "fedrec-flwr: resuming %s after round %d (lineage %s)",
@@ -166,6 +232,20 @@ class ServerSession:
     def first_round(self) -> int:
         """The first round this run trains."""
         return self.resumed.server_round + 1 if self.resumed else 1
+
+    def check_rounds_left(self, num_rounds: int) -> None:
+        """Refuse a resume whose checkpoint already holds round ``num_rounds``.
+
+        Raises
+        ------
+        ConfigError
+            One line naming both numbers and the fix.
+        """
+        if self.first_round > num_rounds:
+            raise ConfigError(
+                f"resume-from: the checkpoint already holds round {self.first_round - 1} of "
+                f"num-server-rounds={num_rounds}; raise num-server-rounds to train on"
+            )
 
     def initial_arrays(
         self,
@@ -191,24 +271,40 @@ class ServerSession:
             return fresh
         return _record(_warm_arrays(_arrays(fresh), self.warm, item_ids, item_tables))
 
+    @property
+    def keep_rounds(self) -> list[int]:
+        """The rounds whose private state the nodes must keep: the last
+        checkpointed one (a resume restarts after it) and the selected one."""
+        keep = [self.checkpointed_round]
+        if self.selected_round is not None:
+            keep.append(self.selected_round)
+        return keep
+
     def train_config(self) -> ConfigRecord:
-        """The ConfigRecord every training message carries (updated each round)."""
-        config = ConfigRecord({STATE_RUN_KEY: self.lineage})
-        self._update(config)
-        if self.warm is not None:
-            config[WARM_RUN_KEY] = str(self.warm["lineage"])
-            config[WARM_ROUND_KEY] = int(self.warm["round"])
+        """The ConfigRecord every training message carries (its
+        :data:`KEEP_ROUNDS_KEY` is :attr:`keep_rounds`, to refresh each round)."""
+        config = ConfigRecord({STATE_RUN_KEY: self.lineage, KEEP_ROUNDS_KEY: self.keep_rounds})
+        config.update(self._warm())
         return config
 
     def evaluate_config(self) -> ConfigRecord:
         """The ConfigRecord every evaluation message carries."""
         return ConfigRecord({STATE_RUN_KEY: self.lineage})
 
-    def _update(self, config: ConfigRecord) -> None:
-        keep = [self.checkpointed_round]
-        if self.selected_round is not None:
-            keep.append(self.selected_round)
-        config[KEEP_ROUNDS_KEY] = keep
+    def legacy_config(self) -> dict[str, Scalar]:
+        """:meth:`train_config` as a legacy (SecAgg+) config, which holds scalars
+        only: the keep-rounds as one string (:func:`~fedrec_flwr.protocol.legacy_rounds`)."""
+        config: dict[str, Scalar] = {
+            STATE_RUN_KEY: self.lineage,
+            KEEP_ROUNDS_KEY: legacy_rounds(self.keep_rounds),
+        }
+        return {**config, **self._warm()}
+
+    def _warm(self) -> dict[str, Scalar]:
+        """A warm start's keys: the earlier run's lineage and delivered round."""
+        if self.warm is None:
+            return {}
+        return {WARM_RUN_KEY: str(self.warm["lineage"]), WARM_ROUND_KEY: int(self.warm["round"])}
 
     # --- after each round ----------------------------------------------------------
 
@@ -216,12 +312,15 @@ class ServerSession:
         self,
         rnd: int,
         arrays: ArrayRecord,
-        result: Result,
+        train_metrics: Mapping[int, Mapping[str, Any]],
+        evaluate_metrics: Mapping[int, Mapping[str, Any]],
         entries: list[dict[str, Any]],
-        train_config: ConfigRecord,
         num_rounds: int,
     ) -> None:
-        """Keep the selected round's arrays, checkpoint if due, update the keep-rounds.
+        """Keep the selected round's arrays and checkpoint if due.
+
+        :attr:`keep_rounds` may change: the caller sends the new value with
+        the next round.
 
         Parameters
         ----------
@@ -229,12 +328,10 @@ class ServerSession:
             The round that just ended.
         arrays : ArrayRecord
             The global arrays after it.
-        result : Result
-            This run's aggregated metrics so far.
+        train_metrics, evaluate_metrics : mapping of int to mapping
+            This run's aggregated metrics per round so far.
         entries : list of dict
             Every round entry so far (resumed ones included).
-        train_config : ConfigRecord
-            The next round's training config (its keep-rounds are updated).
         num_rounds : int
             The run's last round (always checkpointed).
         """
@@ -253,37 +350,26 @@ class ServerSession:
                     arrays=_arrays(arrays),
                     selected_round=self.selected_round,
                     selected=self.selected,
-                    strategy=strategy_state(self.strategy.strategy),
-                    record=self._record(result, entries),
+                    strategy=self.state.state_arrays(),
+                    record=self._record(train_metrics, evaluate_metrics, entries),
                 ),
             )
             self.checkpointed_round = rnd
             self.checkpoint_seconds[rnd] = time.perf_counter() - started
-        self._update(train_config)
 
-    def _record(self, result: Result, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    def _record(
+        self,
+        train_metrics: Mapping[int, Mapping[str, Any]],
+        evaluate_metrics: Mapping[int, Mapping[str, Any]],
+        entries: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         before = self.resumed.record if self.resumed else {}
-        strategy = self.strategy
         return {
             "rounds": entries,
-            "train-metrics": {
-                **before.get("train-metrics", {}),
-                **_plain(result.train_metrics_clientapp),
-            },
-            "evaluate-metrics": {
-                **before.get("evaluate-metrics", {}),
-                **_plain(result.evaluate_metrics_clientapp),
-            },
-            "dropped": [list(d) for d in strategy.dropped],
-            "clipped": list(strategy.clipped),
-            "rejected": [list(r) for r in strategy.rejected],
-            NUM_PARTITIONS_KEY: strategy.num_partitions,
+            "train-metrics": {**before.get("train-metrics", {}), **_plain(train_metrics)},
+            "evaluate-metrics": {**before.get("evaluate-metrics", {}), **_plain(evaluate_metrics)},
             **({_AUDIT: list(self.audit_records)} if self.audit_records is not None else {}),
-            **(
-                {_STRATEGY: own()}
-                if (own := getattr(strategy.strategy, "checkpoint_state", None))
-                else {}
-            ),
+            **self.state.state_record(),
         }
 
     def earlier_rounds(self) -> list[dict[str, Any]]:
@@ -350,8 +436,7 @@ def deliver_model(
     """Send every node round ``rnd``'s ``arrays``; they write their recommendations.
 
     Also writes ``delivered.npz`` and ``delivered.json`` (what ``init-from``
-    reads) into ``out_dir``. Used by :meth:`ServerSession.deliver` and by the
-    SecAgg+ run, which has no session.
+    reads) into ``out_dir`` (:meth:`ServerSession.deliver`).
 
     Parameters
     ----------
