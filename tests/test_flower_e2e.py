@@ -34,6 +34,9 @@ def test_flwr_run_trains_and_writes_results(tmp_path, ml100k_dir):
     assert not any("user" in k for k in torch.load(out / "model.pt")["state_dict"])
     assert (out / "metrics.png").is_file()
     assert f"wrote {out}" in log
+    # After the last round every node wrote the top-k of its users: all 943.
+    delivery = results["delivery"]
+    assert delivery["failures"] == [] and delivery["users-served"] == 943, delivery
 
     # The same seed and config in this process (no Ray, shuffled reply order)
     # gives the very same per-round metrics and model bits.
