@@ -725,16 +725,7 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
         ),
     )
     # Lineage, checkpoints, resume, warm start and delivery: as in a plain run.
-    session = ServerSession(
-        cfg.to_dict(),
-        out_dir,
-        _SecAggState(strategy),
-        checkpoint_every=serving.checkpoint_every,
-        select=select_by_validation,
-        run_id=run_id,
-        resume_from=serving.resume_from,
-        init_from=serving.init_from,
-    )
+    session = ServerSession.for_run(cfg, out_dir, _SecAggState(strategy), run_id=run_id)
     session.check_rounds_left(cfg.num_server_rounds)
     earlier = session.earlier_rounds()
     start = session.initial_arrays(fresh, view.item_ids, _item_tables(cfg, view.num_items))

@@ -212,15 +212,11 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0)
     user_dp = dp_report(cfg)
     audited = _audited_grid(cfg, metered, num_items)
     serving = cfg.serving
-    session = ServerSession(
-        cfg.to_dict(),
+    session = ServerSession.for_run(
+        cfg,
         out_dir,
         ValidatedState(strategy),
-        checkpoint_every=serving.checkpoint_every,
-        select=select_by_validation,
         run_id=run_id,
-        resume_from=serving.resume_from,
-        init_from=serving.init_from,
         audit_records=audited.records if audited is not None else None,
     )
     earlier = session.earlier_rounds()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
@@ -50,6 +50,9 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .mod import DELIVER_MESSAGE_TYPE
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 __all__ = [
     "DELIVERED_FILE",
@@ -225,6 +228,33 @@ class ServerSession:
             self.lineage = new_lineage(run_id)
         if init_from.strip():
             self.warm = _read_delivered(init_from.strip(), config)
+
+    @classmethod
+    def for_run(
+        cls,
+        cfg: RunConfig,
+        out_dir: Path,
+        state: RoundState,
+        *,
+        run_id: int = 0,
+        audit_records: list[dict[str, Any]] | None = None,
+    ) -> ServerSession:
+        """The session of a run with ``cfg``'s serving keys (``checkpoint-every``,
+        ``resume-from``, ``init-from``), selecting rounds by validation."""
+        from ..runs.results import select_by_validation
+
+        serving = cfg.serving
+        return cls(
+            cfg.to_dict(),
+            out_dir,
+            state,
+            checkpoint_every=serving.checkpoint_every,
+            select=select_by_validation,
+            run_id=run_id,
+            resume_from=serving.resume_from,
+            init_from=serving.init_from,
+            audit_records=audit_records,
+        )
 
     # --- before the rounds ---------------------------------------------------------
 
