@@ -418,7 +418,7 @@ def test_secaggplus_nodes_keep_their_store_and_write_recommendations(data_dir, t
     assert without["delivery"] is None and not (tmp_path / "b" / "delivered.npz").exists()
 
 
-def _resumable_run(data_dir, tmp_path, out, state, rc, grid_cls=InProcessGrid, **grid_kwargs):
+def _resumable_run(tmp_path, out, state, rc, grid_cls=InProcessGrid, **grid_kwargs):
     """A SecAgg+ run on 3 nodes of the real ClientApp, whose stores live in ``state``."""
     nodes = [{**n, "state-dir": str(tmp_path / state)} for n in _nodes(3)]
     grid = grid_cls(client_app, nodes, rc, **grid_kwargs)
@@ -449,11 +449,11 @@ def test_a_resumed_secaggplus_run_is_bit_identical_to_an_uninterrupted_one(
 ):
     rc = {"data-dir": str(data_dir), "num-server-rounds": 4, "learning-rate": 0.01, **SMALL}
     rc = {**rc, **keys, "deliver": "selected"}
-    whole = _resumable_run(data_dir, tmp_path, "whole", "n1", rc)
+    whole = _resumable_run(tmp_path, "whole", "n1", rc)
     with pytest.raises(RuntimeError, match="server killed"):
-        _resumable_run(data_dir, tmp_path, "first", "n2", rc, CrashingGrid, crash_at=3, kind=kind)
+        _resumable_run(tmp_path, "first", "n2", rc, CrashingGrid, crash_at=3, kind=kind)
     resumed_rc = {**rc, "resume-from": str(tmp_path / "first")}
-    resumed = _resumable_run(data_dir, tmp_path, "second", "n2", resumed_rc)
+    resumed = _resumable_run(tmp_path, "second", "n2", resumed_rc)
     # The same rounds (metrics and SecAgg+ error bounds), final model and delivery.
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
     assert _rounds(resumed) == _rounds(whole)
@@ -467,7 +467,7 @@ def test_a_resumed_secaggplus_run_is_bit_identical_to_an_uninterrupted_one(
     assert bool(stored.optimizer) == (keys.get("optimizer-state") == "keep")
     # Negative control: resumed on nodes that lost their stores, the users start
     # anew from round 3 (so the equalities above can fail).
-    lost = _resumable_run(data_dir, tmp_path, "third", "n3", resumed_rc)
+    lost = _resumable_run(tmp_path, "third", "n3", resumed_rc)
     assert _rounds(lost)[:2] == _rounds(whole)[:2]
     assert _rounds(lost)[2:] != _rounds(whole)[2:]
 
@@ -479,7 +479,7 @@ def test_a_secaggplus_run_refuses_to_resume_a_plain_runs_checkpoint(data_dir, tm
     run_federated(grid, RunConfig.from_mapping(plain), tmp_path / "plain")
     with pytest.raises(ConfigError, match=r"resume-from: .*secure-aggregation='secaggplus' "):
         resumed = {**rc, "num-server-rounds": 3, "resume-from": str(tmp_path / "plain")}
-        _resumable_run(data_dir, tmp_path, "again", "n", resumed)
+        _resumable_run(tmp_path, "again", "n", resumed)
 
 
 def test_a_warm_started_secaggplus_run_keeps_the_delivered_model_and_rows(data_dir, tmp_path):
@@ -488,11 +488,9 @@ def test_a_warm_started_secaggplus_run_keeps_the_delivered_model_and_rows(data_d
     # steps ~ lr) one round leaves them where they were, up to SecAgg+'s
     # quantisation of the shared arrays.
     rc = {"data-dir": str(data_dir), "num-server-rounds": 2, "learning-rate": 0.01, **SMALL}
-    first = _resumable_run(data_dir, tmp_path, "first", "n", {**rc, "deliver": "selected"})
+    first = _resumable_run(tmp_path, "first", "n", {**rc, "deliver": "selected"})
     warm = {**rc, "num-server-rounds": 1, "learning-rate": 1e-9}
-    second = _resumable_run(
-        data_dir, tmp_path, "second", "n", {**warm, "init-from": str(tmp_path / "first")}
-    )
+    second = _resumable_run(tmp_path, "second", "n", {**warm, "init-from": str(tmp_path / "first")})
     assert second["initialised-from"] == str(tmp_path / "first")
     delivered = np.load(tmp_path / "first" / "delivered.npz")
     start = torch.load(tmp_path / "second" / "model.pt")["state_dict"]
@@ -513,6 +511,6 @@ def test_a_warm_started_secaggplus_run_keeps_the_delivered_model_and_rows(data_d
     assert sorted(old) == sorted(new) and len(new) == 24
     assert all(np.allclose(new[u], old[u], atol=1e-6) for u in old)
     # Negative control: the same run without init-from starts its users anew.
-    cold = _resumable_run(data_dir, tmp_path, "cold", "n", warm)
+    cold = _resumable_run(tmp_path, "cold", "n", warm)
     fresh = rows(cold, 1)
     assert not any(np.allclose(fresh[u], old[u], atol=1e-6) for u in old)

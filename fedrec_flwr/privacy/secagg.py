@@ -73,6 +73,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat import LegacyContext
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -578,8 +579,6 @@ class _FromRound:
         self.stage, self.first, self.after = stage, first, after
 
     def __call__(self, grid: Grid, context: Context) -> None:
-        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
-
         rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])  # type: ignore[arg-type]
         if rnd < self.first:
             return
@@ -743,7 +742,7 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
 
     def global_arrays() -> ArrayRecord:
         """The global model as the legacy workflow keeps it, by array name."""
-        record = context.state.array_records[_main_params_key()]
+        record = context.state.array_records[MAIN_PARAMS_RECORD]
         arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
         return ArrayRecord({n: Array(a) for n, a in zip(names, arrays, strict=True)})
 
@@ -864,10 +863,3 @@ def run_secagg(grid: Grid, cfg: RunConfig, out_dir: Path, *, run_id: int = 0) ->
     )
     log(INFO, "%s", summary_line(path, select_by_validation(rounds)))
     return path
-
-
-def _main_params_key() -> str:
-    """Where Flower's legacy workflows keep the global arrays in the context state."""
-    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
-
-    return MAIN_PARAMS_RECORD
