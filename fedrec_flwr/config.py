@@ -263,9 +263,12 @@ class TrainingOptions:
     weight_decay: float = option(0.0, "Adam L2 penalty.")
     embedding_l2: float = option(
         0.0,
-        "`task=rating`: L2 penalty on the embedding rows each rating reads (user and item "
-        "tables), averaged over the batch, as Surprise's `reg`; rows a batch does not read "
-        "are not pulled (Adam's `weight-decay` pulls every row at every step). 0 = off.",
+        "L2 penalty on the embedding rows each training sample reads (user and item "
+        "tables; for ranking, negatives included), averaged over the batch: Surprise's "
+        "`reg` (`task=rating`), Rendle et al. 2020's regulariser (ranking); rows a batch "
+        "does not read are not pulled (Adam's `weight-decay` pulls every row at every "
+        "step). Models with a BCE or MSE objective (gmf, mlp, neumf, mf, hybrid), group "
+        "training. 0 = off.",
     )
     local_epochs: int = option(2, "Passes over a client's data per round.", centralized=False)
     batch_size: int = option(256, "Mini-batch size.")
@@ -567,10 +570,11 @@ class RunConfig:
         candidates = 1 + self.data.num_eval_negatives
         if self.data.task == "rating":
             self._check_rating()
-        elif training.embedding_l2 > 0:
+        elif training.embedding_l2 > 0 and not self.model.build(1, 2, seed=0).pairwise:
             raise ConfigError(
-                f"embedding-l2={training.embedding_l2:g} with task='ranking': the penalty is "
-                "the rating task's; use weight-decay, or set task='rating'"
+                f"embedding-l2={training.embedding_l2:g} with model={self.model.model!r}: "
+                "the model trains its own objective, which has no embedding-l2 term; use "
+                "weight-decay, or set embedding-l2=0"
             )
         elif max(training.top_k) > candidates:
             # HR@K is then 1 for every model: a number that measures nothing.
@@ -589,6 +593,8 @@ class RunConfig:
                 key_of("weight_key"): strategy.weight_key != weight,
                 # One Adam per user per round: a user's moments would be kept per user.
                 key_of("optimizer_state"): training.optimizer_state != "fresh",
+                # The per-user trainer (torch.func) has no penalty term.
+                key_of("embedding_l2"): training.embedding_l2 != 0,
             }
             bad = [key for key, clash in clashes.items() if clash]
             if bad:
@@ -610,6 +616,12 @@ class RunConfig:
                 f"finetune-epochs={training.finetune_epochs} with finetune-scope='private': "
                 f"model={self.model.model!r} has no private parameters, so nothing would be "
                 "fine-tuned; set finetune-scope='all' or finetune-epochs=0"
+            )
+        if training.finetune_unit == "user" and training.embedding_l2 > 0:
+            raise ConfigError(
+                f"embedding-l2={training.embedding_l2:g} with finetune-unit='user': each "
+                "user's fine-tuning has no penalty term; set finetune-unit='client' or "
+                "embedding-l2=0"
             )
         if training.finetunes_per_user and training.private_layers.strip():
             raise ConfigError(

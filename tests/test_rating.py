@@ -317,7 +317,6 @@ def test_federated_rating_run_reports_exact_rmse_and_selects_by_validation(rank_
          r"^top-k='5,10' with task='rating': .*leave top-k='10'$"),
         ({"task": "rating", "model": "hybrid"},
          r"^model='hybrid' with task='rating': .*gmf, mlp, neumf, mf"),
-        ({"embedding-l2": 0.1}, r"^embedding-l2=0.1 with task='ranking': "),
         ({"task": "regression"}, r"^task='regression': unknown; accepted: ranking, rating$"),
     ],
 )  # fmt: skip

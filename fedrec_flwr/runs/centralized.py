@@ -110,6 +110,7 @@ def run_centralized(cfg: RunConfig, *, log: bool = True) -> tuple[Path, dict[str
                 optimizer=optimizer,
                 num_negatives=train.num_negatives,
                 rng=rng,
+                embedding_l2=train.embedding_l2,
             )
         train_seconds = time.perf_counter() - t0
         val, test = evaluate_val_test(model, data, train.ks, full=train.full_ranking)

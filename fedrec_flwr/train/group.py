@@ -33,6 +33,7 @@ def train_epochs(
     rng: np.random.Generator,
     proximal_mu: float = 0.0,
     anchor: Mapping[str, torch.Tensor] | None = None,
+    embedding_l2: float = 0.0,
 ) -> float:
     """Train on implicit positives plus fresh negatives each epoch.
 
@@ -59,6 +60,13 @@ def train_epochs(
     anchor : mapping of str to torch.Tensor, optional (default: None)
         Parameter name -> value the proximal term pulls towards (the global
         model); parameters not named here (user embeddings) are not pulled.
+    embedding_l2 : float (default: 0.0)
+        Adds ``embedding_l2`` times the squared norm of the embedding rows each
+        sample reads (its user's rows of the private tables, its item's rows of
+        :meth:`~fedrec_flwr.models.base.Recommender.item_tables`, negatives
+        included), averaged over the batch: the regulariser of Rendle et al.
+        (2020)'s tuned dot product. Unlike Adam's ``weight_decay``, it leaves
+        the rows a batch does not read alone.
 
     Returns
     -------
@@ -70,14 +78,16 @@ def train_epochs(
     Raises
     ------
     ValueError
-        For FedProx (``proximal_mu`` > 0) with a model trained by its own objective.
+        For FedProx (``proximal_mu`` > 0) or ``embedding_l2`` > 0 with a model
+        trained by its own objective.
     """
     if isinstance(model, Recommender) and not model.pairwise:
-        if proximal_mu > 0:
-            raise ValueError(
-                f"{type(model).__name__} is trained by its own objective, which has no "
-                "FedProx term: set proximal-mu=0"
-            )
+        for key, value in (("proximal-mu", proximal_mu), ("embedding-l2", embedding_l2)):
+            if value > 0:
+                raise ValueError(
+                    f"{type(model).__name__} is trained by its own objective, which has no "
+                    f"{key} term: set {key}=0"
+                )
         return model.train_epochs(
             epochs=epochs,
             batch_size=batch_size,
@@ -100,6 +110,7 @@ def train_epochs(
         if proximal_mu > 0 and anchor
         else []
     )
+    user_rows, item_rows = _read_tables(model) if embedding_l2 > 0 else ([], [])
     for _ in range(epochs):
         negatives = sample_train_negatives(rng, users, exclude, num_negatives)
         all_items = torch.cat([pos_items, torch.from_numpy(negatives.reshape(-1))])
@@ -108,8 +119,13 @@ def train_epochs(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(all_users[idx], all_items[idx]), labels[idx])
+            u, i = all_users[idx], all_items[idx]
+            loss = loss_fn(model(u, i), labels[idx])
             objective = loss / len(idx)
+            if user_rows or item_rows:
+                objective = objective + embedding_l2 * _row_norms(user_rows, item_rows, u, i) / len(
+                    idx
+                )
             if pulled:
                 prox = sum(((p - a) ** 2).sum() for p, a in pulled)
                 objective = objective + 0.5 * proximal_mu * prox
@@ -182,12 +198,7 @@ def train_rating_epochs(
         if proximal_mu > 0 and anchor
         else []
     )
-    user_rows, item_rows = [], []
-    if embedding_l2 > 0:
-        if not isinstance(model, Recommender):
-            raise ValueError("embedding-l2 needs a Recommender (it names its user and item tables)")
-        user_rows = [p for name, p in params.items() if model.is_private(name)]
-        item_rows = [params[name] for name in model.item_tables() if name in params]
+    user_rows, item_rows = _read_tables(model) if embedding_l2 > 0 else ([], [])
     mean_loss = float("nan")
     for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(len(targets)))
@@ -200,9 +211,9 @@ def train_rating_epochs(
             objective = loss / len(idx)
             if user_rows or item_rows:
                 u, i = all_users[idx], all_items[idx]
-                rows = [t[u] for t in user_rows] + [t[i] for t in item_rows]
-                norms = torch.stack([(r * r).sum() for r in rows]).sum()
-                objective = objective + embedding_l2 * norms / len(idx)
+                objective = objective + embedding_l2 * _row_norms(user_rows, item_rows, u, i) / len(
+                    idx
+                )
             if pulled:
                 prox = sum(((p - a) ** 2).sum() for p, a in pulled)
                 objective = objective + 0.5 * proximal_mu * prox
@@ -212,3 +223,26 @@ def train_rating_epochs(
         if len(targets):
             mean_loss = total / len(targets)
     return mean_loss
+
+
+def _read_tables(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The tables ``embedding-l2`` penalises: the private (user-row) parameters
+    and the item tables of a :class:`Recommender`."""
+    if not isinstance(model, Recommender):
+        raise ValueError("embedding-l2 needs a Recommender (it names its user and item tables)")
+    params = dict(model.named_parameters())
+    user_rows = [p for name, p in params.items() if model.is_private(name)]
+    item_rows = [params[name] for name in model.item_tables() if name in params]
+    return user_rows, item_rows
+
+
+def _row_norms(
+    user_rows: list[nn.Parameter],
+    item_rows: list[nn.Parameter],
+    users: torch.Tensor,
+    items: torch.Tensor,
+) -> torch.Tensor:
+    """Squared norm of the rows a batch reads, summed over its samples (a row
+    read twice counts twice)."""
+    rows = [t[users] for t in user_rows] + [t[items] for t in item_rows]
+    return torch.stack([(r * r).sum() for r in rows]).sum()

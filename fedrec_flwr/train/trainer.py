@@ -246,6 +246,7 @@ def _group_epochs(
         rng=rng,
         proximal_mu=proximal_mu,
         anchor=anchor,
+        embedding_l2=training.embedding_l2,
     )
 
 
