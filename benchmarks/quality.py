@@ -111,7 +111,16 @@ _SASREC_FED = {"learning-rate": 0.003, "local-epochs": 3, "num-server-rounds": 4
 
 # The families beyond NCF (issue 16), each with settings picked on validation HR@10.
 ROWS += [
-    *_family_rows("MF", {"model": "mf", "factors": 32}, {"learning-rate": 0.005}),
+    # MF: 64 factors with embedding-l2=0.005 (Rendle et al.'s penalty on the rows a
+    # sample reads) won on validation (docs/benchmarks.md, "Tuning notes"). One user
+    # per client trains without it (the per-user trainer has no penalty term), and
+    # there 32 factors win on validation (0.615 against 0.607, 3 seeds).
+    *_family_rows(
+        "MF",
+        {"model": "mf", "factors": 64, "embedding-l2": 0.005},
+        {"learning-rate": 0.005},
+        per_user={"factors": 32, "embedding-l2": 0.0},
+    ),
     # Centralised hybrid was still improving at epoch 20 (selected 16, 20, 20): 40 epochs.
     *_family_rows(
         "hybrid",
@@ -193,6 +202,36 @@ def select_rows(
             f"accepted: {', '.join(_slug(row[0]) for row in rows)}"
         )
     return [row for row in rows if row[0] in wanted or _slug(row[0]) in wanted]
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as run-config overrides (int, float, true/false or text).
+
+    Raises
+    ------
+    ValueError
+        For an item without ``=`` or a key that is no run-config key.
+    """
+    from fedrec_flwr.config import RunConfig
+
+    known = RunConfig().to_dict()
+    sets: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or key not in known:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with a run-config key")
+        value: Any = text.strip()
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                continue
+        if value in ("true", "false"):
+            value = value == "true"
+        sets[key] = value
+    return sets
 
 
 def _job(job: tuple[str, str, dict[str, Any], int, int, str, str]) -> dict[str, Any] | None:
@@ -302,11 +341,20 @@ def main(argv: list[str] | None = None) -> int:
         help="only these rows (comma-separated slugs, e.g. centralisedNeuMF); "
         "writes quality-rows.json/png so the full table's files stay",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config key added to every row run (a tuning probe: the row plus these "
+        "keys); repeatable; use its own --out",
+    )
     args = parser.parse_args(argv)
     from fedrec_flwr.paths import runs_home
 
     try:
         picked = select_rows(ROWS, args.rows) if args.rows else None
+        sets = parse_sets(args.set)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -320,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for row in ROWS if row[0] in QUICK_ROWS]
     if picked is not None:
         rows = picked
+    rows = [(label, kind, {**overrides, **sets}, nodes) for label, kind, overrides, nodes in rows]
     jobs = []
     twins = {row[0]: twin for row in rows if (twin := fine_tuned_twin(row, rows))}
     for label, kind, overrides, nodes in rows:
@@ -372,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     print(f"ML-100K quality, test at the validation-selected round ({_bench.stamp()})\n")
+    if sets:
+        print("Every row plus " + " ".join(f"{k}={v}" for k, v in sets.items()) + "\n")
     print(
         "HR@10 / NDCG@10: the test item among 99 sampled negatives; full: over the whole "
         "catalogue minus the user's training items (Krichene & Rendle, KDD 2020).\n"

@@ -34,3 +34,16 @@ def test_cli_refuses_an_unknown_row(capsys):
         quality.main(["--rows", "centralisedNeuMF-typo"])
     assert exc.value.code == 2
     assert "unknown row(s) centralisedNeuMF-typo" in capsys.readouterr().err
+
+
+def test_set_pairs_become_typed_run_config_overrides():
+    got = quality.parse_sets(["embedding-l2=0.003", "factors = 128", "full-ranking=false"])
+    assert got == {"embedding-l2": 0.003, "factors": 128, "full-ranking": False}
+    assert quality.parse_sets(["model=mf"]) == {"model": "mf"}
+    assert isinstance(got["factors"], int)
+
+
+@pytest.mark.parametrize("item", ["embedding-l3=0.1", "factors", "=3"])
+def test_a_bad_set_pair_names_itself(item):
+    with pytest.raises(ValueError, match=r"^--set '.*': expected KEY=VALUE with a run-config key$"):
+        quality.parse_sets([item])
