@@ -16,6 +16,7 @@ from torch import nn
 
 from ..datasets.negatives import InteractionSet, sample_train_negatives
 from ..models.base import Recommender
+from ..protocol import PROXIMAL_MU_KEY
 
 __all__ = ["train_epochs", "train_rating_epochs"]
 
@@ -82,7 +83,7 @@ def train_epochs(
         trained by its own objective.
     """
     if isinstance(model, Recommender) and not model.pairwise:
-        for key, value in (("proximal-mu", proximal_mu), ("embedding-l2", embedding_l2)):
+        for key, value in ((PROXIMAL_MU_KEY, proximal_mu), ("embedding-l2", embedding_l2)):
             if value > 0:
                 raise ValueError(
                     f"{type(model).__name__} is trained by its own objective, which has no "
